@@ -1,0 +1,58 @@
+"""The hash chain that makes stored history tamper-evident.
+
+Each event's hash is SHA-256 over the previous event's hash and this event's canonical bytes;
+the first event links to `GENESIS`. Canonical bytes are the length-prefixed fields below, so no
+field can bleed into its neighbour. Metadata is hashed as sorted-key JSON because the database
+may re-format it (PostgreSQL `jsonb`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+GENESIS = bytes(32)
+
+
+def canonical_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def canonical_metadata(metadata: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
+
+
+def event_hash(
+    prev_hash: bytes,
+    *,
+    position: int,
+    stream_id: UUID | str,
+    stream_type: str,
+    stream_version: int,
+    event_type: str,
+    schema_version: int,
+    recorded_at: datetime,
+    data: bytes,
+    metadata: Mapping[str, Any],
+) -> bytes:
+    fields = (
+        str(position).encode(),
+        str(stream_id).encode(),
+        stream_type.encode(),
+        str(stream_version).encode(),
+        event_type.encode(),
+        str(schema_version).encode(),
+        canonical_time(recorded_at).encode(),
+        data,
+        canonical_metadata(metadata),
+    )
+    digest = hashlib.sha256(prev_hash)
+    for field in fields:
+        digest.update(len(field).to_bytes(8, "big"))
+        digest.update(field)
+    return digest.digest()

@@ -1,0 +1,62 @@
+"""Connection settings of the real stores under test (fails, never skips, when missing)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+OUR_TABLES = (
+    "stored_events",
+    "stored_events_claims",
+    "stored_events_idempotency",
+    "notification_tracking",
+    "eventkeep_events",
+    "eventkeep_events_claims",
+    "eventkeep_events_idempotency",
+    "eventkeep_tracking",
+)
+
+
+def postgres_url() -> str:
+    url = os.environ.get("EVENTKEEP_POSTGRES_URL")
+    if not url:
+        raise RuntimeError(
+            "EVENTKEEP_POSTGRES_URL is not set: start the services with `infra/services up` "
+            'and `eval "$(infra/services env)"` (tests of the real store never skip)'
+        )
+    return url
+
+
+def postgres_params() -> dict[str, Any]:
+    params = conninfo_to_dict(postgres_url())
+    return {
+        "dbname": params["dbname"],
+        "host": params.get("host", "127.0.0.1"),
+        "port": params.get("port", "5432"),
+        "user": params.get("user", "postgres"),
+        "password": params.get("password", ""),
+    }
+
+
+def postgres_env() -> dict[str, str]:
+    """The library's persistence settings for the test database."""
+    params = postgres_params()
+    return {
+        "PERSISTENCE_MODULE": "eventstore.postgres",
+        "POSTGRES_DBNAME": params["dbname"],
+        "POSTGRES_HOST": params["host"],
+        "POSTGRES_PORT": str(params["port"]),
+        "POSTGRES_USER": params["user"],
+        "POSTGRES_PASSWORD": params["password"],
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "12",
+    }
+
+
+def drop_postgres_tables(*names: str) -> None:
+    with psycopg.connect(postgres_url(), autocommit=True) as conn:
+        for name in names or OUR_TABLES:
+            conn.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
