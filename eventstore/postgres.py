@@ -71,7 +71,9 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             "events": self._events,
             "claims": self._claims,
             "idempotency": self._idempotency,
-            "refuse": Composed([Identifier(self.datastore.schema), SQL(".eventkeep_refuse_change")]),
+            "refuse": Composed(
+                [Identifier(self.datastore.schema), SQL(".eventkeep_refuse_change")]
+            ),
             "append_only": Identifier(self.events_table_name + "_append_only"),
             "no_truncate": Identifier(self.events_table_name + "_no_truncate"),
         }
@@ -197,7 +199,9 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
 
     def max_notification_id(self) -> int | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
-            cursor.execute(SQL("SELECT max(position) AS max FROM {events}").format(events=self._events))
+            cursor.execute(
+                SQL("SELECT max(position) AS max FROM {events}").format(events=self._events)
+            )
             row = cursor.fetchone()
             return None if row is None else row["max"]
 
@@ -221,9 +225,7 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             created=result["created"],
         )
 
-    def subscribe(
-        self, gt: int | None = None, topics: Sequence[str] = ()
-    ) -> PostgresSubscription:
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> PostgresSubscription:
         return PostgresSubscription(self, gt=gt, topics=topics)
 
 

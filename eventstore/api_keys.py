@@ -1,0 +1,205 @@
+"""API keys, stored hashed, in SQLite (embedded) or PostgreSQL (distributed).
+
+A key reads `ek_<id>_<secret>`. Only sha256(secret) is stored: the secret carries 256 random
+bits, so an unsalted hash cannot be reversed and lookups stay a primary-key read by id.
+Verified keys are remembered for a few seconds so that authentication does not cost a query
+per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+
+class Role(StrEnum):
+    client = "client"
+    analyst = "analyst"
+    auditor = "auditor"
+    admin = "admin"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    role: Role
+    name: str
+    created_at: datetime
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A new key: `secret_key` is shown once and never stored."""
+
+    key: ApiKey
+    secret_key: str
+
+
+_KEY_PATTERN = re.compile(r"ek_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
+_CACHE_LIMIT = 10_000
+_SCHEMA_LOCK = 0x656B_6B65_7973  # "ekkeys": the advisory lock id of this table's creation
+
+# Portable SQL (SQLite >= 3.35 and PostgreSQL); `%s` placeholders, rewritten for sqlite3.
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('client', 'analyst', 'auditor', 'admin')),
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    revoked BOOLEAN NOT NULL DEFAULT FALSE
+)"""
+_COLUMNS = "id, role, name, created_at, revoked"
+_INSERT = (
+    "INSERT INTO api_keys (id, secret_hash, role, name, created_at, revoked) "
+    "VALUES (%s, %s, %s, %s, %s, FALSE)"
+)
+_SELECT_ONE = f"SELECT {_COLUMNS}, secret_hash FROM api_keys WHERE id = %s"
+_SELECT_ALL = f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id"
+_REVOKE = "UPDATE api_keys SET revoked = TRUE WHERE id = %s AND NOT revoked RETURNING id"
+_REVOKE_NAMED = "UPDATE api_keys SET revoked = TRUE WHERE name = %s AND NOT revoked"
+
+Statement = tuple[str, tuple[Any, ...]]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _row_to_key(row: Sequence[Any]) -> ApiKey:
+    key_id, role, name, created_at, revoked = row[:5]
+    return ApiKey(key_id, Role(role), name, datetime.fromisoformat(created_at), bool(revoked))
+
+
+class ApiKeyStore(ABC):
+    """Issues, lists, revokes and verifies keys; subclasses only run SQL."""
+
+    def __init__(self, cache_seconds: float = 5.0) -> None:
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[ApiKey, float]] = {}
+        self._cache_lock = threading.Lock()
+
+    def create(self, role: Role, name: str = "") -> IssuedKey:
+        return self._issue(role, name, replace_named=False)
+
+    def rotate(self, role: Role, name: str) -> IssuedKey:
+        """Issues a key named `name` and revokes the earlier keys of that name, atomically."""
+        return self._issue(role, name, replace_named=True)
+
+    def list(self) -> list[ApiKey]:
+        return [_row_to_key(row) for row in self._run([(_SELECT_ALL, ())])]
+
+    def revoke(self, key_id: str) -> bool:
+        """Revokes the key; False when there is no such active key."""
+        revoked = bool(self._run([(_REVOKE, (key_id,))]))
+        self._forget_verified()
+        return revoked
+
+    def verify(self, presented: str) -> ApiKey | None:
+        """The active key `presented` names, or None for a malformed, unknown or revoked key."""
+        match = _KEY_PATTERN.fullmatch(presented)
+        if match is None:
+            return None
+        cache_key = _sha256(presented)
+        now = time.monotonic()
+        with self._cache_lock:
+            cached = self._cache.get(cache_key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        rows = self._run([(_SELECT_ONE, (match["id"],))])
+        if not rows:
+            return None
+        key, stored_hash = _row_to_key(rows[0]), rows[0][5]
+        if key.revoked or not hmac.compare_digest(stored_hash, _sha256(match["secret"])):
+            return None
+        with self._cache_lock:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[cache_key] = (key, now + self._cache_seconds)
+        return key
+
+    def close(self) -> None:  # noqa: B027 - only pooled stores hold something to release
+        pass
+
+    def _issue(self, role: Role, name: str, *, replace_named: bool) -> IssuedKey:
+        key = ApiKey(secrets.token_hex(8), Role(role), name, datetime.now(UTC), revoked=False)
+        secret = secrets.token_urlsafe(32)
+        statements: list[Statement] = [(_REVOKE_NAMED, (name,))] if replace_named else []
+        statements.append(
+            (_INSERT, (key.id, _sha256(secret), key.role.value, name, key.created_at.isoformat()))
+        )
+        self._run(statements)
+        if replace_named:
+            self._forget_verified()
+        return IssuedKey(key, f"ek_{key.id}_{secret}")
+
+    def _forget_verified(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    @abstractmethod
+    def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
+        """Runs the statements in one transaction; returns the last one's rows."""
+
+
+class SqliteApiKeyStore(ApiKeyStore):
+    def __init__(self, path: Path, cache_seconds: float = 5.0) -> None:
+        super().__init__(cache_seconds)
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._run([(_CREATE_TABLE, ())])
+
+    def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
+        # A connection per call: sqlite3 connections are bound to a thread, and requests
+        # arrive on the server's worker threads; opening a local file costs microseconds.
+        with closing(sqlite3.connect(self._path, timeout=10)) as connection, connection:
+            rows: list[tuple[Any, ...]] = []
+            for sql, params in statements:
+                rows = connection.execute(sql.replace("%s", "?"), params).fetchall()
+            return rows
+
+
+class PostgresApiKeyStore(ApiKeyStore):
+    def __init__(
+        self, conninfo: str, cache_seconds: float = 5.0, pool_timeout: float = 5.0
+    ) -> None:
+        super().__init__(cache_seconds)
+        # Two connections: the cache answers most checks, so only cold keys reach the pool.
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=2,
+            timeout=pool_timeout,
+            open=True,
+            name="eventkeep-api-keys",
+        )
+        # CREATE TABLE IF NOT EXISTS is not safe against itself in PostgreSQL: API processes
+        # starting together would collide on the catalog without this lock.
+        self._run([("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,)), (_CREATE_TABLE, ())])
+
+    def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as connection:
+            rows: list[tuple[Any, ...]] = []
+            for sql, params in statements:
+                cursor = connection.execute(sql, params)
+                rows = cursor.fetchall() if cursor.description else []
+            return rows
+
+    def close(self) -> None:
+        self._pool.close()
