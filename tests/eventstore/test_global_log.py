@@ -53,7 +53,7 @@ def test_tailing_reader_sees_every_event_once_in_order(make_recorder: MakeRecord
             store = writer_stores[number % 2]
             for size in sizes[number]:
                 store.insert_events(events_for(uuid4(), 1, size), metadata={"actor": "w"})
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     def tail() -> None:
@@ -89,7 +89,7 @@ def test_an_append_is_all_or_nothing_and_fails_alone(make_recorder: MakeRecorder
     def append(name: str, events: list[StoredEvent]) -> None:
         try:
             results[name] = store.insert_events(events)
-        except Exception as error:  # noqa: BLE001 - asserted below
+        except Exception as error:
             results[name] = error
 
     # "b" conflicts on the hot stream's version 1 but also touches another stream.
@@ -159,14 +159,14 @@ def test_hash_chain_links_every_event(make_recorder: MakeRecorder) -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["UPDATE stored_events SET data = x'00'", "DELETE FROM stored_events"],
+    ["UPDATE stored_events SET event_type = 'Forged'", "DELETE FROM stored_events"],
 )
 def test_history_is_append_only_in_the_database(
     make_recorder: MakeRecorder, statement: str
 ) -> None:
     store = make_recorder()
     store.insert_events(events_for(uuid4(), 1, 1))
-    with pytest.raises(Exception, match="append-only"):  # noqa: PT011, SIM117 - driver's own error
+    with pytest.raises(Exception, match="append-only"):  # noqa: SIM117 - driver's own error
         with store.datastore.transaction(commit=True) as cursor:
             cursor.execute(statement)
     assert len(store.select_notifications(None, 10)) == 1
