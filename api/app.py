@@ -1,0 +1,47 @@
+"""The HTTP application: routes, auth, errors and metrics around one wiring."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+
+from fastapi import FastAPI
+
+from api.bootstrap import Wiring, wire
+from api.correlation import CorrelationId
+from api.errors import LastResortErrors, install_error_handlers
+from api.metrics import Metrics, RequestMetrics
+from api.routes import ops, orders, products, users
+from api.settings import Settings
+
+
+def create_app(config: Settings | Wiring | None = None) -> FastAPI:
+    """Builds the app on `config`: settings (read from the environment when None) are wired
+    here and closed at shutdown; a ready wiring stays its caller's to close."""
+    owned = not isinstance(config, Wiring)
+    wiring = config if isinstance(config, Wiring) else wire(config or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            wiring.close()
+
+    app = FastAPI(
+        title="eventkeep",
+        version=version("eventkeep"),
+        summary="Commands, queries and history of a shop's users, products and orders.",
+        lifespan=lifespan,
+    )
+    app.state.wiring = wiring
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    for module in (users, products, orders, ops):
+        app.include_router(module.router)
+    # The last added runs first: metrics see every answer, with its correlation id, even
+    # the 500s that LastResortErrors makes of unexpected exceptions.
+    app.add_middleware(LastResortErrors)
+    app.add_middleware(CorrelationId)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    return app

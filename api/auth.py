@@ -1,0 +1,44 @@
+"""Bearer API keys and roles. An admin key may do everything; other keys only their role."""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import ApiError
+from eventstore.api_keys import ApiKey, Role
+
+# auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `eventkeep keys create`.")
+
+
+def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    if credentials is None:
+        raise _unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+    key = request.app.state.wiring.keys.verify(credentials.credentials)
+    if key is None:
+        raise _unauthenticated("The API key is unknown or revoked.")
+    return key
+
+
+def requires(role: Role) -> Callable[[ApiKey], ApiKey]:
+    """A dependency that admits keys of `role`, and admin keys."""
+
+    def check(key: Annotated[ApiKey, Depends(authenticated)]) -> ApiKey:
+        if key.role not in (role, Role.admin):
+            raise ApiError(
+                "FORBIDDEN",
+                f"This needs the {role.value} role.",
+                {"required_role": role.value, "key_role": key.role.value},
+            )
+        return key
+
+    return check
+
+
+def _unauthenticated(message: str) -> ApiError:
+    return ApiError("UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"})

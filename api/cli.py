@@ -1,0 +1,144 @@
+"""The `eventkeep` command line: serve the API, manage API keys."""
+
+from contextlib import closing
+from typing import Annotated
+
+import psycopg
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from api.bootstrap import build_key_store
+from api.settings import Settings
+from eventstore.api_keys import ApiKeyStore, Role
+
+BOOTSTRAP_KEY_NAME = "bootstrap"
+
+
+def _environment_help() -> str:
+    """The settings' environment variables, from the settings' own descriptions."""
+    lines = [
+        f"* `EVENTKEEP_{name.upper()}`: {field.description}"
+        for name, field in Settings.model_fields.items()
+    ]
+    return "Settings come from the environment:\n\n" + "\n".join(lines)
+
+
+app = typer.Typer(
+    help="eventkeep: an event-sourced shop engine (CQRS, HTTP API, projections, audit).\n\n"
+    "Embedded mode (default) keeps everything in files under EVENTKEEP_HOME; setting "
+    "EVENTKEEP_POSTGRES_URL selects the distributed mode.\n\n" + _environment_help(),
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(
+    help="Create, list and revoke API keys (stored hashed in the mode's store).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        for problem in error.errors():
+            err.print(
+                f"[red]Invalid setting[/red] {'.'.join(map(str, problem['loc']))}: {problem['msg']}"
+            )
+        raise typer.Exit(2) from None
+
+
+def _key_store(settings: Settings) -> ApiKeyStore:
+    try:
+        return build_key_store(settings)
+    except psycopg.OperationalError as error:
+        err.print(f"[red]Cannot reach PostgreSQL:[/red] {error}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind. [env EVENTKEEP_HOST, default 127.0.0.1]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind. [env EVENTKEEP_PORT, default 8000]")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes (distributed mode only; embedded is one).")
+    ] = 1,
+) -> None:
+    """Serve the HTTP API; stops cleanly on SIGTERM or Ctrl-C.
+
+    In embedded mode it prints a fresh bootstrap admin key, revoking the previous one.
+    """
+    settings = _settings(host=host, port=port)
+    if settings.mode == "embedded" and workers != 1:
+        err.print(
+            "[red]The embedded mode runs one process[/red] (its SQLite store and "
+            "in-process projectors are not shared); set EVENTKEEP_POSTGRES_URL for more."
+        )
+        raise typer.Exit(2)
+    base = f"http://{settings.host}:{settings.port}"
+    out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
+    out.print(f"API docs: {base}/docs")
+    if settings.mode == "embedded":
+        with closing(_key_store(settings)) as store:
+            issued = store.rotate(Role.admin, BOOTSTRAP_KEY_NAME)
+        out.print("Bootstrap admin key (replaces the previous one):")
+        typer.echo(issued.secret_key)
+    # An import string, so that each worker process builds its own app from the environment.
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@keys_app.command("create")
+def create_key(
+    role: Annotated[Role, typer.Option(help="What the key may do; admin may do everything.")],
+    name: Annotated[str, typer.Option(help="A label, to recognise the key in `keys list`.")] = "",
+) -> None:
+    """Create an API key; the key itself is printed once, alone on the last line."""
+    with closing(_key_store(_settings())) as store:
+        issued = store.create(role, name)
+    out.print(
+        f"Created {issued.key.role} key [bold]{issued.key.id}[/bold]. "
+        "Keep it now: only its hash is stored."
+    )
+    typer.echo(issued.secret_key)
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """List API keys (ids, roles, names; never the secrets)."""
+    with closing(_key_store(_settings())) as store:
+        keys = store.list()
+    table = Table("id", "role", "name", "created", "status")
+    for key in keys:
+        status = "[red]revoked[/red]" if key.revoked else "[green]active[/green]"
+        table.add_row(key.id, key.role, key.name, key.created_at.isoformat(), status)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The key's id, from `keys list`.")],
+) -> None:
+    """Revoke an API key; running API processes refuse it within a few seconds."""
+    with closing(_key_store(_settings())) as store:
+        revoked = store.revoke(key_id)
+    if not revoked:
+        err.print(f"No active key with id {key_id}.")
+        raise typer.Exit(1)
+    out.print(f"Revoked key {key_id}.")

@@ -1,0 +1,33 @@
+"""Every request carries a correlation id: the client's `X-Correlation-ID` or a new uuid4.
+
+It is echoed on every answer, errors included, and stored in the metadata of the events the
+request records, so that one id follows a command from the client to the read models.
+"""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "X-Correlation-ID"
+
+
+class CorrelationId:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        correlation_id = Headers(scope=scope).get(HEADER) or str(uuid4())
+        scope.setdefault("state", {})["correlation_id"] = correlation_id
+
+        async def echo(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[HEADER] = correlation_id
+            await send(message)
+
+        await self.app(scope, receive, echo)

@@ -1,0 +1,113 @@
+"""From an HTTP request to a command on the bus: who asks (the key), why (correlation,
+causation), whether it is a retry (Idempotency-Key) and on which version (If-Match)."""
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from prometheus_client import Counter
+
+from api.auth import requires
+from api.bootstrap import Handle
+from api.errors import ApiError
+from api.schema import CommandAnswer
+from commands.messages import Command, CommandContext
+from domain.errors import DomainError
+from eventstore.api_keys import ApiKey, Role
+
+TraceHeader = Annotated[str | None, Header(min_length=1, max_length=200)]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Sends one command on the bus within the request's context and counts the outcome."""
+
+    handle: Handle
+    context: CommandContext
+    counter: Counter
+
+    def __call__(self, command: Command) -> CommandAnswer:
+        name = type(command).__name__
+        try:
+            result = self.handle(command, self.context)
+        except DomainError as error:
+            self.counter.labels(name, error.code).inc()
+            raise
+        except Exception:
+            self.counter.labels(name, "error").inc()
+            raise
+        self.counter.labels(name, "ok").inc()
+        return CommandAnswer(id=result.id, version=result.version, position=result.position)
+
+
+def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
+    """A dependency that authorises `role` and builds the command's context."""
+
+    async def build(
+        request: Request,
+        key: Annotated[ApiKey, Depends(requires(role))],
+        idempotency_key: Annotated[
+            str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+        ] = None,
+        x_correlation_id: TraceHeader = None,
+        x_causation_id: TraceHeader = None,
+    ) -> Dispatch:
+        request_hash = None
+        if idempotency_key is not None:
+            # Scoped by key id: one client's retry key can never answer another's request.
+            idempotency_key = f"{key.id}:{idempotency_key}"
+            request_hash = await _request_hash(request)
+        context = CommandContext(
+            actor=key.id,
+            correlation_id=x_correlation_id or request.state.correlation_id,
+            causation_id=x_causation_id,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        state = request.app.state
+        return Dispatch(state.wiring.handle, context, state.metrics.commands)
+
+    return build
+
+
+ClientCommand = Annotated[Dispatch, Depends(dispatcher(Role.client))]
+AdminCommand = Annotated[Dispatch, Depends(dispatcher(Role.admin))]
+
+
+def expected_version(
+    if_match: Annotated[
+        str | None,
+        Header(alias="If-Match", description='The version the change expects: `3` or `"3"`.'),
+    ] = None,
+) -> int | None:
+    if if_match is None:
+        return None
+    value = if_match.strip().removeprefix('"').removesuffix('"')
+    if not value.isascii() or not value.isdigit():
+        raise ApiError(
+            "MALFORMED_REQUEST",
+            "If-Match must be a stream version, a non-negative integer.",
+            {"header": "If-Match"},
+        )
+    return int(value)
+
+
+IfMatch = Annotated[int | None, Depends(expected_version)]
+
+
+async def _request_hash(request: Request) -> str:
+    """sha256 of method, path and the body as canonical JSON (key order and spacing ignored)."""
+    raw = await request.body()
+    try:
+        body = (
+            json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            if raw
+            else ""
+        )
+    except ValueError:
+        raise ApiError("MALFORMED_REQUEST", "The request body is not valid JSON.") from None
+    text = f"{request.method}\n{request.url.path}\n{body}"
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,156 @@
+"""Every error answer has one shape, `{"error": {"code", "message", "details"}}`, and its
+HTTP status comes from its code through STATUS_BY_CODE, the one table of that mapping."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from domain.errors import DomainError
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_CODE: dict[str, int] = {
+    "MALFORMED_REQUEST": 400,
+    "UNAUTHENTICATED": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "VERSION_CONFLICT": 409,
+    "EMAIL_TAKEN": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
+    "INVALID_STATE_TRANSITION": 409,
+    "STOCK_INSUFFICIENT": 409,
+    "VALIDATION_FAILED": 422,
+    "INTERNAL": 500,
+    "STORE_UNAVAILABLE": 503,
+}
+# A domain error whose code is not above broke a business rule the request could not express.
+DOMAIN_RULE_STATUS = 422
+
+# psycopg_pool.PoolTimeout is a psycopg.OperationalError.
+STORE_UNAVAILABLE_ERRORS = (psycopg.OperationalError, StoreOperationalError)
+
+
+class ApiError(Exception):
+    """An error the API itself decides (auth, headers); its code must be in STATUS_BY_CODE."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers
+
+
+def error_response(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(
+        jsonable_encoder(body),
+        status_code=status or STATUS_BY_CODE.get(code, DOMAIN_RULE_STATUS),
+        headers=headers,
+    )
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.code, exc.message, exc.details, headers=exc.headers)
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return error_response(exc.code, exc.message, exc.details)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(error["type"] == "json_invalid" for error in errors):
+        return error_response("MALFORMED_REQUEST", "The request body is not valid JSON.")
+    if any(error["loc"] == ("body",) and isinstance(error.get("input"), bytes) for error in errors):
+        # FastAPI reads a body as JSON only when it is labelled so; anything else stays bytes.
+        return error_response(
+            "MALFORMED_REQUEST", "Send the body as JSON, with Content-Type: application/json."
+        )
+    fields = [
+        {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in errors
+    ]
+    return error_response("VALIDATION_FAILED", "The request is not valid.", {"fields": fields})
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    # Raised by routing itself: unknown paths, wrong methods.
+    assert isinstance(exc, HTTPException)
+    status = HTTPStatus(exc.status_code)
+    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
+        status, status.phrase.upper().replace(" ", "_")
+    )
+    return error_response(code, status.phrase, status=status, headers=exc.headers)
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("event store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response("STORE_UNAVAILABLE", "The event store cannot be reached; retry later.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    for error_type in STORE_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error_type, _store_unavailable)
+
+
+class LastResortErrors:
+    """Answers an unexpected exception with a bare 500 INTERNAL; the traceback goes to the log.
+
+    Starlette's own handler for `Exception` runs outside every middleware, so these answers
+    would lose the correlation id and the metrics; this middleware sits inside them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            logger.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await error_response("INTERNAL", "Internal error.")(scope, receive, send)

@@ -1,0 +1,78 @@
+"""Order commands: translate the request into a command, nothing more."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from api.dispatch import ClientCommand, IfMatch
+from api.schema import COMMAND_ERRORS, Body, CommandAnswer, Money, Quantity, Reason, Reference
+from commands.messages import (
+    CancelOrder,
+    DeliverOrder,
+    OrderLine,
+    PayOrder,
+    PlaceOrder,
+    ShipOrder,
+)
+
+router = APIRouter(prefix="/v1/orders", tags=["orders"], responses=COMMAND_ERRORS)
+
+
+class LineBody(Body):
+    product_id: UUID
+    quantity: Quantity
+
+
+class PlaceOrderBody(Body):
+    """Prices are not sent: the order takes each product's current price."""
+
+    user_id: UUID
+    lines: list[LineBody] = Field(min_length=1, max_length=100)
+
+
+class PayBody(Body):
+    amount: Money
+    payment_ref: Reference
+
+
+class ShipBody(Body):
+    tracking_number: Reference
+
+
+class CancelBody(Body):
+    reason: Reason
+
+
+@router.post("", status_code=201)
+def place_order(body: PlaceOrderBody, send: ClientCommand) -> CommandAnswer:
+    lines = tuple(OrderLine(line.product_id, line.quantity) for line in body.lines)
+    return send(PlaceOrder(body.user_id, lines))
+
+
+@router.post("/{order_id}/pay")
+def pay_order(
+    order_id: UUID, body: PayBody, version: IfMatch, send: ClientCommand
+) -> CommandAnswer:
+    return send(PayOrder(order_id, body.amount, body.payment_ref, version))
+
+
+@router.post("/{order_id}/ship")
+def ship_order(
+    order_id: UUID, body: ShipBody, version: IfMatch, send: ClientCommand
+) -> CommandAnswer:
+    return send(ShipOrder(order_id, body.tracking_number, version))
+
+
+@router.post("/{order_id}/deliver")
+def deliver_order(order_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
+    return send(DeliverOrder(order_id, expected_version=version))
+
+
+@router.post("/{order_id}/cancel")
+def cancel_order(
+    order_id: UUID, body: CancelBody, version: IfMatch, send: ClientCommand
+) -> CommandAnswer:
+    return send(CancelOrder(order_id, body.reason, version))
