@@ -261,83 +261,84 @@ class _PostgresBatchStorage:
 
     @contextmanager
     def locked_transaction(self) -> Iterator[_PostgresBatchTransaction]:
+        # Pipeline mode: the lock and all reads go in one round trip, the writes and the
+        # commit in a second one. Binary parameters avoid escaping every array element.
         connection = self._connect()
         try:
-            with connection.transaction(), connection.cursor() as cursor:
-                cursor.execute(
+            with connection.pipeline(), connection.transaction():
+                connection.execute(
                     SQL("LOCK TABLE {events} IN EXCLUSIVE MODE").format(
                         events=self._recorder._events
                     )
                 )
-                yield _PostgresBatchTransaction(self._recorder, cursor)
+                yield _PostgresBatchTransaction(self._recorder, connection)
         except psycopg.OperationalError:
             connection.close()
             raise
 
 
 class _PostgresBatchTransaction:
-    def __init__(self, recorder: PostgresApplicationRecorder, cursor: psycopg.Cursor[Any]):
+    def __init__(self, recorder: PostgresApplicationRecorder, connection: psycopg.Connection[Any]):
         self._recorder = recorder
-        self._cursor = cursor
+        self._connection = connection
+
+    def _query(self, query: Composed, params: Any = None) -> psycopg.Cursor[Any]:
+        cursor = self._connection.cursor(binary=True)
+        cursor.execute(query, params, prepare=True)
+        return cursor
 
     def read_state(self, appends: Sequence[Append]) -> StoreState:
-        r, cursor = self._recorder, self._cursor
-        cursor.execute(
+        r = self._recorder
+        head = self._query(
             SQL("SELECT position, hash FROM {events} ORDER BY position DESC LIMIT 1").format(
                 events=r._events
             )
         )
-        head = cursor.fetchone()
-        ids = [e.originator_id for a in appends for e in a.events]
-        versions = [e.originator_version for a in appends for e in a.events]
-        cursor.execute(
+        taken = self._query(
             SQL(
                 "SELECT e.stream_id, e.stream_version FROM {events} e"
-                " JOIN unnest(%s::uuid[], %s::bigint[]) AS k(id, v)"
+                " JOIN unnest(%b::uuid[], %b::bigint[]) AS k(id, v)"
                 " ON e.stream_id = k.id AND e.stream_version = k.v"
             ).format(events=r._events),
-            (ids, versions),
+            (
+                [e.originator_id for a in appends for e in a.events],
+                [e.originator_version for a in appends for e in a.events],
+            ),
         )
-        taken = {(str(stream_id), version) for stream_id, version in cursor.fetchall()}
         claims = [c for a in appends for c in a.claims]
-        owners: dict[tuple[str, str], UUID] = {}
-        if claims:
-            cursor.execute(
-                SQL(
-                    "SELECT scope, key, owner FROM {claims}"
-                    " WHERE (scope, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
-                ).format(claims=r._claims),
-                ([c.scope for c in claims], [c.key for c in claims]),
-            )
-            owners = {(scope, key): owner for scope, key, owner in cursor.fetchall()}
+        owners = claims and self._query(
+            SQL(
+                "SELECT scope, key, owner FROM {claims}"
+                " WHERE (scope, key) IN (SELECT * FROM unnest(%b::text[], %b::text[]))"
+            ).format(claims=r._claims),
+            ([c.scope for c in claims], [c.key for c in claims]),
+        )
         keys = [a.idempotency.key for a in appends if a.idempotency is not None]
-        used: set[str] = set()
-        if keys:
-            cursor.execute(
-                SQL("SELECT key FROM {table} WHERE key = ANY(%s)").format(table=r._idempotency),
-                (keys,),
-            )
-            used = {key for (key,) in cursor.fetchall()}
+        used = keys and self._query(
+            SQL("SELECT key FROM {table} WHERE key = ANY(%b::text[])").format(table=r._idempotency),
+            (keys,),
+        )
         tracked = sorted({a.tracking.application_name for a in appends if a.tracking})
+        last = head.fetchone()
         return StoreState(
-            last_position=head[0] if head else 0,
-            last_hash=bytes(head[1]) if head else GENESIS,
-            taken_versions=taken,
-            claim_owners=owners,
-            used_idempotency_keys=used,
-            tracking_max=r._read_tracking(cursor, tracked),
+            last_position=last[0] if last else 0,
+            last_hash=bytes(last[1]) if last else GENESIS,
+            taken_versions={(str(stream), version) for stream, version in taken.fetchall()},
+            claim_owners={(s, k): o for s, k, o in owners.fetchall()} if owners else {},
+            used_idempotency_keys={key for (key,) in used.fetchall()} if used else set(),
+            tracking_max=r._read_tracking(self._connection.cursor(), tracked),
         )
 
     def write(self, plan: BatchPlan) -> None:
-        r, cursor = self._recorder, self._cursor
+        r, cursor = self._recorder, self._connection.cursor(binary=True)
         if plan.rows:
             rows = plan.rows
             cursor.execute(
                 SQL(
                     "INSERT INTO {events} (" + EVENT_COLUMNS + ") SELECT p, s, v, st, et, sv, ra,"
-                    " d, m::jsonb, ph, h FROM unnest(%s::bigint[], %s::uuid[], %s::bigint[],"
-                    " %s::text[], %s::text[], %s::int[], %s::timestamptz[], %s::bytea[],"
-                    " %s::text[], %s::bytea[], %s::bytea[])"
+                    " d, m::jsonb, ph, h FROM unnest(%b::bigint[], %b::uuid[], %b::bigint[],"
+                    " %b::text[], %b::text[], %b::int[], %b::timestamptz[], %b::bytea[],"
+                    " %b::text[], %b::bytea[], %b::bytea[])"
                     " AS t(p, s, v, st, et, sv, ra, d, m, ph, h)"
                 ).format(events=r._events),
                 (
@@ -361,7 +362,7 @@ class _PostgresBatchTransaction:
             cursor.execute(
                 SQL(
                     "INSERT INTO {claims} (scope, key, owner)"
-                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[])"
+                    " SELECT * FROM unnest(%b::text[], %b::text[], %b::uuid[])"
                     " ON CONFLICT (scope, key) DO UPDATE SET owner = EXCLUDED.owner"
                 ).format(claims=r._claims),
                 tuple(map(list, zip(*claimed, strict=True))),
@@ -370,7 +371,7 @@ class _PostgresBatchTransaction:
             cursor.execute(
                 SQL(
                     "DELETE FROM {claims} WHERE (scope, key) IN"
-                    " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+                    " (SELECT * FROM unnest(%b::text[], %b::text[]))"
                 ).format(claims=r._claims),
                 tuple(map(list, zip(*released, strict=True))),
             )
@@ -378,7 +379,7 @@ class _PostgresBatchTransaction:
             cursor.execute(
                 SQL(
                     "INSERT INTO {table} (key, request_hash, result)"
-                    " SELECT k, h, r::jsonb FROM unnest(%s::text[], %s::text[], %s::text[])"
+                    " SELECT k, h, r::jsonb FROM unnest(%b::text[], %b::text[], %b::text[])"
                     " AS t(k, h, r)"
                 ).format(table=r._idempotency),
                 (

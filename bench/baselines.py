@@ -1,0 +1,108 @@
+"""Raw baselines, measured in the same run as the workloads they judge (PERFORMANCE.md)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import psycopg
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder as StockRecorder
+from eventsourcing.postgres import PostgresDatastore
+
+from bench.report import Histogram
+
+PAYLOAD = os.urandom(100).hex().encode()  # 200 bytes, like a small event
+
+
+def run_threads(
+    threads: int, seconds: float, work: Callable[[Histogram], int]
+) -> tuple[float, Histogram]:
+    """Runs `work` in a loop on each thread for `seconds`; returns units/s and latencies."""
+    deadline = time.perf_counter() + seconds
+    counts = [0] * threads
+    histograms = [Histogram() for _ in range(threads)]
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < deadline:
+            counts[i] += work(histograms[i])
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    merged = Histogram()
+    for histogram in histograms:
+        merged.merge(histogram)
+    return sum(counts) / elapsed, merged
+
+
+def b1_single_row_commits(url: str, threads: int, seconds: float) -> float:
+    """B1: one 200-byte row INSERT + COMMIT per transaction, `threads` connections."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_raw")
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, body bytea)")
+    local = threading.local()
+
+    def work(histogram: Histogram) -> int:
+        if not hasattr(local, "conn"):
+            local.conn = psycopg.connect(url, autocommit=True)
+        start = time.perf_counter()
+        local.conn.execute("INSERT INTO bench_raw (body) VALUES (%s)", (PAYLOAD,), prepare=True)
+        histogram.record(time.perf_counter() - start)
+        return 1
+
+    rate, _ = run_threads(threads, seconds, work)
+    return rate
+
+
+def b2_hundred_row_transactions(url: str, seconds: float) -> float:
+    """B2: 100 rows per INSERT transaction; rows/s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_raw")
+        conn.execute("CREATE TABLE bench_raw (id bigserial PRIMARY KEY, body bytea)")
+    conn = psycopg.connect(url, autocommit=True)
+    bodies = [PAYLOAD] * 100
+
+    def work(_: Histogram) -> int:
+        conn.execute(
+            "INSERT INTO bench_raw (body) SELECT * FROM unnest(%s::bytea[])",
+            (bodies,),
+            prepare=True,
+        )
+        return 100
+
+    rate, _ = run_threads(1, seconds, work)
+    conn.close()
+    return rate
+
+
+def b3_stock_recorder(params: dict[str, str], threads: int, per_save: int, seconds: float) -> float:
+    """B3: the eventsourcing library's stock PostgreSQL recorder (table lock per append)."""
+    datastore = PostgresDatastore(**params, pool_size=threads + 1)
+    recorder = StockRecorder(datastore, events_table_name="bench_stock_events")
+    with datastore.transaction(commit=True) as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_stock_events")
+    recorder.create_table()
+
+    def work(_: Histogram) -> int:
+        stream = uuid4()
+        recorder.insert_events(
+            [StoredEvent(stream, v, "BenchEvent", PAYLOAD) for v in range(1, per_save + 1)]
+        )
+        return per_save
+
+    rate, _ = run_threads(threads, seconds, work)
+    datastore.close()
+    return rate
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,133 @@
+"""`eventkeep bench`: runs the PERFORMANCE.md workloads with their raw baselines, same run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from psycopg.conninfo import conninfo_to_dict
+
+from bench import baselines, store_workloads
+from bench.report import Figure, Report
+
+bench_app = typer.Typer(help="Benchmarks of PERFORMANCE.md: each figure beside its raw baseline.")
+
+
+def _params(url: str) -> dict[str, str]:
+    info = conninfo_to_dict(url)
+    defaults = {"host": "127.0.0.1", "port": "5432", "user": "postgres", "password": ""}
+    return {
+        k: str(info.get(k, defaults.get(k, "")))
+        for k in ("dbname", "host", "port", "user", "password")
+    }
+
+
+@bench_app.command("write")
+def write_path(
+    seconds: Annotated[float, typer.Option(help="Seconds per throughput measurement.")] = 5.0,
+    tail_events: Annotated[int, typer.Option(help="Events written during G1.")] = 100_000,
+    results: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path(
+        "bench/results"
+    ),
+) -> None:
+    """B1, B2, B3, W1, W2, G1 (and W3 with --http) on the PostgreSQL at EVENTKEEP_POSTGRES_URL."""
+    url = os.environ.get("EVENTKEEP_POSTGRES_URL")
+    if not url:
+        raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL (see `infra/services env`)")
+    params = _params(url)
+    report = Report()
+    b1_1 = report.add(
+        Figure(
+            "B1",
+            "raw INSERT+COMMIT, 1 connection",
+            baselines.b1_single_row_commits(url, 1, seconds),
+            "commits/s",
+        )
+    )
+    b1_8 = report.add(
+        Figure(
+            "B1",
+            "raw INSERT+COMMIT, 8 connections",
+            baselines.b1_single_row_commits(url, 8, seconds),
+            "commits/s",
+        )
+    )
+    b2 = report.add(
+        Figure(
+            "B2",
+            "raw 100-row INSERT transactions",
+            baselines.b2_hundred_row_transactions(url, seconds),
+            "rows/s",
+        )
+    )
+    b3_1 = report.add(
+        Figure(
+            "B3",
+            "stock recorder, 1 event/save, 1 thread",
+            baselines.b3_stock_recorder(params, 1, 1, seconds),
+            "events/s",
+        )
+    )
+    b3_8 = report.add(
+        Figure(
+            "B3",
+            "stock recorder, 1 event/save, 8 threads",
+            baselines.b3_stock_recorder(params, 8, 1, seconds),
+            "events/s",
+        )
+    )
+    report.add(
+        Figure(
+            "B3",
+            "stock recorder, 100 events/save, 1 thread",
+            baselines.b3_stock_recorder(params, 1, 100, seconds),
+            "events/s",
+        )
+    )
+
+    rate, latency = store_workloads.w_single_event_appends(params, 8, seconds)
+    report.add(
+        Figure(
+            "W0",
+            "eventkeep recorder alone, 1-event appends, 8 writers",
+            rate,
+            "appends/s",
+            "B3",
+            b3_8.value,
+            latency=latency.percentiles(),
+            extra={"vs_B1_8": round(rate / b1_8.value, 3)},
+        )
+    )
+    for threads in (1, 8):
+        rate = store_workloads.w2_hundred_event_appends(params, threads, seconds)
+        report.add(
+            Figure(
+                "W2",
+                f"eventkeep 100-event appends, {threads} writer(s)",
+                rate,
+                "events/s",
+                "B2",
+                b2.value,
+                target="≥ 0.5× B2",
+                passed=rate >= 0.5 * b2.value,
+            )
+        )
+    outcome = store_workloads.g1_tailing_reader(params, 8, tail_events)
+    report.add(
+        Figure(
+            "G1",
+            f"tailing reader, 8 writers, {outcome['written']:,} events: missed",
+            outcome["missed"],
+            "events",
+            target="0 missed, in order",
+            passed=outcome["missed"] == 0
+            and outcome["out_of_order"] == 0
+            and outcome["duplicates"] == 0,
+            extra=outcome,
+        )
+    )
+    del b1_1
+    report.console.print(report.table())
+    report.console.print(f"results: {report.save(results)}")
