@@ -62,7 +62,7 @@ def write_path(
             "rows/s",
         )
     )
-    b3_1 = report.add(
+    report.add(
         Figure(
             "B3",
             "stock recorder, 1 event/save, 1 thread",

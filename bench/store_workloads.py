@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from uuid import uuid4
@@ -105,7 +106,7 @@ def g1_tailing_reader(params: dict[str, str], writers: int, total: int) -> dict[
     reader.join()
     elapsed = time.perf_counter() - started
     written = per_writer * writers
-    out_of_order = sum(1 for a, b in zip(seen, seen[1:], strict=False) if b <= a)
+    out_of_order = sum(1 for a, b in itertools.pairwise(seen) if b <= a)
     missed = written - len(set(seen))
     close(recorder)
     return {
