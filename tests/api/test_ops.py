@@ -1,0 +1,84 @@
+"""Operator endpoints answer without a key; /docs and /openapi.json describe the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.bootstrap import Wiring
+from tests.api.shopping import USER
+
+
+def test_health_and_readiness_need_no_key(anonymous: TestClient) -> None:
+    assert anonymous.get("/healthz").json() == {"status": "ok"}
+    assert anonymous.get("/readyz").json() == {"status": "ready"}
+
+
+def test_readiness_fails_when_the_store_does_not_answer(wiring: Wiring) -> None:
+    class Unreachable:
+        def max_notification_id(self) -> Any:
+            raise OSError("connection refused")
+
+    class NoStore:
+        recorder = Unreachable()
+
+        def close(self) -> None:
+            pass
+
+    app = create_app(Wiring(NoStore(), wiring.handle, wiring.keys))  # type: ignore[arg-type]
+    response = TestClient(app).get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "STORE_UNAVAILABLE"
+
+
+def test_metrics_count_requests_by_route_and_commands_by_type(
+    client: TestClient, anonymous: TestClient
+) -> None:
+    user = client.post("/v1/users", json=USER).json()
+    client.post("/v1/users", json=USER)  # taken
+    client.post(f"/v1/users/{user['id']}/reactivate")  # already active
+    anonymous.get("/v1/nowhere")
+
+    text = anonymous.get("/metrics").text
+
+    assert 'eventkeep_http_requests_total{method="POST",route="/v1/users",status="201"} 1.0' in text
+    assert 'route="/v1/users/{user_id}/reactivate",status="409"' in text
+    assert 'eventkeep_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert 'eventkeep_http_request_duration_seconds_bucket{le="0.005",method="POST"' in text
+    assert 'eventkeep_commands_total{command="RegisterUser",outcome="ok"} 1.0' in text
+    assert 'eventkeep_commands_total{command="RegisterUser",outcome="EMAIL_TAKEN"} 1.0' in text
+
+
+def test_openapi_lists_every_command_with_the_error_shape(anonymous: TestClient) -> None:
+    assert anonymous.get("/docs").status_code == 200
+    spec = anonymous.get("/openapi.json").json()
+    commands = {
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        for method in operations
+        if path.startswith("/v1/")
+    }
+    assert commands == {
+        ("POST", "/v1/users"),
+        ("POST", "/v1/users/{user_id}/email"),
+        ("POST", "/v1/users/{user_id}/deactivate"),
+        ("POST", "/v1/users/{user_id}/reactivate"),
+        ("DELETE", "/v1/users/{user_id}/personal-data"),
+        ("POST", "/v1/products"),
+        ("POST", "/v1/products/{product_id}/details"),
+        ("POST", "/v1/products/{product_id}/price"),
+        ("POST", "/v1/products/{product_id}/stock"),
+        ("POST", "/v1/products/{product_id}/discontinue"),
+        ("POST", "/v1/orders"),
+        ("POST", "/v1/orders/{order_id}/pay"),
+        ("POST", "/v1/orders/{order_id}/ship"),
+        ("POST", "/v1/orders/{order_id}/deliver"),
+        ("POST", "/v1/orders/{order_id}/cancel"),
+    }
+    register = spec["paths"]["/v1/users"]["post"]
+    assert register["responses"]["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorAnswer"
+    }
+    assert register["security"] == [{"HTTPBearer": []}]
