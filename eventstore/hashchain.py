@@ -9,6 +9,7 @@ may re-format it (PostgreSQL `jsonb`).
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -51,8 +52,8 @@ def event_hash(
         data,
         canonical_metadata(metadata),
     )
-    digest = hashlib.sha256(prev_hash)
-    for field in fields:
-        digest.update(len(field).to_bytes(8, "big"))
-        digest.update(field)
-    return digest.digest()
+    framed = b"".join(_PREFIX.pack(len(field)) + field for field in fields)
+    return hashlib.sha256(prev_hash + framed).digest()
+
+
+_PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
