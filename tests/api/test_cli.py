@@ -1,0 +1,126 @@
+"""The `eventkeep` command line, run in-process with Typer's runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from api import cli
+from api.bootstrap import build_key_store
+from api.settings import Settings
+from eventstore.api_keys import Role
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.delenv("EVENTKEEP_POSTGRES_URL", raising=False)
+    monkeypatch.delenv("EVENTKEEP_CLAIM_SECRET", raising=False)
+    monkeypatch.setenv("EVENTKEEP_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    return tmp_path
+
+
+def store() -> Any:
+    return build_key_store(Settings())
+
+
+def run(*args: str) -> Any:
+    return runner.invoke(cli.app, list(args))
+
+
+def test_keys_create_prints_the_key_alone_on_its_last_line() -> None:
+    result = run("keys", "create", "--role", "analyst", "--name", "bi")
+    assert result.exit_code == 0, result.output
+    key = result.output.splitlines()[-1]
+    verified = store().verify(key)
+    assert verified is not None
+    assert (verified.role, verified.name) == (Role.analyst, "bi")
+
+
+def test_keys_create_refuses_an_unknown_role() -> None:
+    result = run("keys", "create", "--role", "root")
+    assert result.exit_code == 2
+
+
+def test_keys_list_shows_ids_and_roles_never_secrets() -> None:
+    key = run("keys", "create", "--role", "auditor").output.splitlines()[-1]
+    key_id, secret = key.split("_", 2)[1:]
+    result = run("keys", "list")
+    assert result.exit_code == 0
+    assert key_id in result.output and "auditor" in result.output and "active" in result.output
+    assert secret not in result.output
+
+
+def test_keys_revoke() -> None:
+    key = run("keys", "create", "--role", "client").output.splitlines()[-1]
+    key_id = key.split("_")[1]
+    assert run("keys", "revoke", key_id).exit_code == 0
+    assert store().verify(key) is None
+    again = run("keys", "revoke", key_id)
+    assert again.exit_code == 1
+    assert "No active key" in again.output
+
+
+@pytest.mark.parametrize(
+    "command, says",
+    [
+        ((), ["EVENTKEEP_HOME", "EVENTKEEP_POSTGRES_URL", "EVENTKEEP_KAFKA_BOOTSTRAP", "serve"]),
+        (("serve",), ["--host", "--port", "--workers", "EVENTKEEP_HOST", "EVENTKEEP_PORT"]),
+        (("keys",), ["create", "list", "revoke"]),
+        (("keys", "create"), ["--role", "--name", "client", "admin", "last line"]),
+        (("keys", "list"), ["never the secrets"]),
+        (("keys", "revoke"), ["key_id", "The key's id"]),
+    ],
+)
+def test_help_explains_each_command(command: tuple[str, ...], says: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    for words in says:
+        assert words in result.output
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli.uvicorn, "run", lambda app, **options: calls.append(options))
+    return calls
+
+
+def test_serve_prints_urls_and_a_fresh_bootstrap_admin_key(served: list[dict[str, Any]]) -> None:
+    first = run("serve", "--port", "8123")
+    assert first.exit_code == 0, first.output
+    assert "http://127.0.0.1:8123" in first.output
+    assert "http://127.0.0.1:8123/docs" in first.output
+    first_key = first.output.splitlines()[-1]
+    assert store().verify(first_key).role == Role.admin
+
+    second_key = run("serve").output.splitlines()[-1]
+
+    assert store().verify(first_key) is None
+    assert store().verify(second_key) is not None
+    assert [(call["port"], call["workers"], call["factory"]) for call in served] == [
+        (8123, 1, True),
+        (8000, 1, True),
+    ]
+
+
+def test_embedded_serve_runs_one_process(served: list[dict[str, Any]]) -> None:
+    result = run("serve", "--workers", "2")
+    assert result.exit_code == 2
+    assert "one process" in result.output
+    assert served == []
+
+
+def test_a_bad_setting_is_reported_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, served: list[dict[str, Any]]
+) -> None:
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", "postgresql://db/shop")
+    result = run("keys", "list")
+    assert result.exit_code == 2
+    assert "EVENTKEEP_CLAIM_SECRET" in result.output
+    assert "Traceback" not in result.output

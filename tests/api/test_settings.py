@@ -1,0 +1,83 @@
+"""Settings pick the mode from the environment; bootstrap turns them into the store's env."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from api.bootstrap import build_key_store, shop_env
+from api.settings import Settings
+from eventstore.api_keys import SqliteApiKeyStore
+
+URL = "postgresql://writer:p%40ss%3Aword@db.internal:6543/shop"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOME", "POSTGRES_URL", "CLAIM_SECRET", "HOST", "PORT", "POOL_SIZE"):
+        monkeypatch.delenv(f"EVENTKEEP_{name}", raising=False)
+
+
+def test_embedded_is_the_default_and_keeps_a_secret_in_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert settings.mode == "embedded"
+    secret_file = tmp_path / "secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert settings.claim_secret is not None
+    assert settings.claim_secret.get_secret_value() == secret_file.read_text()
+    assert Settings(home=tmp_path).claim_secret == settings.claim_secret
+
+
+def test_settings_come_from_eventkeep_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EVENTKEEP_HOME", str(tmp_path))
+    monkeypatch.setenv("EVENTKEEP_PORT", "9100")
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", URL)
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "s3cret")
+    settings = Settings()
+    assert (settings.home, settings.port, settings.mode) == (tmp_path, 9100, "distributed")
+    assert not (tmp_path / "secret").exists()
+
+
+def test_distributed_mode_demands_a_shared_claim_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", URL)
+    with pytest.raises(ValidationError, match="EVENTKEEP_CLAIM_SECRET"):
+        Settings()
+
+
+def test_secrets_never_show(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, postgres_url=URL, claim_secret="s3cret")
+    shown = f"{settings!r} {settings} {settings.model_dump_json()}"
+    assert "p%40ss" not in shown
+    assert "s3cret" not in shown
+
+
+def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    env = shop_env(settings)
+    assert env == {
+        "PERSISTENCE_MODULE": "eventstore.sqlite",
+        "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
+        "CLAIM_SECRET": (tmp_path / "home" / "secret").read_text(),
+    }
+    assert isinstance(build_key_store(settings), SqliteApiKeyStore)
+    assert (tmp_path / "home" / "api_keys.db").exists()
+
+
+def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, postgres_url=URL, claim_secret="s3cret", pool_size=7)
+    assert shop_env(settings) == {
+        "PERSISTENCE_MODULE": "eventstore.postgres",
+        "POSTGRES_DBNAME": "shop",
+        "POSTGRES_HOST": "db.internal",
+        "POSTGRES_PORT": "6543",
+        "POSTGRES_USER": "writer",
+        "POSTGRES_PASSWORD": "p@ss:word",
+        "POSTGRES_POOL_SIZE": "7",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "CLAIM_SECRET": "s3cret",
+    }
