@@ -1,5 +1,7 @@
 """Bearer API keys and roles. An admin key may do everything; other keys only their role."""
 
+# No `from __future__ import annotations`: FastAPI must evaluate the closure's annotations.
+
 from collections.abc import Callable
 from typing import Annotated
 

@@ -48,9 +48,8 @@ def _settings(**overrides: object) -> Settings:
         return Settings(**{name: value for name, value in overrides.items() if value is not None})
     except ValidationError as error:
         for problem in error.errors():
-            err.print(
-                f"[red]Invalid setting[/red] {'.'.join(map(str, problem['loc']))}: {problem['msg']}"
-            )
+            where = ".".join(map(str, problem["loc"])) or "settings"
+            err.print(f"[red]Invalid {where}:[/red] {problem['msg']}")
         raise typer.Exit(2) from None
 
 

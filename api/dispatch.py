@@ -1,6 +1,9 @@
 """From an HTTP request to a command on the bus: who asks (the key), why (correlation,
 causation), whether it is a retry (Idempotency-Key) and on which version (If-Match)."""
 
+# No `from __future__ import annotations` here: FastAPI reads the dependencies from the
+# annotations, and a closure's `Depends(requires(role))` cannot be evaluated from a string.
+
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -52,6 +55,7 @@ def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
+        # Declared for its bound and for /docs; CorrelationId has read it into request.state.
         x_correlation_id: TraceHeader = None,
         x_causation_id: TraceHeader = None,
     ) -> Dispatch:
@@ -62,7 +66,7 @@ def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
             request_hash = await _request_hash(request)
         context = CommandContext(
             actor=key.id,
-            correlation_id=x_correlation_id or request.state.correlation_id,
+            correlation_id=request.state.correlation_id,
             causation_id=x_causation_id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
