@@ -1,0 +1,213 @@
+"""The relay: follows the global log in position order and publishes every event to Kafka.
+
+- Topic per stream type (`<prefix>.<StreamType>`), created with a fixed partition count
+  (adding partitions later would remap keys and break per-stream order); key = stream id, so
+  each stream stays ordered within its partition; value = the upcast export envelope (orjson);
+  headers `event_type`, `schema_version`, `position`.
+- Idempotent producer with `acks=all`. A batch is sent, `flush()`ed, and only then is the
+  relay's durable cursor advanced: a crash between the two re-sends (at-least-once); consumers
+  drop what they already applied by stream version.
+- One active relay: the one holding a PostgreSQL advisory lock on its own connection. Others
+  stand by and take over when that connection dies with its process.
+- Kafka unreachable: commands keep succeeding (the log is the outbox); the relay backs off,
+  recreates its producer and resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import psycopg
+from domain.upcasters import upcast
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from eventstore.envelope import to_envelope
+from eventstore.records import LoggedEvent
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = "eventkeep relay"
+STREAM_TYPES = ("User", "Product", "Order")
+
+
+class GlobalLog(Protocol):
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[LoggedEvent]: ...
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    bootstrap: str
+    topic_prefix: str = "eventkeep"
+    partitions: int = 6
+    batch_size: int = 1000
+    poll_interval: float = 0.2
+    max_backoff: float = 5.0
+
+    def topic(self, stream_type: str) -> str:
+        return f"{self.topic_prefix}.{stream_type}"
+
+
+def message_of(event: LoggedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of an event's Kafka message."""
+    envelope = upcast(to_envelope(event))
+    headers = [
+        ("event_type", envelope["event_type"].encode()),
+        ("schema_version", str(envelope["schema_version"]).encode()),
+        ("position", str(event.id).encode()),
+    ]
+    return str(event.originator_id).encode(), orjson.dumps(envelope), headers
+
+
+class RelayCursor:
+    """The relay's durable position, in PostgreSQL next to the log it follows."""
+
+    def __init__(self, connection: psycopg.Connection[Any], name: str = "relay") -> None:
+        self._connection = connection
+        self._name = name
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS eventkeep_relay_cursor"
+            " (name text PRIMARY KEY, position bigint NOT NULL)"
+        )
+
+    def load(self) -> int:
+        row = self._connection.execute(
+            "SELECT position FROM eventkeep_relay_cursor WHERE name = %s", (self._name,)
+        ).fetchone()
+        return row[0] if row else 0
+
+    def save(self, position: int) -> None:
+        self._connection.execute(
+            "INSERT INTO eventkeep_relay_cursor (name, position) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            (self._name, position),
+        )
+
+
+class Relay:
+    def __init__(
+        self,
+        log_reader: GlobalLog,
+        postgres_url: str,
+        settings: RelaySettings,
+        *,
+        on_published: Callable[[int], None] = lambda position: None,
+    ) -> None:
+        self._log = log_reader
+        self._postgres_url = postgres_url
+        self._settings = settings
+        self._on_published = on_published
+        self.stopping = threading.Event()
+        self.is_active = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Stand by until this relay holds the lock, then publish until stopped."""
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self._postgres_url, autocommit=True) as connection:
+                    if not self._lead(connection):
+                        self.stopping.wait(self._settings.poll_interval * 5)
+                        continue
+                    self.is_active.set()
+                    log.info("relay active")
+                    self._publish_until_stopped(RelayCursor(connection))
+            except psycopg.OperationalError as error:
+                log.warning("relay lost PostgreSQL (%s); retrying", error)
+                self.stopping.wait(self._settings.max_backoff)
+            finally:
+                self.is_active.clear()
+
+    @staticmethod
+    def _lead(connection: psycopg.Connection[Any]) -> bool:
+        row = connection.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (RELAY_LOCK,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def _publish_until_stopped(self, cursor: RelayCursor) -> None:
+        backoff = 0.1
+        producer: KafkaProducer | None = None
+        position = cursor.load()
+        try:
+            while not self.stopping.is_set():
+                batch = self._log.select_notifications(
+                    position, self._settings.batch_size, inclusive_of_start=False
+                )
+                if not batch:
+                    self.stopping.wait(self._settings.poll_interval)
+                    continue
+                try:
+                    producer = producer or self._producer()
+                    self._send(producer, batch)
+                except KafkaError as error:
+                    log.warning("Kafka unavailable (%s); retrying in %.1fs", error, backoff)
+                    if producer is not None:
+                        producer.close(timeout=1)
+                        producer = None
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, self._settings.max_backoff)
+                    continue
+                backoff = 0.1
+                position = batch[-1].id
+                cursor.save(position)
+                self._on_published(position)
+        finally:
+            if producer is not None:
+                producer.close(timeout=5)
+
+    def _producer(self) -> KafkaProducer:
+        ensure_topics(self._settings)
+        return KafkaProducer(
+            bootstrap_servers=self._settings.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_in_flight_requests_per_connection=5,
+            request_timeout_ms=10_000,
+            max_block_ms=10_000,
+        )
+
+    def _send(self, producer: KafkaProducer, batch: Sequence[LoggedEvent]) -> None:
+        futures = []
+        for event in batch:
+            key, value, headers = message_of(event)
+            topic = self._settings.topic(event.stream_type)
+            futures.append(producer.send(topic, key=key, value=value, headers=headers))
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=0)  # raises the send's KafkaError, if any
+
+
+def ensure_topics(settings: RelaySettings) -> None:
+    """Creates the stream-type topics with the fixed partition count, if missing."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(settings.topic(t), num_partitions=settings.partitions, replication_factor=1)
+            for t in STREAM_TYPES
+            if settings.topic(t) not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(wanted)
+    finally:
+        admin.close()
