@@ -77,7 +77,7 @@ def message_of(event: LoggedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]
 class RelayCursor:
     """The relay's durable position, in PostgreSQL next to the log it follows."""
 
-    def __init__(self, connection: psycopg.Connection[Any], name: str = "relay") -> None:
+    def __init__(self, connection: psycopg.Connection[Any], name: str) -> None:
         self._connection = connection
         self._name = name
         connection.execute(
@@ -123,12 +123,14 @@ class Relay:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self._postgres_url, autocommit=True) as connection:
-                    if not self._lead(connection):
+                    if not self._lead(connection, self._settings.topic_prefix):
                         self.stopping.wait(self._settings.poll_interval * 5)
                         continue
                     self.is_active.set()
                     log.info("relay active")
-                    self._publish_until_stopped(RelayCursor(connection))
+                    self._publish_until_stopped(
+                        RelayCursor(connection, self._settings.topic_prefix)
+                    )
             except psycopg.OperationalError as error:
                 log.warning("relay lost PostgreSQL (%s); retrying", error)
                 self.stopping.wait(self._settings.max_backoff)
@@ -136,9 +138,10 @@ class Relay:
                 self.is_active.clear()
 
     @staticmethod
-    def _lead(connection: psycopg.Connection[Any]) -> bool:
+    def _lead(connection: psycopg.Connection[Any], prefix: str) -> bool:
+        """One relay per topic prefix: the holder of this session-level lock."""
         row = connection.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (RELAY_LOCK,)
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (f"{RELAY_LOCK} {prefix}",)
         ).fetchone()
         return bool(row and row[0])
 

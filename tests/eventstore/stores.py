@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from tests.conftest_services import POSTGRES_URL, require_env
 
 OUR_TABLES = (
     "stored_events",
@@ -21,13 +22,7 @@ OUR_TABLES = (
 
 
 def postgres_url() -> str:
-    url = os.environ.get("EVENTKEEP_POSTGRES_URL")
-    if not url:
-        raise RuntimeError(
-            "EVENTKEEP_POSTGRES_URL is not set: start the services with `infra/services up` "
-            'and `eval "$(infra/services env)"` (tests of the real store never skip)'
-        )
-    return url
+    return require_env(POSTGRES_URL)
 
 
 def postgres_params() -> dict[str, Any]:
