@@ -1,0 +1,28 @@
+"""The registry of the event catalog: which class each stored event type and stream type is."""
+
+from __future__ import annotations
+
+from eventsourcing.domain import Aggregate
+
+from domain.order import Order
+from domain.product import Product
+from domain.user import User
+
+STREAM_TYPES: dict[str, type[Aggregate]] = {"User": User, "Product": Product, "Order": Order}
+
+EVENT_TYPES: dict[str, type] = {
+    name: member
+    for aggregate in STREAM_TYPES.values()
+    for name, member in vars(aggregate).items()
+    if isinstance(member, type)
+    and issubclass(member, Aggregate.Event)
+    and name not in ("Created", "Event")  # the library's per-aggregate base classes
+}
+
+
+def event_type_of(event_class: type) -> str:
+    return event_class.__name__
+
+
+def stream_type_of(event_class: type) -> str:
+    return event_class.__qualname__.split(".")[0]

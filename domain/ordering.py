@@ -1,0 +1,62 @@
+"""Decisions that span aggregates: placing an order reserves stock on every product in the
+same decision; cancelling gives it back. Pure: the caller loads and saves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from domain.errors import CurrencyMismatch, InvalidInput, UserNotActive
+from domain.money import format_amount
+from domain.order import Order
+from domain.product import Product
+from domain.user import User
+
+MAX_LINES = 100
+
+
+def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order, list[Product]]:
+    """A new order at the products' current prices, with its stock reserved."""
+    if not lines:
+        raise InvalidInput("an order needs at least one line", field="lines")
+    if len(lines) > MAX_LINES:
+        raise InvalidInput(f"an order has at most {MAX_LINES} lines", field="lines")
+    if not user.active:
+        raise UserNotActive("the user is deactivated", user_id=str(user.id))
+    currencies = {product.currency for product, _ in lines}
+    if len(currencies) > 1:
+        raise CurrencyMismatch("all lines must be in one currency", currencies=sorted(currencies))
+    for product, quantity in lines:
+        if quantity < 1:
+            raise InvalidInput("quantity must be ≥ 1", field="quantity", value=quantity)
+        product._require_active()
+    total = sum((product.price * quantity for product, quantity in lines), Decimal("0"))
+    order = Order(
+        user_id=str(user.id),
+        lines=[
+            {
+                "product_id": str(product.id),
+                "quantity": quantity,
+                "unit_price": format_amount(product.price),
+            }
+            for product, quantity in lines
+        ],
+        total=format_amount(total),
+        currency=currencies.pop(),
+    )
+    for product, quantity in lines:
+        product.reserve(str(order.id), quantity)
+    return order, [product for product, _ in lines]
+
+
+def cancel_order(order: Order, products: Sequence[Product], reason: str) -> None:
+    """Cancels the order and releases what each of its lines reserved."""
+    order.cancel(reason)
+    by_id = {str(product.id): product for product in products}
+    for line in order.lines:
+        by_id[line["product_id"]].release(str(order.id), line["quantity"])
+
+
+def products_of(order: Order) -> list[str]:
+    """The distinct product ids of an order's lines, in line order."""
+    return list(dict.fromkeys(line["product_id"] for line in order.lines))

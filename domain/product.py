@@ -1,0 +1,161 @@
+"""The Product aggregate: catalogue data, price and the available stock.
+
+`stock` is what can still be ordered: a reservation takes from it, a release gives back, an
+adjustment adds its delta; it never goes below zero.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import InvalidInput, ProductDiscontinued, StockInsufficient
+from domain.money import format_amount, parse_amount, parse_currency
+
+
+class Product(Aggregate):
+    class ProductCreated(Aggregate.Created):
+        sku: str
+        name: str
+        description: str
+        category: str
+        price: str
+        currency: str
+        stock: int
+        class_version = 2
+
+    class ProductRenamed(Aggregate.Event):
+        name: str
+        description: str
+
+    class ProductPriceChanged(Aggregate.Event):
+        price: str
+        currency: str
+        class_version = 2
+
+    class ProductStockAdjusted(Aggregate.Event):
+        delta: int
+        reason: str
+
+    class ProductStockReserved(Aggregate.Event):
+        order_id: str
+        quantity: int
+
+    class ProductStockReleased(Aggregate.Event):
+        order_id: str
+        quantity: int
+
+    class ProductDiscontinued(Aggregate.Event):
+        pass
+
+    @event(ProductCreated)
+    def __init__(
+        self,
+        sku: str,
+        name: str,
+        description: str,
+        category: str,
+        price: str,
+        currency: str,
+        stock: int,
+    ) -> None:
+        self.sku = sku
+        self.name = name
+        self.description = description
+        self.category = category
+        self.price = Decimal(price)
+        self.currency = currency
+        self.stock = stock
+        self.active = True
+
+    @classmethod
+    def create(
+        cls,
+        sku: str,
+        name: str,
+        description: str,
+        category: str,
+        price: str | Decimal,
+        currency: str,
+        stock: int,
+    ) -> Product:
+        if stock < 0:
+            raise InvalidInput("stock must be ≥ 0", field="stock", value=stock)
+        return cls(
+            sku,
+            name,
+            description,
+            category,
+            format_amount(parse_amount(price)),
+            parse_currency(currency),
+            stock,
+        )
+
+    def rename(self, name: str, description: str) -> None:
+        self._require_active()
+        self._renamed(name, description)
+
+    def change_price(self, price: str | Decimal, currency: str) -> None:
+        self._require_active()
+        self._price_changed(format_amount(parse_amount(price)), parse_currency(currency))
+
+    def adjust_stock(self, delta: int, reason: str) -> None:
+        if self.stock + delta < 0:
+            raise StockInsufficient(
+                "stock cannot go below zero",
+                product_id=str(self.id),
+                available=self.stock,
+                delta=delta,
+            )
+        self._stock_adjusted(delta, reason)
+
+    def reserve(self, order_id: str, quantity: int) -> None:
+        self._require_active()
+        if quantity < 1:
+            raise InvalidInput("quantity must be ≥ 1", field="quantity", value=quantity)
+        if quantity > self.stock:
+            raise StockInsufficient(
+                "not enough stock",
+                product_id=str(self.id),
+                requested=quantity,
+                available=self.stock,
+            )
+        self._stock_reserved(order_id, quantity)
+
+    def release(self, order_id: str, quantity: int) -> None:
+        self._stock_released(order_id, quantity)
+
+    def discontinue(self) -> None:
+        self._require_active()
+        self._discontinued()
+
+    def _require_active(self) -> None:
+        if not self.active:
+            raise ProductDiscontinued("the product is discontinued", product_id=str(self.id))
+
+    @event(ProductRenamed)
+    def _renamed(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+
+    @event(ProductPriceChanged)
+    def _price_changed(self, price: str, currency: str) -> None:
+        self.price = Decimal(price)
+        self.currency = currency
+
+    @event(ProductStockAdjusted)
+    def _stock_adjusted(self, delta: int, reason: str) -> None:
+        self.stock += delta
+
+    @event(ProductStockReserved)
+    def _stock_reserved(self, order_id: str, quantity: int) -> None:
+        self.stock -= quantity
+
+    @event(ProductStockReleased)
+    def _stock_released(self, order_id: str, quantity: int) -> None:
+        self.stock += quantity
+
+    @event(ProductDiscontinued)
+    def _discontinued(self) -> None:
+        self.active = False

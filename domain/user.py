@@ -1,0 +1,96 @@
+"""The User aggregate: registration, email changes, (de)activation, erasure of personal data.
+
+Email uniqueness spans users, so the store enforces it (a unique claim saved with the event);
+the aggregate validates the address and keeps its own state consistent.
+"""
+
+from __future__ import annotations
+
+import re
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import InvalidInput, PersonalDataErased, UserAlreadyActive, UserNotActive
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(email: str) -> str:
+    """The form emails are compared in: stripped and lower-case."""
+    return email.strip().lower()
+
+
+def valid_email(email: str) -> str:
+    email = email.strip()
+    if not _EMAIL.match(email) or len(email) > 254:
+        raise InvalidInput("email is not a valid address", field="email")
+    return email
+
+
+class User(Aggregate):
+    class UserRegistered(Aggregate.Created):
+        email: str
+        first_name: str
+        last_name: str
+        class_version = 2
+
+    class UserEmailChanged(Aggregate.Event):
+        email: str
+
+    class UserDeactivated(Aggregate.Event):
+        reason: str
+
+    class UserReactivated(Aggregate.Event):
+        pass
+
+    class UserPersonalDataErased(Aggregate.Event):
+        pass
+
+    @event(UserRegistered)
+    def __init__(self, email: str, first_name: str, last_name: str) -> None:
+        self.email: str | None = email
+        self.first_name: str | None = first_name
+        self.last_name: str | None = last_name
+        self.active = True
+        self.erased = False
+
+    @classmethod
+    def register(cls, email: str, first_name: str, last_name: str) -> User:
+        return cls(valid_email(email), first_name, last_name)
+
+    def change_email(self, email: str) -> None:
+        if self.erased:
+            raise PersonalDataErased("the user's personal data was erased", user_id=str(self.id))
+        self._email_changed(valid_email(email))
+
+    def deactivate(self, reason: str) -> None:
+        if not self.active:
+            raise UserNotActive("the user is already deactivated", user_id=str(self.id))
+        self._deactivated(reason)
+
+    def reactivate(self) -> None:
+        if self.active:
+            raise UserAlreadyActive("the user is active", user_id=str(self.id))
+        self._reactivated()
+
+    def erase_personal_data(self) -> None:
+        if self.erased:
+            raise PersonalDataErased("already erased", user_id=str(self.id))
+        self._erased()
+
+    @event(UserEmailChanged)
+    def _email_changed(self, email: str) -> None:
+        self.email = email
+
+    @event(UserDeactivated)
+    def _deactivated(self, reason: str) -> None:
+        self.active = False
+
+    @event(UserReactivated)
+    def _reactivated(self) -> None:
+        self.active = True
+
+    @event(UserPersonalDataErased)
+    def _erased(self) -> None:
+        self.email = self.first_name = self.last_name = None
+        self.erased = True
