@@ -36,13 +36,15 @@ def wire(settings: Settings) -> Wiring:
 
     keys = build_key_store(settings)
     shop = Shop(env=shop_env(settings))
-    return Wiring(shop=shop, handle=CommandBus(shop).handle, keys=keys)
+    assert settings.claim_secret is not None  # Settings fills or demands it
+    bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
+    return Wiring(shop=shop, handle=bus.handle, keys=keys)
 
 
 def shop_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing library's environment: persistence module and its connection."""
-    assert settings.claim_secret is not None  # Settings fills or demands it
-    env = {"CLAIM_SECRET": settings.claim_secret.get_secret_value()}
+    # Stored rows keep the catalog's envelope and are upcast on read.
+    env = {"MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper"}
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         return env | {

@@ -16,7 +16,8 @@ MAX_LINES = 100
 
 
 def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order, list[Product]]:
-    """A new order at the products' current prices, with its stock reserved."""
+    """A new order at the products' current prices, with its stock reserved; answers the
+    order and each product it changed (once, however many lines name it)."""
     if not lines:
         raise InvalidInput("an order needs at least one line", field="lines")
     if len(lines) > MAX_LINES:
@@ -46,7 +47,7 @@ def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order
     )
     for product, quantity in lines:
         product.reserve(str(order.id), quantity)
-    return order, [product for product, _ in lines]
+    return order, list({product.id: product for product, _ in lines}.values())
 
 
 def cancel_order(order: Order, products: Sequence[Product], reason: str) -> None:

@@ -12,12 +12,12 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from domain.catalog import EVENT_TYPES, STREAM_TYPES, event_type_of, stream_type_of
-from domain.upcasters import upcast
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
+from domain.catalog import EVENT_TYPES, STREAM_TYPES, event_type_of, stream_type_of
+from domain.upcasters import upcast
 from eventstore.records import RecordedEvent
 
 # Attributes the library keeps on every event object that are not catalog data.

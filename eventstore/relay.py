@@ -24,11 +24,11 @@ from typing import Any, Protocol
 
 import orjson
 import psycopg
-from domain.upcasters import upcast
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from domain.upcasters import upcast
 from eventstore.envelope import to_envelope
 from eventstore.records import LoggedEvent
 

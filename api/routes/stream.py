@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from domain.upcasters import upcast
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
+from domain.upcasters import upcast
 from eventstore.envelope import to_envelope
 from eventstore.records import LoggedEvent
 

@@ -1,7 +1,5 @@
-"""The API under test, built per mode so that every test runs against each store.
-
-Modes present: embedded. The distributed mode joins MODES with its own builder.
-"""
+"""The API under test, built per mode so that every test runs against each store:
+embedded (SQLite files in a temporary home) and distributed (the real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,10 +11,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.bootstrap import Wiring, build_key_store
+from api.bootstrap import Wiring, wire
 from api.settings import Settings
 from eventstore.api_keys import ApiKeyStore, Role
-from tests.api.standin import StandInBus, StandInShop
+from tests.conftest_services import POSTGRES_URL, require_env
+from tests.eventstore.stores import drop_postgres_tables
+
+SHOP_TABLES = ("shop_events", "shop_events_claims", "shop_events_idempotency", "api_keys")
 
 
 def embedded_settings(home: Path) -> Settings:
@@ -24,14 +25,23 @@ def embedded_settings(home: Path) -> Settings:
     return Settings(home=home, postgres_url=None, claim_secret=None)
 
 
+def distributed_settings(home: Path) -> Settings:
+    return Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret="test-secret")
+
+
 def embedded_wiring(home: Path) -> Wiring:
-    # The write side runs on the stand-in until commands.shop and commands.handlers land;
-    # then this becomes `bootstrap.wire(embedded_settings(home))`.
-    shop = StandInShop()
-    return Wiring(shop, StandInBus(shop).handle, build_key_store(embedded_settings(home)))
+    return wire(embedded_settings(home))
 
 
-MODES: dict[str, Callable[[Path], Wiring]] = {"embedded": embedded_wiring}
+def distributed_wiring(home: Path) -> Wiring:
+    drop_postgres_tables(*SHOP_TABLES)
+    return wire(distributed_settings(home))
+
+
+MODES: dict[str, Callable[[Path], Wiring]] = {
+    "embedded": embedded_wiring,
+    "distributed": distributed_wiring,
+}
 
 
 @pytest.fixture(params=sorted(MODES))

@@ -62,8 +62,9 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
     assert env == {
         "PERSISTENCE_MODULE": "eventstore.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
-        "CLAIM_SECRET": (tmp_path / "home" / "secret").read_text(),
+        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
     }
+    assert (tmp_path / "home" / "secret").read_text()
     assert isinstance(build_key_store(settings), SqliteApiKeyStore)
     assert (tmp_path / "home" / "api_keys.db").exists()
 
@@ -79,5 +80,5 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_PASSWORD": "p@ss:word",
         "POSTGRES_POOL_SIZE": "7",
         "POSTGRES_CONNECT_TIMEOUT": "5",
-        "CLAIM_SECRET": "s3cret",
+        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
     }

@@ -1,0 +1,229 @@
+"""Command handlers: load, decide (one domain call), save — plus the rules around them.
+
+`CommandBus.handle` answers a retried command (same idempotency key and request) with its
+first answer and no new events, checks `If-Match`, and retries read-decide-write a few times
+when a concurrent append to the same stream won, so hot streams do not fail spuriously.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from commands import messages as m
+from commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
+from commands.ports import (
+    ClaimTakenError,
+    IdempotencyKeyUsedError,
+    IdempotencyRecord,
+    UniqueClaim,
+)
+from commands.shop import Shop
+from domain.order import Order
+from domain.ordering import cancel_order, place_order, products_of
+from domain.product import Product
+from domain.user import User, normalize_email
+
+A = TypeVar("A", bound=Aggregate)
+EMAIL_SCOPE = "user_email"
+
+
+@dataclass
+class Decision:
+    """What a handler decided: the aggregate the command is about, everything it changed,
+    and the unique keys it claims or releases."""
+
+    target: Aggregate
+    changed: list[Aggregate]
+    claims: list[UniqueClaim] = field(default_factory=list)
+    created: bool = False
+
+
+class CommandBus:
+    def __init__(self, shop: Shop, claim_secret: bytes, *, attempts: int = 5) -> None:
+        self.shop = shop
+        self._claim_secret = claim_secret
+        self._attempts = attempts
+        self._handlers: dict[type[m.Command], Callable[[Any], Decision]] = {
+            m.RegisterUser: self._register_user,
+            m.ChangeUserEmail: self._change_email,
+            m.DeactivateUser: lambda c: self._on(
+                User, c.user_id, c, lambda u: u.deactivate(c.reason)
+            ),
+            m.ReactivateUser: lambda c: self._on(User, c.user_id, c, User.reactivate),
+            m.ErasePersonalData: self._erase_personal_data,
+            m.CreateProduct: self._create_product,
+            m.ChangeProductDetails: lambda c: self._on(
+                Product, c.product_id, c, lambda p: p.rename(c.name, c.description)
+            ),
+            m.ChangeProductPrice: lambda c: self._on(
+                Product, c.product_id, c, lambda p: p.change_price(c.price, c.currency)
+            ),
+            m.AdjustStock: lambda c: self._on(
+                Product, c.product_id, c, lambda p: p.adjust_stock(c.delta, c.reason)
+            ),
+            m.DiscontinueProduct: lambda c: self._on(Product, c.product_id, c, Product.discontinue),
+            m.PlaceOrder: self._place_order,
+            m.PayOrder: lambda c: self._on(
+                Order, c.order_id, c, lambda o: o.pay(c.amount, c.payment_ref)
+            ),
+            m.ShipOrder: lambda c: self._on(
+                Order, c.order_id, c, lambda o: o.ship(c.tracking_number)
+            ),
+            m.DeliverOrder: lambda c: self._on(Order, c.order_id, c, Order.deliver),
+            m.CancelOrder: self._cancel_order,
+        }
+
+    # --- the rules around every command ---------------------------------------------------
+
+    def handle(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
+        key = context.idempotency_key
+        if key is not None and (answered := self._answered(key, context)) is not None:
+            return answered
+        expects_version = getattr(command, "expected_version", None) is not None
+        for attempt in range(self._attempts):
+            try:
+                return self._decide_and_save(command, context)
+            except IntegrityError:
+                if expects_version:
+                    raise VersionConflict(
+                        "the stream changed since the version given in If-Match",
+                        expected=command.expected_version,  # type: ignore[attr-defined]
+                    ) from None
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+            except IdempotencyKeyUsedError:
+                assert key is not None
+                answered = self._answered(key, context)
+                assert answered is not None, "a used key has a stored answer"
+                return answered
+            except ClaimTakenError:
+                raise EmailTaken("the email is used by another user") from None
+        raise VersionConflict(
+            "concurrent changes to the same stream kept winning; try again",
+            attempts=self._attempts,
+        )
+
+    def _answered(self, key: str, context: m.CommandContext) -> m.CommandResult | None:
+        found = self.shop.recorder.find_idempotent(key)  # type: ignore[attr-defined]
+        if found is None:
+            return None
+        request_hash, result = found
+        if request_hash != context.request_hash:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used with another request", idempotency_key=key
+            )
+        return result
+
+    def _decide_and_save(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
+        decision = self._handlers[type(command)](command)
+        target = decision.target
+        answer = m.CommandResult(
+            id=target.id, version=target.version, position=0, created=decision.created
+        )
+        idempotency = None
+        if context.idempotency_key is not None:
+            idempotency = IdempotencyRecord(
+                key=context.idempotency_key,
+                request_hash=context.request_hash or "",
+                result=answer,
+            )
+        recordings = self.shop.save(
+            *decision.changed,
+            metadata={
+                "actor": context.actor,
+                "correlation_id": context.correlation_id,
+                "causation_id": context.causation_id,
+            },
+            claims=decision.claims,
+            idempotency=idempotency,
+        )
+        return m.CommandResult(
+            id=target.id,
+            version=target.version,
+            position=recordings[-1].notification.id,
+            created=decision.created,
+        )
+
+    # --- loading --------------------------------------------------------------------------
+
+    def _load(self, kind: type[A], stream_id: UUID, expected_version: int | None = None) -> A:
+        try:
+            aggregate = self.shop.repository.get(stream_id)
+        except AggregateNotFoundError:
+            aggregate = None
+        if not isinstance(aggregate, kind):
+            raise NotFound(
+                f"no {kind.__name__.lower()} {stream_id}", kind=kind.__name__, id=str(stream_id)
+            )
+        if expected_version is not None and aggregate.version != expected_version:
+            raise VersionConflict(
+                "the stream is at another version than If-Match says",
+                expected=expected_version,
+                actual=aggregate.version,
+            )
+        return aggregate
+
+    def _on(
+        self, kind: type[A], stream_id: UUID, command: Any, change: Callable[[A], None]
+    ) -> Decision:
+        """The common case: one aggregate, one domain call."""
+        aggregate = self._load(kind, stream_id, command.expected_version)
+        change(aggregate)
+        return Decision(aggregate, [aggregate])
+
+    def _email_key(self, email: str) -> str:
+        digest = hmac.new(self._claim_secret, normalize_email(email).encode(), hashlib.sha256)
+        return digest.hexdigest()
+
+    # --- handlers that need more than one call ---------------------------------------------
+
+    def _register_user(self, c: m.RegisterUser) -> Decision:
+        user = User.register(c.email, c.first_name, c.last_name)
+        claim = UniqueClaim(EMAIL_SCOPE, self._email_key(c.email), user.id)
+        return Decision(user, [user], [claim], created=True)
+
+    def _change_email(self, c: m.ChangeUserEmail) -> Decision:
+        user = self._load(User, c.user_id, c.expected_version)
+        old = user.email
+        user.change_email(c.email)
+        claims = [UniqueClaim(EMAIL_SCOPE, self._email_key(c.email), user.id)]
+        if old is not None and self._email_key(old) != claims[0].key:
+            claims.append(UniqueClaim(EMAIL_SCOPE, self._email_key(old), None))
+        return Decision(user, [user], claims)
+
+    def _erase_personal_data(self, c: m.ErasePersonalData) -> Decision:
+        user = self._load(User, c.user_id, c.expected_version)
+        email = user.email
+        user.erase_personal_data()
+        released = [UniqueClaim(EMAIL_SCOPE, self._email_key(email), None)] if email else []
+        return Decision(user, [user], released)
+
+    def _create_product(self, c: m.CreateProduct) -> Decision:
+        product = Product.create(
+            c.sku, c.name, c.description, c.category, c.price, c.currency, c.stock
+        )
+        return Decision(product, [product], created=True)
+
+    def _place_order(self, c: m.PlaceOrder) -> Decision:
+        user = self._load(User, c.user_id)
+        ids = dict.fromkeys(line.product_id for line in c.lines)
+        products = {product_id: self._load(Product, product_id) for product_id in ids}
+        lines = [(products[line.product_id], line.quantity) for line in c.lines]
+        order, changed = place_order(user, lines)
+        return Decision(order, [order, *changed], created=True)
+
+    def _cancel_order(self, c: m.CancelOrder) -> Decision:
+        order = self._load(Order, c.order_id, c.expected_version)
+        products = [self._load(Product, UUID(pid)) for pid in products_of(order)]
+        cancel_order(order, products, c.reason)
+        return Decision(order, [order, *products])
