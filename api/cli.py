@@ -12,6 +12,7 @@ from rich.table import Table
 
 from api.bootstrap import build_key_store
 from api.settings import Settings
+from bench.seed_cli import seed
 from eventstore.api_keys import ApiKeyStore, Role
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
@@ -141,3 +142,6 @@ def revoke_key(
         err.print(f"No active key with id {key_id}.")
         raise typer.Exit(1)
     out.print(f"Revoked key {key_id}.")
+
+
+app.command("seed")(seed)

@@ -185,27 +185,30 @@ class CommandBus:
         digest = hmac.new(self._claim_secret, normalize_email(email).encode(), hashlib.sha256)
         return digest.hexdigest()
 
+    def email_claim(self, email: str, owner: UUID | None) -> UniqueClaim:
+        """The claim that keeps `email` unique (owner None releases it); bulk loaders use it."""
+        return UniqueClaim(EMAIL_SCOPE, self._email_key(email), owner)
+
     # --- handlers that need more than one call ---------------------------------------------
 
     def _register_user(self, c: m.RegisterUser) -> Decision:
         user = User.register(c.email, c.first_name, c.last_name)
-        claim = UniqueClaim(EMAIL_SCOPE, self._email_key(c.email), user.id)
-        return Decision(user, [user], [claim], created=True)
+        return Decision(user, [user], [self.email_claim(c.email, user.id)], created=True)
 
     def _change_email(self, c: m.ChangeUserEmail) -> Decision:
         user = self._load(User, c.user_id, c.expected_version)
         old = user.email
         user.change_email(c.email)
-        claims = [UniqueClaim(EMAIL_SCOPE, self._email_key(c.email), user.id)]
+        claims = [self.email_claim(c.email, user.id)]
         if old is not None and self._email_key(old) != claims[0].key:
-            claims.append(UniqueClaim(EMAIL_SCOPE, self._email_key(old), None))
+            claims.append(self.email_claim(old, None))
         return Decision(user, [user], claims)
 
     def _erase_personal_data(self, c: m.ErasePersonalData) -> Decision:
         user = self._load(User, c.user_id, c.expected_version)
         email = user.email
         user.erase_personal_data()
-        released = [UniqueClaim(EMAIL_SCOPE, self._email_key(email), None)] if email else []
+        released = [self.email_claim(email, None)] if email else []
         return Decision(user, [user], released)
 
     def _create_product(self, c: m.CreateProduct) -> Decision:

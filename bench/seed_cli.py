@@ -1,0 +1,47 @@
+"""`eventkeep seed`: loads a shop's worth of history into the configured store, in bulk."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from api.bootstrap import shop_env
+from api.settings import Settings
+from bench.seed import Seeder, SeedSizes
+from commands.handlers import CommandBus
+from commands.shop import Shop
+
+
+def seed(
+    users: Annotated[int, typer.Option(min=1, help="Users to register.")] = 100_000,
+    products: Annotated[int, typer.Option(min=1, help="Products to create.")] = 100_000,
+    orders: Annotated[int, typer.Option(min=0, help="Orders to place (with stock reserved).")] = (
+        1_000_000
+    ),
+    per_save: Annotated[int, typer.Option(min=1, help="Aggregates per append.")] = 500,
+    random_seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
+) -> None:
+    """Write users, products and orders through the event store in bulk (not over HTTP), in
+    the mode the environment selects. Zipf-popular products, fixed seed, progress shown."""
+    settings = Settings()
+    sizes = SeedSizes(users=users, products=products, orders=orders, per_save=per_save)
+    shop = Shop(env=shop_env(settings))
+    assert settings.claim_secret is not None  # Settings fills or demands it
+    bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
+    seeder = Seeder(bus, sizes, seed=random_seed)
+    started = time.perf_counter()
+    columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn()) as progress:
+        tasks = {
+            phase: progress.add_task(phase, total=total)
+            for phase, total in (("users", users), ("products", products), ("orders", orders))
+        }
+        try:
+            seeder.run(lambda phase, done: progress.advance(tasks[phase], done))
+        finally:
+            shop.close()
+    elapsed = time.perf_counter() - started
+    typer.echo(f"{seeder.events:,} events in {elapsed:.1f} s ({seeder.events / elapsed:,.0f}/s)")
