@@ -3,10 +3,23 @@ it is given (`api/bootstrap.py`)."""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import Application
 
+from domain.order import Order
+from domain.product import Product
+from domain.user import User
+
+# Events between snapshots: loading a hot product replays at most this many events.
+SNAPSHOT_INTERVAL = 100
+
 
 class Shop(Application[UUID]):
     name = "Shop"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {
+        Product: SNAPSHOT_INTERVAL,
+        User: SNAPSHOT_INTERVAL,
+        Order: SNAPSHOT_INTERVAL,
+    }

@@ -15,6 +15,15 @@ from domain.money import format_amount, parse_amount, parse_currency
 
 
 class Product(Aggregate):
+    # Snapshot schema: v1 state kept the price in cents, like the v1 events; v2 a Decimal.
+    class_version = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, object]) -> None:
+        cents = state.pop("price_cents")
+        state["price"] = (Decimal(cents) / 100).quantize(Decimal("0.01"))
+        state["currency"] = "USD"
+
     class ProductCreated(Aggregate.Created):
         sku: str
         name: str

@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.domain import CanSnapshotAggregate, DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
@@ -29,7 +29,12 @@ def encode_data(data: dict[str, Any]) -> bytes:
 
 
 class EnvelopeMapper(Mapper[UUID]):
-    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> RecordedEvent:
+    """Catalog events as envelopes; snapshots in the library's own format (they are a cache
+    of aggregate state, kept apart from the history, upcast by the aggregate's class_version)."""
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        if isinstance(domain_event, CanSnapshotAggregate):
+            return super().to_stored_event(domain_event)
         event_class = type(domain_event)
         state = vars(domain_event)
         data = {k: v for k, v in state.items() if k not in ENVELOPE_ATTRIBUTES}
@@ -44,7 +49,8 @@ class EnvelopeMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        assert isinstance(stored_event, RecordedEvent), "eventkeep stores keep the envelope"
+        if not isinstance(stored_event, RecordedEvent):  # a snapshot
+            return super().to_domain_event(stored_event)
         envelope = upcast(
             {
                 "event_type": stored_event.topic,
