@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from api.settings import Settings
 from commands.messages import Command, CommandContext, CommandResult
 from eventstore.api_keys import ApiKeyStore, PostgresApiKeyStore, SqliteApiKeyStore
+from eventstore.pii import PII_SECRET
 
 Handle = Callable[[Command, CommandContext], CommandResult]
 
@@ -43,8 +44,13 @@ def wire(settings: Settings) -> Wiring:
 
 def shop_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing library's environment: persistence module and its connection."""
-    # Stored rows keep the catalog's envelope and are upcast on read.
-    env = {"MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper"}
+    assert settings.claim_secret is not None  # Settings fills or demands it
+    env = {
+        # Stored rows keep the catalog's envelope and are upcast on read.
+        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        # Wraps the per-user keys of personal data (eventstore.pii).
+        PII_SECRET: settings.claim_secret.get_secret_value(),
+    }
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         return env | {

@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     claim_secret: SecretStr | None = Field(
         default=None,
-        description="Key of the keyed hash that stores unique values (emails) without "
-        "plaintext. Embedded mode: generated once into HOME/secret when unset. "
+        description="Deployment secret: keys the hash that stores unique values (emails) "
+        "without plaintext and wraps the per-user keys of personal data. Embedded mode: "
+        "generated once into HOME/secret when unset. "
         "Distributed mode: required, the same in every process.",
     )
     pool_size: int = Field(default=10, ge=1, description="PostgreSQL connections per process.")

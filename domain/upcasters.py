@@ -25,8 +25,10 @@ def _cents(cents: int) -> str:
 
 
 def user_registered_v1_v2(data: Data) -> Data:
-    first, _, last = data["full_name"].partition(" ")
     rest = {k: v for k, v in data.items() if k != "full_name"}
+    if data["full_name"] is None:  # erased personal data stays erased
+        return rest | {"first_name": None, "last_name": None}
+    first, _, last = data["full_name"].partition(" ")
     return rest | {"first_name": first, "last_name": last}
 
 

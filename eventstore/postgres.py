@@ -8,15 +8,16 @@ commit order and tailing readers never skip an event. Reads take no lock.
 
 Tables (prefix = the application's name, e.g. `shop_`):
 `<prefix>events` the global log (append-only: a trigger refuses UPDATE, DELETE and TRUNCATE),
-`<prefix>events_claims` unique keys (emails), `<prefix>events_idempotency` command answers.
+`<prefix>events_claims` unique keys (emails), `<prefix>events_idempotency` command answers,
+`<prefix>events_data_keys` the wrapped per-user keys of personal data (`eventstore.pii`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import orjson
@@ -34,11 +35,15 @@ from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, Postgres
 from psycopg.sql import SQL, Composed, Identifier
 
 from commands.messages import CommandResult
+from domain.catalog import ERASING_EVENT
 from eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
 from eventstore.hashchain import GENESIS
+from eventstore.pii import PII_SECRET, PersonalData
 from eventstore.records import LoggedEvent, RecordedEvent
 from eventstore.subscription import PollingSubscription
 
+E = TypeVar("E", bound=StoredEvent)
+R = TypeVar("R", ApplicationRecorder, ProcessRecorder)
 EVENT_COLUMNS = (
     "position, stream_id, stream_version, stream_type, event_type, schema_version, "
     "recorded_at, data, metadata, prev_hash, hash"
@@ -57,6 +62,9 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
         self._idempotency = Composed(
             [schema, SQL("."), Identifier(events_table_name + "_idempotency")]
         )
+        self._data_keys = Composed([schema, SQL("."), Identifier(events_table_name + "_data_keys")])
+        # Set by the factory when the deployment has a secret (PII_SECRET).
+        self.personal_data: PersonalData | None = None
         self.sql_create_statements.extend(self._schema_statements())
         self._committer = GroupCommitter(
             _PostgresBatchStorage(self),
@@ -71,6 +79,7 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             "events": self._events,
             "claims": self._claims,
             "idempotency": self._idempotency,
+            "data_keys": self._data_keys,
             "refuse": Composed(
                 [Identifier(self.datastore.schema), SQL(".eventkeep_refuse_change")]
             ),
@@ -99,6 +108,8 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS {idempotency} ("
             " key text PRIMARY KEY, request_hash text NOT NULL, result jsonb NOT NULL,"
             " recorded_at timestamptz NOT NULL DEFAULT now())",
+            "CREATE TABLE IF NOT EXISTS {data_keys} ("
+            " stream_id uuid PRIMARY KEY, wrapped bytea NOT NULL)",
             "CREATE OR REPLACE FUNCTION {refuse}() RETURNS trigger LANGUAGE plpgsql AS $$"
             " BEGIN RAISE EXCEPTION 'eventkeep history is append-only: % on % refused',"
             " TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; END $$",
@@ -112,6 +123,8 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
     # --- writing -------------------------------------------------------------------------
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        if self.personal_data is not None:
+            stored_events = self.personal_data.seal(stored_events)
         append = Append.from_kwargs(stored_events, **kwargs)
         if not (append.events or append.claims or append.idempotency or append.tracking):
             return []
@@ -156,7 +169,7 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             params.append(limit)
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(query, params, prepare=True)
-            return [
+            events = [
                 RecordedEvent(
                     originator_id=row["stream_id"],
                     originator_version=row["stream_version"],
@@ -168,6 +181,10 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
                 )
                 for row in cursor.fetchall()
             ]
+        return self._opened(events)
+
+    def _opened(self, events: list[E]) -> list[E]:
+        return events if self.personal_data is None else self.personal_data.open(events)
 
     def select_notifications(
         self,
@@ -177,7 +194,9 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
         topics: Sequence[str] = (),
         *,
         inclusive_of_start: bool = True,
+        decrypt: bool = True,
     ) -> list[LoggedEvent]:
+        """The log from `start`; `decrypt=False` gives the stored bytes (hash verification)."""
         query = SQL("SELECT " + EVENT_COLUMNS + " FROM {events} WHERE true").format(
             events=self._events
         )
@@ -195,7 +214,8 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
         params.append(limit)
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(query, params, prepare=True)
-            return [_logged_event(row) for row in cursor.fetchall()]
+            events = [_logged_event(row) for row in cursor.fetchall()]
+        return self._opened(events) if decrypt else events
 
     def max_notification_id(self) -> int | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
@@ -356,6 +376,13 @@ class _PostgresBatchTransaction:
                 ),
             )
             cursor.execute(SQL("NOTIFY {channel}").format(channel=Identifier(r.channel_name)))
+            if erased := [row.stream_id for row in rows if row.event_type == ERASING_EVENT]:
+                cursor.execute(
+                    SQL("DELETE FROM {keys} WHERE stream_id = ANY(%b::uuid[])").format(
+                        keys=r._data_keys
+                    ),
+                    (erased,),
+                )
         claimed = [(scope, key, owner) for (scope, key), owner in plan.claims.items() if owner]
         released = [(scope, key) for (scope, key), owner in plan.claims.items() if not owner]
         if claimed:
@@ -470,6 +497,32 @@ class PostgresSubscription(PollingSubscription):
             return
 
 
+class PostgresDataKeys:
+    """The wrapped data keys of `eventstore.pii`, in `<events>_data_keys`."""
+
+    def __init__(self, recorder: PostgresApplicationRecorder) -> None:
+        self._recorder = recorder
+
+    def fetch(self, stream_ids: Iterable[str]) -> dict[str, bytes]:
+        query = SQL("SELECT stream_id, wrapped FROM {keys} WHERE stream_id = ANY(%s::uuid[])")
+        with self._recorder.datastore.get_connection() as conn:
+            rows = conn.execute(
+                query.format(keys=self._recorder._data_keys), (list(stream_ids),), prepare=True
+            ).fetchall()
+        return {str(row["stream_id"]): bytes(row["wrapped"]) for row in rows}
+
+    def add_missing(self, wrapped: dict[str, bytes]) -> None:
+        query = SQL(
+            "INSERT INTO {keys} (stream_id, wrapped)"
+            " SELECT * FROM unnest(%s::uuid[], %s::bytea[]) ON CONFLICT DO NOTHING"
+        )
+        with self._recorder.datastore.transaction(commit=True) as cursor:
+            cursor.execute(
+                query.format(keys=self._recorder._data_keys),
+                (list(wrapped), list(wrapped.values())),
+            )
+
+
 class PostgresFactory(library_postgres.PostgresFactory):
     """The library's factory, making this module's recorders and closing their committers."""
 
@@ -481,14 +534,17 @@ class PostgresFactory(library_postgres.PostgresFactory):
         self._made: list[PostgresApplicationRecorder] = []
 
     def application_recorder(self) -> ApplicationRecorder:
-        recorder = super().application_recorder()
-        self._made.append(cast(PostgresApplicationRecorder, recorder))
-        return recorder
+        return self._keep(super().application_recorder())
 
     def process_recorder(self) -> ProcessRecorder:
-        recorder = super().process_recorder()
-        self._made.append(cast(PostgresApplicationRecorder, recorder))
-        return recorder
+        return self._keep(super().process_recorder())
+
+    def _keep(self, made: R) -> R:
+        recorder = cast(PostgresApplicationRecorder, made)
+        if secret := self.env.get(PII_SECRET):
+            recorder.personal_data = PersonalData(secret.encode(), PostgresDataKeys(recorder))
+        self._made.append(recorder)
+        return made
 
     def close(self) -> None:
         for recorder in self._made:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import orjson
@@ -34,11 +34,15 @@ from eventsourcing.sqlite import (
 )
 
 from commands.messages import CommandResult
+from domain.catalog import ERASING_EVENT
 from eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
 from eventstore.hashchain import GENESIS
+from eventstore.pii import PII_SECRET, PersonalData
 from eventstore.records import LoggedEvent, RecordedEvent
 from eventstore.subscription import PollingSubscription
 
+E = TypeVar("E", bound=StoredEvent)
+R = TypeVar("R", ApplicationRecorder, ProcessRecorder)
 EVENT_COLUMNS = (
     "position, stream_id, stream_version, stream_type, event_type, schema_version, "
     "recorded_at, data, metadata, prev_hash, hash"
@@ -50,6 +54,8 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
         self.events_table_name = events_table_name
         super().__init__(datastore)
         self._subscriptions: weakref.WeakSet[PollingSubscription] = weakref.WeakSet()
+        # Set by the factory when the deployment has a secret (PII_SECRET).
+        self.personal_data: PersonalData | None = None
         self._committer = GroupCommitter(
             _SQLiteBatchStorage(self),
             is_integrity_error=lambda e: isinstance(e, sqlite3.IntegrityError | IntegrityError),
@@ -80,6 +86,8 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {t}_idempotency ("
             " key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, result TEXT NOT NULL,"
             " recorded_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP) WITHOUT ROWID",
+            f"CREATE TABLE IF NOT EXISTS {t}_data_keys ("
+            " stream_id TEXT PRIMARY KEY, wrapped BLOB NOT NULL) WITHOUT ROWID",
             f"CREATE TRIGGER IF NOT EXISTS {t}_no_update BEFORE UPDATE ON {t}"
             " BEGIN SELECT RAISE(ABORT, 'eventkeep history is append-only'); END",
             f"CREATE TRIGGER IF NOT EXISTS {t}_no_delete BEFORE DELETE ON {t}"
@@ -89,6 +97,8 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
     # --- writing -------------------------------------------------------------------------
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        if self.personal_data is not None:
+            stored_events = self.personal_data.seal(stored_events)
         append = Append.from_kwargs(stored_events, **kwargs)
         if not (append.events or append.claims or append.idempotency or append.tracking):
             return []
@@ -137,7 +147,7 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
             params.append(limit)
         with self.datastore.transaction(commit=False) as cursor:
             cursor.execute(query, params)
-            return [
+            events = [
                 RecordedEvent(
                     originator_id=UUID(row["stream_id"]),
                     originator_version=row["stream_version"],
@@ -149,6 +159,10 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
                 )
                 for row in cursor.fetchall()
             ]
+        return self._opened(events)
+
+    def _opened(self, events: list[E]) -> list[E]:
+        return events if self.personal_data is None else self.personal_data.open(events)
 
     def select_notifications(
         self,
@@ -158,7 +172,9 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
         topics: Sequence[str] = (),
         *,
         inclusive_of_start: bool = True,
+        decrypt: bool = True,
     ) -> list[LoggedEvent]:
+        """The log from `start`; `decrypt=False` gives the stored bytes (hash verification)."""
         query = f"SELECT {EVENT_COLUMNS} FROM {self.events_table_name} WHERE 1"
         params: list[Any] = []
         if start is not None:
@@ -174,7 +190,8 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
         params.append(limit)
         with self.datastore.transaction(commit=False) as cursor:
             cursor.execute(query, params)
-            return [_logged_event(row) for row in cursor.fetchall()]
+            events = [_logged_event(row) for row in cursor.fetchall()]
+        return self._opened(events) if decrypt else events
 
     def max_notification_id(self) -> int | None:
         with self.datastore.transaction(commit=False) as cursor:
@@ -305,6 +322,10 @@ class _SQLiteBatchTransaction:
                 for row in plan.rows
             ],
         )
+        cursor.executemany(
+            f"DELETE FROM {t}_data_keys WHERE stream_id = ?",
+            [(str(row.stream_id),) for row in plan.rows if row.event_type == ERASING_EVENT],
+        )
         for (scope, key), owner in plan.claims.items():
             if owner is None:
                 cursor.execute(f"DELETE FROM {t}_claims WHERE scope = ? AND key = ?", (scope, key))
@@ -354,6 +375,32 @@ class SQLiteProcessRecorder(SQLiteTrackingRecorder, SQLiteApplicationRecorder, P
             self._insert_tracking(cursor, record)
 
 
+class SQLiteDataKeys:
+    """The wrapped data keys of `eventstore.pii`, in `<events>_data_keys`."""
+
+    def __init__(self, recorder: SQLiteApplicationRecorder) -> None:
+        self._recorder = recorder
+        self._table = f"{recorder.events_table_name}_data_keys"
+
+    def fetch(self, stream_ids: Iterable[str]) -> dict[str, bytes]:
+        ids = list(stream_ids)
+        with self._recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT stream_id, wrapped FROM {self._table}"
+                f" WHERE stream_id IN ({','.join('?' * len(ids))})",
+                ids,
+            )
+            return {row["stream_id"]: row["wrapped"] for row in cursor.fetchall()}
+
+    def add_missing(self, wrapped: dict[str, bytes]) -> None:
+        with self._recorder.datastore.transaction(commit=True) as cursor:
+            cursor.executemany(
+                f"INSERT INTO {self._table} (stream_id, wrapped) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                list(wrapped.items()),
+            )
+
+
 class SQLiteFactory(library_sqlite.SQLiteFactory):
     """The library's factory, making this module's recorders and closing their committers."""
 
@@ -365,14 +412,17 @@ class SQLiteFactory(library_sqlite.SQLiteFactory):
         self._made: list[SQLiteApplicationRecorder] = []
 
     def application_recorder(self) -> ApplicationRecorder:
-        recorder = super().application_recorder()
-        self._made.append(recorder)  # type: ignore[arg-type]
-        return recorder
+        return self._keep(super().application_recorder())
 
     def process_recorder(self) -> ProcessRecorder:
-        recorder = super().process_recorder()
-        self._made.append(recorder)  # type: ignore[arg-type]
-        return recorder
+        return self._keep(super().process_recorder())
+
+    def _keep(self, made: R) -> R:
+        recorder = cast(SQLiteApplicationRecorder, made)
+        if secret := self.env.get(PII_SECRET):
+            recorder.personal_data = PersonalData(secret.encode(), SQLiteDataKeys(recorder))
+        self._made.append(recorder)
+        return made
 
     def close(self) -> None:
         for recorder in self._made:

@@ -59,12 +59,14 @@ def test_secrets_never_show(tmp_path: Path) -> None:
 def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     env = shop_env(settings)
+    secret = (tmp_path / "home" / "secret").read_text()
     assert env == {
         "PERSISTENCE_MODULE": "eventstore.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
         "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        "PII_SECRET": secret,
     }
-    assert (tmp_path / "home" / "secret").read_text()
+    assert secret
     assert isinstance(build_key_store(settings), SqliteApiKeyStore)
     assert (tmp_path / "home" / "api_keys.db").exists()
 
@@ -81,4 +83,5 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_POOL_SIZE": "7",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        "PII_SECRET": "s3cret",
     }

@@ -12,7 +12,6 @@ from eventsourcing.utils import get_topic
 from api.bootstrap import Wiring
 from commands.shop import SNAPSHOT_INTERVAL
 from domain.product import Product
-from tests.api.conftest import wiring  # noqa: F401  (both modes)
 
 METADATA = {"actor": "test", "correlation_id": "c", "causation_id": None}
 
