@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI must evaluate the closure's annotations.
 
+import math
 from collections.abc import Callable
 from typing import Annotated
 
@@ -21,9 +22,17 @@ def authenticated(
 ) -> ApiKey:
     if credentials is None:
         raise _unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
-    key = request.app.state.wiring.keys.verify(credentials.credentials)
+    wiring = request.app.state.wiring
+    key = wiring.keys.verify(credentials.credentials)
     if key is None:
         raise _unauthenticated("The API key is unknown or revoked.")
+    if (wait := wiring.limiter.acquire(key.id)) is not None:
+        raise ApiError(
+            "RATE_LIMITED",
+            "Too many requests with this API key; retry later.",
+            {"retry_after_seconds": round(wait, 3)},
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     return key
 
 

@@ -4,11 +4,12 @@ the command bus and the API key store for the mode the settings select."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventsourcing.application import Application
 from psycopg.conninfo import conninfo_to_dict
 
+from api.ratelimit import RateLimiter, Unlimited, build_limiter
 from api.settings import Settings
 from commands.messages import Command, CommandContext, CommandResult
 from eventstore.api_keys import ApiKeyStore, PostgresApiKeyStore, SqliteApiKeyStore
@@ -24,6 +25,7 @@ class Wiring:
     shop: Application
     handle: Handle
     keys: ApiKeyStore
+    limiter: RateLimiter = field(default_factory=Unlimited)
 
     def close(self) -> None:
         self.keys.close()
@@ -39,7 +41,9 @@ def wire(settings: Settings) -> Wiring:
     shop = Shop(env=shop_env(settings))
     assert settings.claim_secret is not None  # Settings fills or demands it
     bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
-    return Wiring(shop=shop, handle=bus.handle, keys=keys)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    limiter = build_limiter(settings.rate_limit, settings.rate_burst, redis_url)
+    return Wiring(shop=shop, handle=bus.handle, keys=keys, limiter=limiter)
 
 
 def shop_env(settings: Settings) -> dict[str, str]:

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     pool_timeout: int = Field(
         default=5, ge=1, description="Seconds to wait for a PostgreSQL connection before 503."
     )
+    rate_limit: float = Field(
+        default=1000.0,
+        ge=0,
+        description="Requests per second allowed to each API key (0: no limit); beyond it, 429.",
+    )
+    rate_burst: int = Field(
+        default=2000, ge=1, description="Requests a key may send at once (its burst)."
+    )
     key_cache_seconds: float = Field(
         default=5.0,
         ge=0,
