@@ -1,5 +1,6 @@
 """The one place that knows which infrastructure is in use: it wires the shop application,
-the command bus and the API key store for the mode the settings select."""
+the command bus, the API key store and the query side for the mode the settings select, and
+builds the relay and the projector processes of the distributed mode."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from api.settings import Settings
 from commands.messages import Command, CommandContext, CommandResult
 from eventstore.api_keys import ApiKeyStore, PostgresApiKeyStore, SqliteApiKeyStore
 from eventstore.pii import PII_SECRET
+from eventstore.relay import Relay, RelaySettings
+from projections.cache import Cache, LocalCache, NoCache
+from projections.kafka_feed import KafkaProjector
+from projections.log_feed import LogFeed
+from projections.queries import CachedPosition, Queries
+from projections.readmodels import ReadModels
 
 Handle = Callable[[Command, CommandContext], CommandResult]
 
@@ -25,9 +32,15 @@ class Wiring:
     shop: Application
     handle: Handle
     keys: ApiKeyStore
+    queries: Queries
     limiter: RateLimiter = field(default_factory=Unlimited)
+    feed: LogFeed | None = None  # the embedded mode's in-process projector
+    min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
 
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        self.queries.models.close()
         self.keys.close()
         self.shop.close()
 
@@ -43,7 +56,57 @@ def wire(settings: Settings) -> Wiring:
     bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
     limiter = build_limiter(settings.rate_limit, settings.rate_burst, redis_url)
-    return Wiring(shop=shop, handle=bus.handle, keys=keys, limiter=limiter)
+    models = build_read_models(settings)
+    if settings.mode == "embedded":
+        cache = LocalCache()
+        feed = LogFeed(shop.recorder, models, cache)
+        feed.start()
+        queries = Queries(models, cache, lambda: feed.position)
+        return Wiring(shop, bus.handle, keys, queries, limiter, feed, settings.min_position_wait)
+    queries = Queries(models, build_cache(settings), CachedPosition(models.position))
+    return Wiring(
+        shop, bus.handle, keys, queries, limiter, min_position_wait=settings.min_position_wait
+    )
+
+
+def build_read_models(settings: Settings) -> ReadModels:
+    if settings.postgres_url is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        models = ReadModels.open(sqlite_path=settings.home / "readmodels.db")
+    else:
+        models = ReadModels.open(postgres_url=settings.postgres_url.get_secret_value())
+    models.migrate()
+    return models
+
+
+def build_cache(settings: Settings) -> Cache:
+    """Redis when set; without it, no cache in the distributed mode (see NoCache)."""
+    if settings.redis_url is None:
+        return NoCache()
+    from projections.redis_cache import RedisCache
+
+    return RedisCache(settings.redis_url.get_secret_value())
+
+
+def relay_settings(settings: Settings) -> RelaySettings:
+    assert settings.kafka_bootstrap is not None, "checked by the caller"
+    return RelaySettings(
+        bootstrap=settings.kafka_bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.topic_partitions,
+        poll_interval=0.02,
+    )
+
+
+def build_relay(settings: Settings, shop: Application) -> Relay:
+    assert settings.postgres_url is not None, "checked by the caller"
+    return Relay(shop.recorder, settings.postgres_url.get_secret_value(), relay_settings(settings))
+
+
+def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
+    return KafkaProjector(
+        models, build_cache(settings), relay_settings(settings), group=settings.projector_group
+    )
 
 
 def shop_env(settings: Settings) -> dict[str, str]:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_CODE: dict[str, int] = {
     "MALFORMED_REQUEST": 400,
+    "INVALID_CURSOR": 400,
     "UNAUTHENTICATED": 401,
     "FORBIDDEN": 403,
     "NOT_FOUND": 404,
@@ -39,6 +40,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "RATE_LIMITED": 429,
     "INTERNAL": 500,
     "STORE_UNAVAILABLE": 503,
+    "PROJECTION_BEHIND": 503,
 }
 # A domain error whose code is not above broke a business rule the request could not express.
 DOMAIN_RULE_STATUS = 422

@@ -52,6 +52,29 @@ class Settings(BaseSettings):
     rate_burst: int = Field(
         default=2000, ge=1, description="Requests a key may send at once (its burst)."
     )
+    min_position_wait: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description="Longest wait for the read models to reach a query's X-Min-Position "
+        "before answering 503 PROJECTION_BEHIND.",
+    )
+    topic_prefix: str = Field(
+        default="eventkeep",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Kafka topics are <prefix>.User, <prefix>.Product, <prefix>.Order.",
+    )
+    topic_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=1000,
+        description="Partitions of each topic when the relay creates it (fixed afterwards: "
+        "more partitions would move streams between them). The most projector processes "
+        "that share the work.",
+    )
+    projector_group: str = Field(
+        default="eventkeep-projectors", description="Kafka consumer group of the projectors."
+    )
     key_cache_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -7,6 +7,8 @@
 - Idempotent producer with `acks=all`. A batch is sent, `flush()`ed, and only then is the
   relay's durable cursor advanced: a crash between the two re-sends (at-least-once); consumers
   drop what they already applied by stream version.
+- After each batch, a watermark message on every partition (`projections/kafka_feed.py`
+  explains how projectors turn them into a position for read-your-writes).
 - One active relay: the one holding a PostgreSQL advisory lock on its own connection. Others
   stand by and take over when that connection dies with its process.
 - Kafka unreachable: commands keep succeeding (the log is the outbox); the relay backs off,
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 RELAY_LOCK = "eventkeep relay"
 STREAM_TYPES = ("User", "Product", "Order")
+# A message with this header is no event: `{"watermark": P}` says every event of this
+# partition at or below position P came before it.
+WATERMARK_HEADER = "watermark"
 
 
 class GlobalLog(Protocol):
@@ -194,9 +199,20 @@ class Relay:
             key, value, headers = message_of(event)
             topic = self._settings.topic(event.stream_type)
             futures.append(producer.send(topic, key=key, value=value, headers=headers))
+        futures += self._send_watermarks(producer, batch[-1].id)
         producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=0)  # raises the send's KafkaError, if any
+
+    def _send_watermarks(self, producer: KafkaProducer, position: int) -> list[Any]:
+        """Tells every partition's readers that the log up to `position` has been sent."""
+        value = orjson.dumps({"watermark": position})
+        headers = [(WATERMARK_HEADER, b"1")]
+        return [
+            producer.send(topic, value=value, partition=partition, headers=headers)
+            for topic in map(self._settings.topic, STREAM_TYPES)
+            for partition in sorted(producer.partitions_for(topic))
+        ]
 
 
 def ensure_topics(settings: RelaySettings) -> None:

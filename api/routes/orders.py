@@ -1,13 +1,15 @@
-"""Order commands: translate the request into a command, nothing more."""
+"""Order commands (translated into commands, nothing more) and order queries."""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter
 from pydantic import Field
 
 from api.dispatch import ClientCommand, IfMatch
+from api.reads import ClientReads, found
 from api.schema import COMMAND_ERRORS, Body, CommandAnswer, Money, Quantity, Reason, Reference
 from commands.messages import (
     CancelOrder,
@@ -76,3 +78,8 @@ def cancel_order(
     order_id: UUID, body: CancelBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
     return send(CancelOrder(order_id, body.reason, version))
+
+
+@router.get("/{order_id}")
+def get_order(order_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(reads.get("order", str(order_id)), "order", order_id)

@@ -1,12 +1,14 @@
-"""Product commands: translate the request into a command, nothing more."""
+"""Product commands (translated into commands, nothing more) and product queries."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.dispatch import ClientCommand, IfMatch
+from api.reads import ClientReads, found, page
 from api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -87,3 +89,35 @@ def adjust_stock(
 @router.post("/{product_id}/discontinue")
 def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
     return send(DiscontinueProduct(product_id, expected_version=version))
+
+
+@router.get("/{product_id}")
+def get_product(product_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(reads.get("product", str(product_id)), "product", product_id)
+
+
+@router.get("")
+def search_products(
+    reads: ClientReads,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Words of name or description.")
+    ] = None,
+    category: Category | None = None,
+    min_price: Money | None = None,
+    max_price: Money | None = None,
+    sort: Literal["name", "price", "-price", "newest"] = "name",
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """Full-text search with filters, a page at a time (`next_cursor` for the next)."""
+    return page(
+        lambda: reads.models.search_products(
+            q=q,
+            category=category,
+            min_price=min_price,
+            max_price=max_price,
+            sort=sort,
+            cursor=cursor,
+            limit=limit,
+        )
+    )

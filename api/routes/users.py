@@ -1,12 +1,14 @@
-"""User commands: translate the request into a command, nothing more."""
+"""User commands (translated into commands, nothing more) and user queries."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.dispatch import AdminCommand, ClientCommand, IfMatch
+from api.reads import ClientReads, found, page
 from api.schema import COMMAND_ERRORS, Body, CommandAnswer, Email, LastName, PersonName, Reason
 from commands.messages import (
     ChangeUserEmail,
@@ -61,3 +63,31 @@ def reactivate_user(user_id: UUID, version: IfMatch, send: ClientCommand) -> Com
 def erase_personal_data(user_id: UUID, version: IfMatch, send: AdminCommand) -> CommandAnswer:
     """Crypto-shredding: destroys the user's data key; history stays, PII reads as erased."""
     return send(ErasePersonalData(user_id, expected_version=version))
+
+
+@router.get("/{user_id}")
+def get_user(user_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(reads.get("user", str(user_id)), "user", user_id)
+
+
+@router.get("")
+def find_user(email: Annotated[Email, Query()], reads: ClientReads) -> dict[str, Any]:
+    """The user with this email (case-insensitive)."""
+    return found(reads.models.user_by_email(email), "user with email", email)
+
+
+OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
+
+
+@router.get("/{user_id}/orders")
+def orders_of_user(
+    user_id: UUID,
+    reads: ClientReads,
+    status: OrderStatus | None = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """The user's orders, newest first, a page at a time (`next_cursor` for the next)."""
+    return page(
+        lambda: reads.models.orders_of_user(str(user_id), status=status, cursor=cursor, limit=limit)
+    )

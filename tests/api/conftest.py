@@ -3,6 +3,8 @@ embedded (SQLite files in a temporary home) and distributed (the real PostgreSQL
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,10 +13,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.bootstrap import Wiring, wire
+from api.bootstrap import Wiring, build_projector, build_relay, wire
 from api.settings import Settings
 from eventstore.api_keys import ApiKeyStore, Role
-from tests.conftest_services import POSTGRES_URL, require_env
+from projections.readmodels import ReadModels
+from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
 from tests.eventstore.stores import drop_postgres_tables
 
 SHOP_TABLES = ("shop_events", "shop_events_claims", "shop_events_idempotency", "api_keys")
@@ -35,6 +38,9 @@ def embedded_wiring(home: Path) -> Wiring:
 
 def distributed_wiring(home: Path) -> Wiring:
     drop_postgres_tables(*SHOP_TABLES)
+    stale = ReadModels.open(postgres_url=require_env(POSTGRES_URL))
+    stale.drop()
+    stale.close()
     return wire(distributed_settings(home))
 
 
@@ -49,6 +55,36 @@ def wiring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wiring]:
     built = MODES[request.param](tmp_path / "home")
     yield built
     built.close()
+
+
+@pytest.fixture
+def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
+    """The wiring with its events reaching the read models: embedded, its in-process feed;
+    distributed, a relay and a projector (threads here) through Kafka topics of this test."""
+    if wiring.feed is not None:
+        yield wiring
+        return
+    unique = uuid.uuid4().hex[:10]
+    settings = distributed_settings(tmp_path / "home").model_copy(
+        update={
+            "kafka_bootstrap": require_env(KAFKA_BOOTSTRAP),
+            "topic_prefix": f"t{unique}",
+            "topic_partitions": 2,
+            "projector_group": f"g{unique}",
+        }
+    )
+    workers = [
+        build_relay(settings, wiring.shop),
+        build_projector(settings, wiring.queries.models),
+    ]
+    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
+    for thread in threads:
+        thread.start()
+    yield wiring
+    for worker in workers:
+        worker.stop()
+    for thread in threads:
+        thread.join(15)
 
 
 @pytest.fixture

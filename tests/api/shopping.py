@@ -36,3 +36,8 @@ def create_product(client: TestClient, **fields: Any) -> dict[str, Any]:
 def place_order(client: TestClient, user_id: str, product_id: str, quantity: int = 2) -> Any:
     lines = [{"product_id": product_id, "quantity": quantity}]
     return client.post("/v1/orders", json={"user_id": user_id, "lines": lines})
+
+
+def pay(client: TestClient, order_id: str, amount: str) -> dict[str, Any]:
+    body = {"amount": amount, "payment_ref": f"pay-{order_id}"}
+    return answer(client.post(f"/v1/orders/{order_id}/pay", json=body))

@@ -4,6 +4,7 @@ never reaches a 500, and an unexpected failure leaks nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
@@ -127,7 +128,7 @@ def failing_app(wiring: Wiring, failure: Exception) -> TestClient:
     def handle(*_: object) -> Any:
         raise failure
 
-    broken = Wiring(wiring.shop, handle, wiring.keys)
+    broken = replace(wiring, handle=handle)
     return TestClient(create_app(broken), raise_server_exceptions=False)
 
 

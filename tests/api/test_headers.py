@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
@@ -120,7 +121,7 @@ class RecordingBus:
 @pytest.fixture
 def recorded(wiring: Wiring, bearer: Callable[[Role], dict[str, str]]) -> Any:
     bus = RecordingBus()
-    app = create_app(Wiring(wiring.shop, bus.handle, wiring.keys))
+    app = create_app(replace(wiring, handle=bus.handle))
     key_headers = bearer(Role.client)
     with TestClient(app, headers=key_headers) as client:
         yield client, bus, key_headers["Authorization"].split("_")[1]

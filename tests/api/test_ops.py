@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -27,7 +28,7 @@ def test_readiness_fails_when_the_store_does_not_answer(wiring: Wiring) -> None:
         def close(self) -> None:
             pass
 
-    app = create_app(Wiring(NoStore(), wiring.handle, wiring.keys))  # type: ignore[arg-type]
+    app = create_app(replace(wiring, shop=NoStore()))  # type: ignore[arg-type]
     response = TestClient(app).get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "STORE_UNAVAILABLE"

@@ -19,7 +19,7 @@ from kafka import KafkaConsumer
 
 from eventstore.postgres import PostgresApplicationRecorder
 from eventstore.records import RecordedEvent
-from eventstore.relay import Relay, RelayCursor, RelaySettings
+from eventstore.relay import WATERMARK_HEADER, Relay, RelayCursor, RelaySettings
 from tests.eventstore.stores import drop_postgres_tables, postgres_params
 
 pytestmark = pytest.mark.services
@@ -85,10 +85,16 @@ def consume(settings: RelaySettings, expected: int, timeout: float = 60) -> list
     try:
         while len({m["position"] for m in messages}) < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
-                messages.extend(orjson.loads(r.value) for r in records)
+                messages.extend(
+                    orjson.loads(r.value) for r in records if not is_watermark(r.headers)
+                )
     finally:
         consumer.close()
     return messages
+
+
+def is_watermark(headers: list[tuple[str, bytes]]) -> bool:
+    return any(name == WATERMARK_HEADER for name, _ in headers)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:

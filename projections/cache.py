@@ -1,0 +1,96 @@
+"""The cache in front of the by-id queries, and the one rule that keeps it honest.
+
+Every entry carries the read-model version it holds. After a batch commits, the projector
+writes a *tombstone* at the new version for each row it changed (`forget`); a query that
+missed reads the row and offers it back (`fill`), which is accepted only when it is at least
+as new as what is there. So a query that read version 5 just before the projector committed
+version 6 cannot put 5 back over the tombstone of 6: the cache never serves a value older
+than the read model it came from.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from projections.readmodels import Change
+
+Row = dict[str, Any]
+
+
+class Cache(Protocol):
+    def get(self, kind: str, row_id: str) -> Row | None:
+        """The cached row, or None on a miss (or a tombstone)."""
+        ...
+
+    def fill(self, kind: str, row: Row) -> None:
+        """Offers a row read from the read model; kept only if not older than the entry."""
+        ...
+
+    def forget(self, changes: Iterable[Change]) -> None:
+        """Marks changed rows stale at their new versions (after the read model committed)."""
+        ...
+
+
+def accepts_fill(current_version: int | None, current_is_row: bool, version: int) -> bool:
+    """A fill wins over nothing, over an older entry, and over a tombstone of its own version."""
+    if current_version is None:
+        return True
+    return version > current_version or (version == current_version and not current_is_row)
+
+
+class LocalCache:
+    """In-process LRU cache: the embedded mode's, and any process's when no Redis is set."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[int, Row | None]] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, row_id: str) -> Row | None:
+        with self._lock:
+            entry = self._entries.get((kind, row_id))
+            if entry is None:
+                return None
+            self._entries.move_to_end((kind, row_id))
+            return entry[1]
+
+    def fill(self, kind: str, row: Row) -> None:
+        key = (kind, row["id"])
+        with self._lock:
+            current = self._entries.get(key)
+            version, is_row = (
+                (None, False) if current is None else (current[0], current[1] is not None)
+            )
+            if accepts_fill(version, is_row, row["version"]):
+                self._put(key, row["version"], row)
+
+    def forget(self, changes: Iterable[Change]) -> None:
+        with self._lock:
+            for change in changes:
+                key = (change.kind, change.id)
+                current = self._entries.get(key)
+                if current is None or current[0] < change.version:
+                    self._put(key, change.version, None)
+
+    def _put(self, key: tuple[str, str], version: int, row: Row | None) -> None:
+        self._entries[key] = (version, row)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+
+class NoCache:
+    """For API processes with no Redis in the distributed mode: a process-local cache there
+    would never hear of the projectors' changes, so there is none."""
+
+    def get(self, kind: str, row_id: str) -> Row | None:
+        return None
+
+    def fill(self, kind: str, row: Row) -> None:
+        pass
+
+    def forget(self, changes: Iterable[Change]) -> None:
+        pass

@@ -1,0 +1,149 @@
+"""The two databases read models live in, behind one small interface: transactions, cursors
+that return dict rows, `%s` parameters, and the few SQL spellings that differ.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any: ...
+
+    def fetchall(self) -> list[dict[str, Any]]: ...
+
+    def fetchone(self) -> dict[str, Any] | None: ...
+
+
+class Database(Protocol):
+    kind: str  # "postgres" | "sqlite"
+    greatest: str  # the SQL function of the larger of two values
+
+    def transaction(self) -> Any:
+        """A context manager: a cursor inside one transaction, committed on success."""
+        ...
+
+    def reading(self) -> Any:
+        """A context manager: a cursor for queries."""
+        ...
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """`column` is one of `values`, and the parameters that says so."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PostgresDatabase:
+    kind = "postgres"
+    greatest = "GREATEST"
+
+    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            kwargs={"row_factory": dict_row, "autocommit": True},
+            open=True,
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        with self._pool.connection() as connection, connection.transaction():
+            yield connection.cursor()
+
+    @contextmanager
+    def reading(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        with self._pool.connection() as connection:
+            yield connection.cursor()
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _SqliteCursor:
+    """sqlite3 with `%s` parameters and dict rows, like psycopg's cursor here."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _SqliteCursor:
+        self._cursor.execute(sql.replace("%s", "?"), params)
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._cursor.executemany(sql.replace("%s", "?"), rows)
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._cursor.fetchall()]
+
+    def fetchone(self) -> dict[str, Any] | None:
+        row = self._cursor.fetchone()
+        return None if row is None else dict(row)
+
+
+class SqliteDatabase:
+    """One connection per thread (WAL: readers never wait for the projector's writes)."""
+
+    kind = "sqlite"
+    greatest = "max"
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self._path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+            with self._lock:
+                self._all.append(connection)
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteCursor]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteCursor(connection.cursor())
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[_SqliteCursor]:
+        yield _SqliteCursor(self._connection().cursor())
+
+    def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({','.join('?' * len(values)) or 'NULL'})", list(values)
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all:
+                connection.close()
+            self._all.clear()
+        self._local = threading.local()

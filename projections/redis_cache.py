@@ -1,0 +1,99 @@
+"""The distributed mode's cache: Redis, shared by every API process and projector.
+
+Entries are `"<version>|<json row>"`, tombstones `"<version>|"`; both rules of
+`projections/cache.py` run as Lua scripts so that compare-and-set is atomic in Redis. Redis
+down or slow: a get is a miss (the query goes to the read model), a fill is dropped, and the
+projector's tombstones wait and are written when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable
+
+import orjson
+import redis
+
+from projections.cache import Row
+from projections.readmodels import Change
+
+log = logging.getLogger(__name__)
+
+TTL_SECONDS = 3600
+
+# KEYS[1] entry; ARGV[1] version, ARGV[2] value, ARGV[3] ttl. Mirrors cache.accepts_fill.
+_FILL = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local bar = string.find(current, '|', 1, true)
+  local version = tonumber(string.sub(current, 1, bar - 1))
+  local is_row = bar < string.len(current)
+  local offered = tonumber(ARGV[1])
+  if offered < version or (offered == version and is_row) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+# KEYS[1] entry; ARGV[1] version, ARGV[2] ttl: a tombstone unless the entry is as new.
+_FORGET = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.sub(current, 1, string.find(current, '|', 1, true) - 1))
+  if version >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|', 'EX', ARGV[2])
+return 1
+"""
+
+
+class RedisCache:
+    def __init__(self, url: str, *, namespace: str = "eventkeep:rm") -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self._fill = self._redis.register_script(_FILL)
+        self._forget = self._redis.register_script(_FORGET)
+        self._namespace = namespace
+        self._pending: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, kind: str, row_id: str) -> str:
+        return f"{self._namespace}:{kind}:{row_id}"
+
+    def get(self, kind: str, row_id: str) -> Row | None:
+        try:
+            value = self._redis.get(self._key(kind, row_id))
+        except redis.RedisError:
+            return None
+        if not value:
+            return None
+        _, _, body = value.partition(b"|")
+        return orjson.loads(body) if body else None
+
+    def fill(self, kind: str, row: Row) -> None:
+        value = str(row["version"]).encode() + b"|" + orjson.dumps(row)
+        with contextlib.suppress(redis.RedisError):  # the next miss reads the read model again
+            self._fill(keys=[self._key(kind, row["id"])], args=[row["version"], value, TTL_SECONDS])
+
+    def forget(self, changes: Iterable[Change]) -> None:
+        """Writes tombstones, including any a Redis outage left pending; keeps what fails."""
+        with self._lock:
+            for change in changes:
+                key = (change.kind, change.id)
+                self._pending[key] = max(change.version, self._pending.get(key, 0))
+            if not self._pending:
+                return
+            try:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for (kind, row_id), version in self._pending.items():
+                        self._forget(
+                            keys=[self._key(kind, row_id)],
+                            args=[version, TTL_SECONDS],
+                            client=pipe,
+                        )
+                    pipe.execute()
+            except redis.RedisError as error:
+                log.warning("%s cache tombstones wait for Redis: %s", len(self._pending), error)
+                return
+            self._pending.clear()
