@@ -1,7 +1,9 @@
-"""The `eventkeep` command line: serve the API, manage API keys."""
+"""The `eventkeep` command line: serve the API, run the relay and projectors, manage keys."""
 
+import logging
+import signal
 from contextlib import closing
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import psycopg
 import typer
@@ -10,7 +12,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api.bootstrap import build_key_store
+from api.bootstrap import (
+    build_key_store,
+    build_projector,
+    build_read_models,
+    build_relay,
+    shop_env,
+)
 from api.settings import Settings
 from bench.seed_cli import seed
 from eventstore.api_keys import ApiKeyStore, Role
@@ -102,6 +110,72 @@ def serve(
         workers=workers,
         timeout_graceful_shutdown=10,
     )
+
+
+class Worker(Protocol):
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _run_until_signalled(worker: Worker) -> None:
+    """Runs `worker` until SIGTERM or Ctrl-C, which let it finish its batch and stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: worker.stop())
+    worker.run()
+
+
+def _distributed_settings(command: str) -> Settings:
+    settings = _settings()
+    if settings.mode == "embedded" or settings.kafka_bootstrap is None:
+        err.print(
+            f"[red]`eventkeep {command}` belongs to the distributed mode[/red]: set "
+            "EVENTKEEP_POSTGRES_URL and EVENTKEEP_KAFKA_BOOTSTRAP. (In the embedded mode "
+            "`eventkeep serve` projects in-process.)"
+        )
+        raise typer.Exit(2)
+    return settings
+
+
+@app.command()
+def relay() -> None:
+    """Publish the event log to Kafka, in position order, until SIGTERM.
+
+    One relay is active at a time (a PostgreSQL advisory lock); start a second as a standby:
+    it takes over when the active one dies. Kafka down: it retries and catches up.
+    """
+    from commands.shop import Shop
+
+    settings = _distributed_settings("relay")
+    shop = Shop(env=shop_env(settings))
+    out.print(
+        f"relay: log -> {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
+        f"({settings.topic_partitions} partitions); waits for the lock if another relay runs"
+    )
+    try:
+        _run_until_signalled(build_relay(settings, shop))
+    finally:
+        shop.close()
+
+
+@app.command()
+def project() -> None:
+    """Apply events from Kafka to the read models (a consumer group member) until SIGTERM.
+
+    Start as many as there are partitions; they share them. Each batch is applied with its
+    offsets in one transaction, so a restart neither loses nor doubles anything.
+    """
+    settings = _distributed_settings("project")
+    models = build_read_models(settings)
+    out.print(
+        f"projector: {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
+        f"-> read models; group {settings.projector_group}"
+    )
+    try:
+        _run_until_signalled(build_projector(settings, models))
+    finally:
+        models.close()
 
 
 @keys_app.command("create")

@@ -27,6 +27,7 @@ def event_type_of(event_class: type) -> str:
 def stream_type_of(event_class: type) -> str:
     return event_class.__qualname__.split(".")[0]
 
+
 # Personal data: encrypted at rest with a key per user, unreadable once that key is erased.
 PERSONAL_FIELDS: dict[str, frozenset[str]] = {
     "UserRegistered": frozenset({"email", "first_name", "last_name", "full_name"}),

@@ -186,6 +186,16 @@ class ReadModels:
         """Every event at or below this position is applied."""
         return position_of(self.progress())
 
+    def dump(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of every read model, in key order: to compare two builds of them."""
+        keys = {**{name: "id" for name in TABLES.values()}, "sales": "day, product_id, currency"}
+        tables: dict[str, list[dict[str, Any]]] = {}
+        with self.db.reading() as cursor:
+            for name, key in keys.items():
+                cursor.execute(f"SELECT * FROM {self.table(name)} ORDER BY {key}")
+                tables[name] = [_decoded(row) for row in cursor.fetchall()]
+        return tables
+
     # --- queries ---------------------------------------------------------------------------
 
     def get(self, kind: str, row_id: str) -> dict[str, Any] | None:

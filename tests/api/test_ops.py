@@ -52,16 +52,26 @@ def test_metrics_count_requests_by_route_and_commands_by_type(
     assert 'eventkeep_commands_total{command="RegisterUser",outcome="EMAIL_TAKEN"} 1.0' in text
 
 
-def test_openapi_lists_every_command_with_the_error_shape(anonymous: TestClient) -> None:
+def test_openapi_lists_every_command_and_query_with_the_error_shape(
+    anonymous: TestClient,
+) -> None:
     assert anonymous.get("/docs").status_code == 200
     spec = anonymous.get("/openapi.json").json()
-    commands = {
+    endpoints = {
         (method.upper(), path)
         for path, operations in spec["paths"].items()
         for method in operations
         if path.startswith("/v1/")
     }
-    assert commands == {
+    assert endpoints == {
+        ("GET", "/v1/users"),
+        ("GET", "/v1/users/{user_id}"),
+        ("GET", "/v1/users/{user_id}/orders"),
+        ("GET", "/v1/products"),
+        ("GET", "/v1/products/{product_id}"),
+        ("GET", "/v1/orders/{order_id}"),
+        ("GET", "/v1/stats/sales"),
+        ("GET", "/v1/projections"),
         ("POST", "/v1/users"),
         ("POST", "/v1/users/{user_id}/email"),
         ("POST", "/v1/users/{user_id}/deactivate"),

@@ -1,0 +1,233 @@
+"""The distributed read side on real PostgreSQL, Kafka and Redis: whatever is killed or
+restarted — a relay, a projector, Kafka itself — the read models end equal to a rebuild from
+the event store, and a redelivered partition changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer, TopicPartition
+
+from api.app import create_app
+from api.bootstrap import Wiring, build_projector, build_relay
+from api.settings import Settings
+from eventstore.api_keys import Role
+from eventstore.relay import STREAM_TYPES
+from projections.readmodels import ReadModels
+from replay.rebuild import rebuild
+from tests.api.conftest import distributed_settings, distributed_wiring
+from tests.api.shopping import answer, create_product, pay, place_order, register
+from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
+
+pytestmark = pytest.mark.services
+SERVICES = Path(__file__).resolve().parents[2] / "infra" / "services"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    unique = uuid.uuid4().hex[:10]
+    return distributed_settings(tmp_path / "home").model_copy(
+        update={
+            "kafka_bootstrap": require_env(KAFKA_BOOTSTRAP),
+            "topic_prefix": f"t{unique}",
+            "topic_partitions": 2,
+            "projector_group": f"g{unique}",
+        }
+    )
+
+
+@pytest.fixture
+def wiring(tmp_path: Path) -> Iterator[Wiring]:
+    built = distributed_wiring(tmp_path / "home")
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def client(wiring: Wiring) -> Iterator[TestClient]:
+    admin = wiring.keys.create(Role.admin, "pipeline test").secret_key
+    with TestClient(create_app(wiring), headers={"Authorization": f"Bearer {admin}"}) as client:
+        yield client
+
+
+class Threads:
+    """Relays and projectors run in this process, stopped at the end of the test."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[Any, threading.Thread]] = []
+
+    def start(self, worker: Any) -> Any:
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        self.running.append((worker, thread))
+        return worker
+
+    def stop_all(self) -> None:
+        for worker, _ in self.running:
+            worker.stop()
+        for _, thread in self.running:
+            thread.join(30)
+
+
+@pytest.fixture
+def threads() -> Iterator[Threads]:
+    started = Threads()
+    yield started
+    started.stop_all()
+
+
+def traffic(client: TestClient, rounds: int) -> None:
+    """Users, products and orders: placed, paid, cancelled after payment, shipped."""
+    for _ in range(rounds):
+        user = register(client, f"{uuid.uuid4().hex[:12]}@example.com")
+        product = create_product(client, sku=uuid.uuid4().hex[:12], stock=100)
+        orders = [answer(place_order(client, user["id"], product["id"], 1), 201) for _ in range(3)]
+        for order in orders[:2]:
+            pay(client, order["id"], "49.90")
+        answer(client.post(f"/v1/orders/{orders[0]['id']}/cancel", json={"reason": "changed"}))
+        answer(client.post(f"/v1/orders/{orders[1]['id']}/ship", json={"tracking_number": "T1"}))
+
+
+def wait_until_projected(wiring: Wiring, timeout: float = 90) -> None:
+    head = wiring.shop.recorder.max_notification_id() or 0
+    deadline = time.monotonic() + timeout
+    while wiring.queries.models.position() < head:
+        assert time.monotonic() < deadline, (
+            f"read models at {wiring.queries.models.position()}, log at {head}"
+        )
+        time.sleep(0.2)
+
+
+def rebuilt(wiring: Wiring) -> dict[str, list[dict[str, Any]]]:
+    """The read models as a fresh rebuild from the event store makes them."""
+    fresh = ReadModels.open(postgres_url=require_env(POSTGRES_URL), prefix="rebuilt_")
+    try:
+        rebuild(wiring.shop.recorder, fresh)
+        return fresh.dump()
+    finally:
+        fresh.drop()
+        fresh.close()
+
+
+def assert_equal_to_rebuild(wiring: Wiring) -> None:
+    wait_until_projected(wiring)
+    live = wiring.queries.models.dump()
+    assert live["orders"] and live["sales"]
+    assert live == rebuilt(wiring)
+
+
+def every_record(settings: Settings) -> Iterator[dict[TopicPartition, list[Any]]]:
+    """Each partition of the test's topics read again from offset 0, in poll-sized batches."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    partitions = [
+        TopicPartition(f"{settings.topic_prefix}.{stream_type}", number)
+        for stream_type in STREAM_TYPES
+        for number in range(settings.topic_partitions)
+    ]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    try:
+        while any(consumer.position(p) < ends[p] for p in partitions):
+            if records := consumer.poll(timeout_ms=1000):
+                yield records
+    finally:
+        consumer.close()
+
+
+def test_a_partition_replayed_from_offset_zero_changes_nothing(
+    settings: Settings, wiring: Wiring, client: TestClient, threads: Threads
+) -> None:
+    threads.start(build_relay(settings, wiring.shop))
+    projector = threads.start(build_projector(settings, wiring.queries.models))
+    traffic(client, rounds=5)
+    wait_until_projected(wiring)
+    before = wiring.queries.models.dump()
+    for records in every_record(settings):
+        projector.apply(records)  # the same messages, delivered again
+    assert wiring.queries.models.dump() == before
+    assert before == rebuilt(wiring)
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    return os.environ | {
+        "EVENTKEEP_POSTGRES_URL": require_env(POSTGRES_URL),
+        "EVENTKEEP_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "EVENTKEEP_CLAIM_SECRET": "test-secret",
+        "EVENTKEEP_HOME": str(settings.home),
+        "EVENTKEEP_TOPIC_PREFIX": settings.topic_prefix,
+        "EVENTKEEP_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "EVENTKEEP_PROJECTOR_GROUP": settings.projector_group,
+    }
+
+
+@pytest.fixture
+def processes(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
+    started: list[subprocess.Popen] = []
+
+    def spawn(command: str) -> subprocess.Popen:
+        log = tmp_path / f"{command}-{len(started)}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                ["eventkeep", command], env=process_env(settings), stdout=output, stderr=output
+            )
+        process.log = log  # type: ignore[attr-defined]
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_relays_and_projectors_killed_and_restarted_lose_and_double_nothing(
+    wiring: Wiring, client: TestClient, processes: Callable[[str], subprocess.Popen]
+) -> None:
+    relay = processes("relay")
+    standby = processes("relay")
+    projectors = [processes("project"), processes("project")]  # one consumer group
+    traffic(client, rounds=4)
+    wait_until_projected(wiring)
+
+    relay.kill()  # SIGKILL: no chance to save anything; the standby takes the lock
+    projectors[0].kill()
+    traffic(client, rounds=4)
+    projectors[0] = processes("project")
+    traffic(client, rounds=2)
+    assert_equal_to_rebuild(wiring)
+
+    deadline = time.monotonic() + 30
+    while "projecting partitions" not in projectors[0].log.read_text():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the restarted projector never joined the group"
+        time.sleep(0.2)
+
+    for process in (standby, *projectors):
+        process.send_signal(signal.SIGTERM)
+    assert [process.wait(timeout=30) for process in (standby, *projectors)] == [0, 0, 0]
+
+
+def test_kafka_stopped_and_started_while_commands_flow(
+    settings: Settings, wiring: Wiring, client: TestClient, threads: Threads
+) -> None:
+    threads.start(build_relay(settings, wiring.shop))
+    threads.start(build_projector(settings, wiring.queries.models))
+    traffic(client, rounds=3)
+    subprocess.run([str(SERVICES), "down", "kafka"], check=True, capture_output=True)
+    try:
+        traffic(client, rounds=3)  # commands keep succeeding: the log is the outbox
+    finally:
+        subprocess.run([str(SERVICES), "up", "kafka"], check=True, capture_output=True)
+    traffic(client, rounds=2)
+    assert_equal_to_rebuild(wiring)
