@@ -19,7 +19,7 @@ from eventstore.relay import Relay, RelaySettings
 from projections.cache import Cache, LocalCache, NoCache
 from projections.kafka_feed import KafkaProjector
 from projections.log_feed import LogFeed
-from projections.queries import CachedPosition, Queries
+from projections.queries import PolledPosition, Queries
 from projections.readmodels import ReadModels
 
 Handle = Callable[[Command, CommandContext], CommandResult]
@@ -36,10 +36,13 @@ class Wiring:
     limiter: RateLimiter = field(default_factory=Unlimited)
     feed: LogFeed | None = None  # the embedded mode's in-process projector
     min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
+    position: PolledPosition | None = None  # the distributed mode's read-model position
 
     def close(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+        if self.position is not None:
+            self.position.stop()
         self.queries.models.close()
         self.keys.close()
         self.shop.close()
@@ -63,9 +66,16 @@ def wire(settings: Settings) -> Wiring:
         feed.start()
         queries = Queries(models, cache, lambda: feed.position)
         return Wiring(shop, bus.handle, keys, queries, limiter, feed, settings.min_position_wait)
-    queries = Queries(models, build_cache(settings), CachedPosition(models.position))
+    position = PolledPosition(models.position)
+    queries = Queries(models, build_cache(settings), position)
     return Wiring(
-        shop, bus.handle, keys, queries, limiter, min_position_wait=settings.min_position_wait
+        shop,
+        bus.handle,
+        keys,
+        queries,
+        limiter,
+        min_position_wait=settings.min_position_wait,
+        position=position,
     )
 
 

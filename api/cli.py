@@ -20,6 +20,7 @@ from api.bootstrap import (
     shop_env,
 )
 from api.settings import Settings
+from bench.cli import bench_app
 from bench.seed_cli import seed
 from eventstore.api_keys import ApiKeyStore, Role
 
@@ -109,6 +110,7 @@ def serve(
         port=settings.port,
         workers=workers,
         timeout_graceful_shutdown=10,
+        access_log=False,  # /metrics counts requests; a log line each costs throughput
     )
 
 
@@ -219,3 +221,4 @@ def revoke_key(
 
 
 app.command("seed")(seed)
+app.add_typer(bench_app, name="bench")

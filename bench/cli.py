@@ -10,6 +10,7 @@ import typer
 from psycopg.conninfo import conninfo_to_dict
 
 from bench import baselines, store_workloads
+from bench.read_cli import read_path
 from bench.report import Figure, Report
 
 bench_app = typer.Typer(help="Benchmarks of PERFORMANCE.md: each figure beside its raw baseline.")
@@ -131,3 +132,6 @@ def write_path(
     del b1_1
     report.console.print(report.table())
     report.console.print(f"results: {report.save(results)}")
+
+
+bench_app.command("read")(read_path)

@@ -52,10 +52,12 @@ Advance = Callable[[str, int], None]  # (phase, how many more done)
 
 
 class Seeder:
-    def __init__(self, bus: CommandBus, sizes: SeedSizes, seed: int = 42) -> None:
+    def __init__(self, bus: CommandBus, sizes: SeedSizes, seed: int = 42, label: str = "") -> None:
+        """`label` tells apart the unique values (emails, SKUs) of seeders run on one store."""
         self._bus = bus
         self._sizes = sizes
         self._rng = random.Random(seed)
+        self._label = label
         self.users: list[User] = []
         self.products: list[Product] = []
         self.events = 0
@@ -69,7 +71,9 @@ class Seeder:
         rng = self._rng
         for i in range(self._sizes.users):
             user = User.register(
-                f"user{i:07d}@seed.example.com", rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+                f"user{self._label}{i:07d}@seed.example.com",
+                rng.choice(FIRST_NAMES),
+                rng.choice(LAST_NAMES),
             )
             self.users.append(user)
             yield user
@@ -81,7 +85,7 @@ class Seeder:
             adjective, noun = rng.choice(ADJECTIVES), rng.choice(NOUNS)
             words = " ".join(rng.choices(ADJECTIVES + NOUNS, k=8))
             product = Product.create(
-                sku=f"SKU-{i:07d}",
+                sku=f"SKU-{self._label}{i:07d}",
                 name=f"{adjective.title()} {noun} {i}",
                 description=f"A {adjective} {noun}: {words}.",
                 category=rng.choices(CATEGORIES, cum_weights=categories)[0],

@@ -31,17 +31,19 @@ def seed(
     shop = Shop(env=shop_env(settings))
     assert settings.claim_secret is not None  # Settings fills or demands it
     bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
-    seeder = Seeder(bus, sizes, seed=random_seed)
+    try:
+        show_progress(Seeder(bus, sizes, seed=random_seed), sizes)
+    finally:
+        shop.close()
+
+
+def show_progress(seeder: Seeder, sizes: SeedSizes) -> None:
+    """Runs `seeder` with a progress bar per phase, then prints its rate."""
     started = time.perf_counter()
     columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeRemainingColumn()) as progress:
-        tasks = {
-            phase: progress.add_task(phase, total=total)
-            for phase, total in (("users", users), ("products", products), ("orders", orders))
-        }
-        try:
-            seeder.run(lambda phase, done: progress.advance(tasks[phase], done))
-        finally:
-            shop.close()
+        phases = (("users", sizes.users), ("products", sizes.products), ("orders", sizes.orders))
+        tasks = {phase: progress.add_task(phase, total=total) for phase, total in phases}
+        seeder.run(lambda phase, done: progress.advance(tasks[phase], done))
     elapsed = time.perf_counter() - started
     typer.echo(f"{seeder.events:,} events in {elapsed:.1f} s ({seeder.events / elapsed:,.0f}/s)")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import psycopg
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -78,12 +79,13 @@ class KafkaProjector:
         self.stopping.set()
 
     def run(self) -> None:
-        """Consume until stopped; Kafka errors are retried, the group re-joined."""
+        """Consume until stopped; Kafka or PostgreSQL errors are retried, the group re-joined
+        (an uncommitted batch is read again from the offsets stored with the read models)."""
         while not self.stopping.is_set():
             try:
                 self._consume_until_stopped()
-            except KafkaError as error:
-                log.warning("Kafka unavailable (%s); retrying", error)
+            except (KafkaError, psycopg.OperationalError) as error:
+                log.warning("Kafka or PostgreSQL unavailable (%s); retrying", error)
                 self.stopping.wait(1.0)
 
     def _consume_until_stopped(self) -> None:
@@ -105,6 +107,8 @@ class KafkaProjector:
                 if records:
                     self.apply(records)
                     consumer.commit_async()
+                else:
+                    self._cache.forget(())  # tombstones a Redis outage held back
         finally:
             consumer.close(autocommit=False)
 

@@ -52,6 +52,7 @@ class LogFeed:
             self.position, self._batch_size, inclusive_of_start=False
         )
         if not events:
+            self._cache.forget(())  # tombstones a cache outage held back
             return 0
         envelopes = [upcast(to_envelope(event)) for event in events]
         changes = self._models.apply(envelopes, {"log": events[-1].id})

@@ -1,0 +1,254 @@
+"""`eventkeep bench read`: B4, B5, P1, P2, R1, R2 and S1 on the real services, in one run.
+
+It owns the database it is pointed at: `--wipe` is required, and eventkeep's tables there are
+dropped first. Sizes default to PERFORMANCE.md's (100k users, 100k products, 1M orders);
+`--scale` shrinks them for a quicker run, and the report says which sizes were measured.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+
+from api.bootstrap import build_read_models, shop_env, wire
+from api.settings import Settings
+from bench import read_baselines, read_workloads
+from bench.read_workloads import env_for, process, wait_until
+from bench.report import Figure, Report
+from bench.seed import Seeder, SeedSizes
+from bench.seed_cli import show_progress
+from commands.handlers import CommandBus
+from commands.messages import AdjustStock, CommandContext
+from commands.shop import Shop
+from eventstore.api_keys import Role
+
+EVENTKEEP_TABLES = (
+    "shop_events",
+    "shop_events_claims",
+    "shop_events_idempotency",
+    "shop_events_data_keys",
+    "shop_snapshots",
+    "api_keys",
+    "eventkeep_relay_cursor",
+)
+CONTEXT = CommandContext(actor="bench", correlation_id="bench")
+
+
+def read_path(
+    wipe: Annotated[bool, typer.Option(help="Required: eventkeep's tables are dropped first.")],
+    scale: Annotated[float, typer.Option(min=0.001, max=1.0, help="Fraction of full sizes.")] = 1.0,
+    seconds: Annotated[float, typer.Option(help="Seconds per HTTP measurement.")] = 10.0,
+    results: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path(
+        "bench/results"
+    ),
+) -> None:
+    """B4, B5, P1, P2, R1, R2, S1 on PostgreSQL, Kafka and Redis (distributed), plus P2 embedded."""
+    if not wipe:
+        raise typer.BadParameter("pass --wipe: this benchmark drops eventkeep's tables first")
+    run = uuid.uuid4().hex[:8]
+    settings = Settings().model_copy(
+        update={"topic_prefix": f"bench{run}", "projector_group": f"bench{run}", "rate_limit": 0}
+    )
+    if settings.mode != "distributed" or not settings.kafka_bootstrap or not settings.redis_url:
+        raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL, _KAFKA_BOOTSTRAP and _REDIS_URL")
+    url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+    report = Report()
+
+    b4 = read_baselines.b4_kafka_produce_consume(settings.kafka_bootstrap, 200_000)
+    report.add(Figure("B4", "raw kafka-python produce, acks=all", b4["produced_per_s"], "msg/s"))
+    b4c = report.add(
+        Figure("B4", "raw kafka-python consume + orjson", b4["consumed_per_s"], "msg/s")
+    )
+    b5_rate, b5_latency = read_baselines.b5_primary_key_selects(url, 100_000, seconds)
+    b5 = report.add(
+        Figure(
+            "B5", "raw psycopg PK SELECT, 1 conn", b5_rate, "q/s", latency=b5_latency.percentiles()
+        )
+    )
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        for table in EVENTKEEP_TABLES:
+            connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+    models = build_read_models(settings)
+    models.drop()
+    models.migrate()
+    shop = Shop(env=shop_env(settings))
+    bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())  # type: ignore[union-attr]
+    full = SeedSizes(
+        users=max(1, int(100_000 * scale)),
+        products=max(1, int(100_000 * scale)),
+        orders=int(1_000_000 * scale),
+    )
+    seeder = Seeder(bus, full, seed=42)
+    small = SeedSizes(users=3_334, products=3_333, orders=3_333)  # 10k entities
+    home = settings.home
+    env = env_for(settings)
+    logs = home / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    api = f"http://127.0.0.1:{settings.port}"
+
+    def relay_cursor() -> int:
+        with psycopg.connect(url, autocommit=True) as connection:
+            row = connection.execute(
+                "SELECT position FROM eventkeep_relay_cursor WHERE name = %s",
+                (settings.topic_prefix,),
+            ).fetchone()
+        return row[0] if row else 0
+
+    def head() -> int:
+        return shop.recorder.max_notification_id() or 0
+
+    def r1(label: str) -> Figure:
+        measured = read_workloads.wrk(api, key, read_workloads.product_paths(models, 5000), seconds)
+        return report.add(
+            Figure(
+                "R1",
+                f"GET product/user by id, {label}",
+                measured.rate,
+                "req/s",
+                "B5",
+                b5.value,
+                target="p99 < 5 ms, ≥ 3,000 req/s",
+                passed=measured.rate >= 3000 and measured.latency["p99_ms"] < 5,
+                latency=measured.latency,
+            )
+        )
+
+    with process(["eventkeep", "relay"], env, logs / "relay.log"):
+        show_progress(Seeder(bus, small, seed=7, label="s"), small)
+        wait_until(lambda: relay_cursor() >= head(), 600, "the relay")
+        with (
+            process(["eventkeep", "project"], env, logs / "project.log"),
+            process(["eventkeep", "serve", "--workers", "2"], env, logs / "serve.log"),
+        ):
+            wait_until(lambda: models.position() >= head(), 600, "the projector")
+            key = _key(settings)
+            _wait_for_http(api)
+            at_small = r1(f"{small.users + small.products + small.orders:,} entities")
+
+        show_progress(seeder, full)
+        wait_until(lambda: relay_cursor() >= head(), 3600, "the relay")
+        rate, applied = read_workloads.p1_projector_throughput(settings, models, head())
+        report.add(
+            Figure(
+                "P1",
+                f"one projector, Kafka -> PostgreSQL, {applied:,} events",
+                rate,
+                "events/s",
+                "B4",
+                b4c.value,
+                target="≥ 20,000 events/s",
+                passed=rate >= 20_000,
+            )
+        )
+        with (
+            process(["eventkeep", "project"], env, logs / "project.log"),
+            process(["eventkeep", "serve", "--workers", "2"], env, logs / "serve.log"),
+        ):
+            _wait_for_http(api)
+            entities = full.users + full.products + full.orders + small.users + small.products
+            at_full = r1(f"{entities + small.orders:,} entities")
+            s1 = at_full.latency["p99_ms"] / max(at_small.latency["p99_ms"], 0.001)
+            report.add(
+                Figure(
+                    "S1", "R1 p99 at full size / at 10k", s1, "×", target="≤ 1.5×", passed=s1 <= 1.5
+                )
+            )
+            searched = read_workloads.wrk(api, key, read_workloads.search_paths(), seconds)
+            report.add(
+                Figure(
+                    "R2",
+                    f"search + filters over {full.products + small.products:,} products",
+                    searched.rate,
+                    "req/s",
+                    target="p95 < 20 ms",
+                    passed=searched.latency["p95_ms"] < 20,
+                    latency=searched.latency,
+                )
+            )
+            products = [p.id for p in seeder.products]
+            p2 = _p2(bus.handle, models.position, products)
+            report.add(
+                Figure(
+                    "P2",
+                    "command -> read model, distributed, 1,000 cmd/s",
+                    p2["p99_ms"],
+                    "ms p99",
+                    target="p99 < 100 ms",
+                    passed=p2["p99_ms"] < 100,
+                    latency=p2,
+                )
+            )
+    shop.close()
+    models.close()
+    embedded = _p2_embedded(home / f"embedded-{run}")
+    report.add(
+        Figure(
+            "P2",
+            "command -> read model, embedded, 1,000 cmd/s",
+            embedded["p99_ms"],
+            "ms p99",
+            target="p99 < 20 ms",
+            passed=embedded["p99_ms"] < 20,
+            latency=embedded,
+        )
+    )
+    report.console.print(report.table())
+    report.console.print(f"results: {report.save(results)}")
+
+
+def _key(settings: Settings) -> str:
+    from api.bootstrap import build_key_store
+
+    store = build_key_store(settings)
+    try:
+        return store.create(Role.admin, "bench").secret_key
+    finally:
+        store.close()
+
+
+def _wait_for_http(api: str) -> None:
+    import httpx
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 60, "the API")
+
+
+def _p2(handle, position, products: list, rate: float = 1000, seconds: float = 10) -> dict:  # type: ignore[no-untyped-def]
+    rng = random.Random(3)
+    pool = ThreadPoolExecutor(8)
+
+    def send(_: int) -> int:
+        product = products[rng.randrange(len(products))]
+        return handle(AdjustStock(product, 1, "bench"), CONTEXT).position
+
+    histogram = read_workloads.p2_command_to_visible(send, position, rate, seconds, pool)
+    pool.shutdown()
+    return histogram.percentiles()
+
+
+def _p2_embedded(home: Path) -> dict:
+    settings = Settings(home=home, postgres_url=None, claim_secret=None)
+    wiring = wire(settings)
+    try:
+        bus = CommandBus(wiring.shop, claim_secret=b"bench")
+        small = SeedSizes(users=100, products=1000, orders=0)
+        seeder = Seeder(bus, small, seed=1)
+        seeder.run(lambda phase, done: None)
+        products = [p.id for p in seeder.products]
+        time.sleep(1)
+        return _p2(wiring.handle, lambda: wiring.feed.position, products)  # type: ignore[union-attr]
+    finally:
+        wiring.close()
