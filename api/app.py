@@ -12,7 +12,7 @@ from api.bootstrap import Wiring, wire
 from api.correlation import CorrelationId
 from api.errors import LastResortErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics
-from api.routes import analyst, ops, orders, products, stream, users
+from api.routes import analyst, audit, ops, orders, products, stream, users
 from api.settings import Settings
 
 
@@ -37,7 +37,7 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     app.state.wiring = wiring
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (users, products, orders, analyst, stream, ops):
+    for module in (users, products, orders, analyst, audit, stream, ops):
         app.include_router(module.router)
     # The last added runs first: metrics see every answer, with its correlation id, even
     # the 500s that LastResortErrors makes of unexpected exceptions.

@@ -19,7 +19,7 @@ from eventstore.relay import Relay, RelaySettings
 from projections.cache import Cache, LocalCache, NoCache
 from projections.kafka_feed import KafkaProjector
 from projections.log_feed import LogFeed
-from projections.queries import PolledPosition, Queries
+from projections.queries import PolledProgress, Queries
 from projections.readmodels import ReadModels
 
 Handle = Callable[[Command, CommandContext], CommandResult]
@@ -36,13 +36,13 @@ class Wiring:
     limiter: RateLimiter = field(default_factory=Unlimited)
     feed: LogFeed | None = None  # the embedded mode's in-process projector
     min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
-    position: PolledPosition | None = None  # the distributed mode's read-model position
+    poller: PolledProgress | None = None  # the distributed mode's read-model progress
 
     def close(self) -> None:
         if self.feed is not None:
             self.feed.stop()
-        if self.position is not None:
-            self.position.stop()
+        if self.poller is not None:
+            self.poller.stop()
         self.queries.models.close()
         self.keys.close()
         self.shop.close()
@@ -64,10 +64,10 @@ def wire(settings: Settings) -> Wiring:
         cache = LocalCache()
         feed = LogFeed(shop.recorder, models, cache)
         feed.start()
-        queries = Queries(models, cache, lambda: feed.position)
+        queries = Queries(models, cache, feed)
         return Wiring(shop, bus.handle, keys, queries, limiter, feed, settings.min_position_wait)
-    position = PolledPosition(models.position)
-    queries = Queries(models, build_cache(settings), position)
+    progress = PolledProgress(models)
+    queries = Queries(models, build_cache(settings), progress)
     return Wiring(
         shop,
         bus.handle,
@@ -75,7 +75,7 @@ def wire(settings: Settings) -> Wiring:
         queries,
         limiter,
         min_position_wait=settings.min_position_wait,
-        position=position,
+        poller=progress,
     )
 
 

@@ -23,6 +23,7 @@ from api.settings import Settings
 from bench.cli import bench_app
 from bench.seed_cli import seed
 from eventstore.api_keys import ApiKeyStore, Role
+from replay.cli import audit_app, replay_app
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
@@ -222,3 +223,5 @@ def revoke_key(
 
 app.command("seed")(seed)
 app.add_typer(bench_app, name="bench")
+app.add_typer(replay_app, name="replay")
+app.add_typer(audit_app, name="audit")

@@ -217,6 +217,17 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             events = [_logged_event(row) for row in cursor.fetchall()]
         return self._opened(events) if decrypt else events
 
+    def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]:
+        """One stream's events as logged (positions, metadata, hashes), in version order."""
+        query = SQL(
+            "SELECT "
+            + EVENT_COLUMNS
+            + " FROM {events} WHERE stream_id = %s ORDER BY stream_version"
+        ).format(events=self._events)
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(query, (stream_id,))
+            return self._opened([_logged_event(row) for row in cursor.fetchall()])
+
     def max_notification_id(self) -> int | None:
         with self.datastore.get_connection() as conn, conn.cursor() as cursor:
             cursor.execute(

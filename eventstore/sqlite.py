@@ -193,6 +193,16 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
             events = [_logged_event(row) for row in cursor.fetchall()]
         return self._opened(events) if decrypt else events
 
+    def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]:
+        """One stream's events as logged (positions, metadata, hashes), in version order."""
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT {EVENT_COLUMNS} FROM {self.events_table_name} WHERE stream_id = ?"
+                " ORDER BY stream_version",
+                (str(stream_id),),
+            )
+            return self._opened([_logged_event(row) for row in cursor.fetchall()])
+
     def max_notification_id(self) -> int | None:
         with self.datastore.transaction(commit=False) as cursor:
             cursor.execute(f"SELECT max(position) FROM {self.events_table_name}")

@@ -5,7 +5,9 @@ writes a *tombstone* at the new version for each row it changed (`forget`); a qu
 missed reads the row and offers it back (`fill`), which is accepted only when it is at least
 as new as what is there. So a query that read version 5 just before the projector committed
 version 6 cannot put 5 back over the tombstone of 6: the cache never serves a value older
-than the read model it came from.
+than the read model it came from. Entries are kept per *generation* of the read-model tables
+(a rebuild swapped in starts a new one), so nothing cached from the tables a rebuild replaced
+is served after the swap.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ Row = dict[str, Any]
 
 
 class Cache(Protocol):
-    def get(self, kind: str, row_id: str) -> Row | None:
+    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
         """The cached row, or None on a miss (or a tombstone)."""
         ...
 
-    def fill(self, kind: str, row: Row) -> None:
+    def fill(self, kind: str, row: Row, generation: int) -> None:
         """Offers a row read from the read model; kept only if not older than the entry."""
         ...
 
@@ -45,20 +47,21 @@ class LocalCache:
     """In-process LRU cache: the embedded mode's, and any process's when no Redis is set."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[int, Row | None]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str, str], tuple[int, Row | None]] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def get(self, kind: str, row_id: str) -> Row | None:
+    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
+        key = (generation, kind, row_id)
         with self._lock:
-            entry = self._entries.get((kind, row_id))
+            entry = self._entries.get(key)
             if entry is None:
                 return None
-            self._entries.move_to_end((kind, row_id))
+            self._entries.move_to_end(key)
             return entry[1]
 
-    def fill(self, kind: str, row: Row) -> None:
-        key = (kind, row["id"])
+    def fill(self, kind: str, row: Row, generation: int) -> None:
+        key = (generation, kind, row["id"])
         with self._lock:
             current = self._entries.get(key)
             version, is_row = (
@@ -70,12 +73,12 @@ class LocalCache:
     def forget(self, changes: Iterable[Change]) -> None:
         with self._lock:
             for change in changes:
-                key = (change.kind, change.id)
+                key = (change.generation, change.kind, change.id)
                 current = self._entries.get(key)
                 if current is None or current[0] < change.version:
                     self._put(key, change.version, None)
 
-    def _put(self, key: tuple[str, str], version: int, row: Row | None) -> None:
+    def _put(self, key: tuple[int, str, str], version: int, row: Row | None) -> None:
         self._entries[key] = (version, row)
         self._entries.move_to_end(key)
         while len(self._entries) > self._capacity:
@@ -86,10 +89,10 @@ class NoCache:
     """For API processes with no Redis in the distributed mode: a process-local cache there
     would never hear of the projectors' changes, so there is none."""
 
-    def get(self, kind: str, row_id: str) -> Row | None:
+    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
         return None
 
-    def fill(self, kind: str, row: Row) -> None:
+    def fill(self, kind: str, row: Row, generation: int) -> None:
         pass
 
     def forget(self, changes: Iterable[Change]) -> None:

@@ -42,6 +42,8 @@ class Database(Protocol):
         """`column` is one of `values`, and the parameters that says so."""
         ...
 
+    def table_exists(self, cursor: Any, name: str) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -71,6 +73,10 @@ class PostgresDatabase:
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(%s)", [list(values)]
+
+    def table_exists(self, cursor: Any, name: str) -> bool:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (name,))
+        return bool(cursor.fetchone()["found"])
 
     def close(self) -> None:
         self._pool.close()
@@ -140,6 +146,10 @@ class SqliteDatabase:
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} IN ({','.join('?' * len(values)) or 'NULL'})", list(values)
+
+    def table_exists(self, cursor: Any, name: str) -> bool:
+        cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", (name,))
+        return cursor.fetchone() is not None
 
     def close(self) -> None:
         with self._lock:

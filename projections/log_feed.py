@@ -1,7 +1,8 @@
 """The embedded mode's feed: the projectors follow the SQLite log in-process.
 
 The same read models and the same fold as the Kafka feed; only the transport differs. The
-feed's progress is one key, `log`, the last position applied, stored with the rows.
+feed's progress is one key, `log`, the last position applied, stored with the rows. The feed
+also tells queries where the read models are (`position`, `generation`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from domain.upcasters import upcast
 from eventstore.envelope import to_envelope
 from eventstore.relay import GlobalLog
 from projections.cache import Cache
-from projections.readmodels import ReadModels
+from projections.readmodels import GENERATION, ReadModels
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class LogFeed:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.position = models.progress().get("log", 0)
+        self.generation = 0  # of the tables (see ReadModels.swap_in)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="log-feed", daemon=True)
@@ -48,6 +50,7 @@ class LogFeed:
 
     def catch_up(self) -> int:
         """Applies one batch; returns how many events it held."""
+        self.generation = self._models.progress().get(GENERATION, 0)
         events = self._log.select_notifications(
             self.position, self._batch_size, inclusive_of_start=False
         )

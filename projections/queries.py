@@ -6,30 +6,29 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from projections.cache import Cache, Row
-from projections.readmodels import ReadModels
+from projections.readmodels import GENERATION, ReadModels, position_of
 
 
-class PolledPosition:
-    """The read models' position, re-read every `interval` seconds by a thread of its own.
+class PolledProgress:
+    """The read models' position and generation, re-read every `interval` seconds by a
+    thread of its own.
 
-    Every query asks for it; answering from memory keeps that off the request path (a value
-    a few milliseconds old is still a true lower bound). A failed read keeps the last value.
+    Every query asks for them; answering from memory keeps that off the request path (a
+    position a few milliseconds old is still a true lower bound). A failed read keeps the
+    last values.
     """
 
-    def __init__(self, read: Callable[[], int], interval: float = 0.01) -> None:
-        self._read = read
+    def __init__(self, models: ReadModels, interval: float = 0.01) -> None:
+        self._models = models
         self._interval = interval
-        self._value = 0
+        self.position = 0
+        self.generation = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="position", daemon=True)
         self._thread.start()
-
-    def __call__(self) -> int:
-        return self._value
 
     def stop(self) -> None:
         self._stopping.set()
@@ -38,24 +37,37 @@ class PolledPosition:
     def _poll(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):  # the store is down: queries say so
-                self._value = self._read()
+                progress = self._models.progress()
+                self.position = position_of(progress)
+                self.generation = progress.get(GENERATION, 0)
             self._stopping.wait(self._interval)
 
 
+class Progress(Protocol):
+    """Where the read models are; answered from memory (it is asked on the event loop)."""
+
+    position: int
+    generation: int
+
+
 class Queries:
-    def __init__(self, models: ReadModels, cache: Cache, position: Callable[[], int]) -> None:
-        """`position` answers from memory: it is called on the event loop."""
+    def __init__(self, models: ReadModels, cache: Cache, progress: Progress) -> None:
         self.models = models
         self.cache = cache
-        self.position = position
+        self.progress = progress
+
+    def position(self) -> int:
+        return self.progress.position
 
     def get(self, kind: str, row_id: str) -> Row | None:
-        """By id, cache first; a miss is filled from the read model."""
-        row = self.cache.get(kind, row_id)
+        """By id, cache first; a miss is filled from the read model. The generation is read
+        first: a row read after a swap may be cached under the new one, never the reverse."""
+        generation = self.progress.generation
+        row = self.cache.get(kind, row_id, generation)
         if row is None:
             row = self.models.get(kind, row_id)
             if row is not None:
-                self.cache.fill(kind, row)
+                self.cache.fill(kind, row, generation)
         return row
 
     async def reach(self, position: int, timeout: float) -> int:

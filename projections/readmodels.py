@@ -10,8 +10,9 @@ twice. Table names carry a prefix, so a rebuild can fill fresh tables beside the
 from __future__ import annotations
 
 import base64
+import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,24 @@ from projections.schema import COLUMNS, TABLES, schema_statements
 
 @dataclass(frozen=True)
 class Change:
-    """A read-model row a batch changed, for the cache to forget after the commit."""
+    """A read-model row a batch changed, for the cache to forget after the commit; in the
+    generation of the tables it was written to (each swapped-in rebuild is a new one)."""
 
     kind: str
     id: str
     version: int
+    generation: int = 0
+
+
+GENERATION = "generation"  # progress key: how many rebuilds were swapped into these tables
+
+
+# Beside the tables of TABLES; the FTS index exists in SQLite only.
+OTHER_TABLES = ("products_fts", "sales", "stream_versions", "progress")
+
+# Applies the log after the rebuilt tables' position up to (at least) a position, in the
+# given transaction.
+CatchUp = Callable[[Any, int], None]
 
 
 class InvalidCursor(ValueError):
@@ -65,14 +79,18 @@ class ReadModels:
     def table(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
-    def migrate(self) -> None:
+    def migrate(self, tag: str | None = None) -> None:
+        """Creates the tables, in one transaction, unless they exist. `tag` names their indexes
+        and triggers (default: the prefix); a rebuild gives each build its own."""
         with self.db.transaction() as cursor:
-            for statement in schema_statements(self.db.kind, self.prefix):
+            if self.db.table_exists(cursor, self.table("progress")):
+                return
+            for statement in schema_statements(self.db.kind, self.prefix, tag or self.prefix):
                 cursor.execute(statement)
 
     def drop(self) -> None:
         with self.db.transaction() as cursor:
-            for name in ("products_fts", *TABLES.values(), "sales", "stream_versions", "progress"):
+            for name in (*TABLES.values(), *OTHER_TABLES):
                 cursor.execute(f"DROP TABLE IF EXISTS {self.table(name)}")
 
     def close(self) -> None:
@@ -85,19 +103,78 @@ class ReadModels:
     ) -> list[Change]:
         """Applies upcast envelopes and records `progress`, all in one transaction."""
         with self.db.transaction() as cursor:
-            self._lock_progress(cursor, list(progress))
-            stream_ids = list({e["stream_id"] for e in events})
-            applied = self._applied_versions(cursor, stream_ids)
-            batch = self._load_rows(cursor, events)
-            moved: dict[str, int] = {}
-            for event in events:
-                stream_id, version = event["stream_id"], event["stream_version"]
-                if version <= applied.get(stream_id, 0):
-                    continue  # already applied: a redelivery
-                fold(batch, dict(event))
-                applied[stream_id] = moved[stream_id] = version
-            self._write(cursor, batch, moved, progress)
-        return [Change(kind, row_id, version) for (kind, row_id), version in batch.changed.items()]
+            return self.apply_in(cursor, events, progress)
+
+    def apply_in(
+        self, cursor: Any, events: Sequence[Mapping[str, Any]], progress: Mapping[str, int]
+    ) -> list[Change]:
+        """`apply` within the caller's transaction."""
+        self._lock_progress(cursor, [*progress, GENERATION])
+        cursor.execute(f"SELECT value FROM {self.table('progress')} WHERE key = %s", (GENERATION,))
+        row = cursor.fetchone()
+        generation = row["value"] if row else 0
+        stream_ids = list({e["stream_id"] for e in events})
+        applied = self._applied_versions(cursor, stream_ids)
+        batch = self._load_rows(cursor, events)
+        moved: dict[str, int] = {}
+        for event in events:
+            stream_id, version = event["stream_id"], event["stream_version"]
+            if version <= applied.get(stream_id, 0):
+                continue  # already applied: a redelivery
+            fold(batch, dict(event))
+            applied[stream_id] = moved[stream_id] = version
+        self._write(cursor, batch, moved, progress)
+        return [
+            Change(kind, row_id, version, generation)
+            for (kind, row_id), version in batch.changed.items()
+        ]
+
+    def swap_in(self, rebuilt: ReadModels, catch_up: CatchUp) -> int:
+        """Makes `rebuilt` (tables of another prefix, same database) the live tables, in one
+        transaction: writers wait, readers go on until the renames.
+
+        Under the lock, `rebuilt` is caught up to the furthest position the live tables may
+        hold, then takes over their feed progress: so the live projector goes on from the
+        swap point with no gap (it resumes at the live offsets) and no duplicate (anything
+        older is already there, and skipped by stream version). Returns the new generation.
+        """
+        retired = ReadModels(self.db, f"retired_{self.prefix}")
+        with self.db.transaction() as cursor:
+            if self.db.kind == "postgres":
+                cursor.execute(f"LOCK TABLE {self.table('progress')} IN EXCLUSIVE MODE")
+            live = self._progress_in(cursor)
+            furthest = max(
+                [v for k, v in live.items() if k == "log" or k.startswith("watermark:")],
+                default=0,
+            )
+            catch_up(cursor, furthest)
+            rebuilt_log = rebuilt._progress_in(cursor).get("log", 0)
+            taken_over = {k: v for k, v in live.items() if k != GENERATION}
+            taken_over["log"] = max(rebuilt_log, live.get("log", 0))
+            # Unique over time, not only larger: tables dropped and rebuilt from scratch never
+            # meet cache entries of an earlier life.
+            generation = max(live.get(GENERATION, 0) + 1, time.time_ns() // 1_000_000)
+            table = rebuilt.table("progress")
+            cursor.execute(f"DELETE FROM {table}")
+            cursor.executemany(
+                f"INSERT INTO {table} (key, value) VALUES (%s, %s)",
+                [*taken_over.items(), (GENERATION, generation)],
+            )
+            for name in (*TABLES.values(), *OTHER_TABLES):
+                if self.db.table_exists(cursor, self.table(name)):
+                    cursor.execute(
+                        f"ALTER TABLE {self.table(name)} RENAME TO {retired.table(name)}"
+                    )
+                if self.db.table_exists(cursor, rebuilt.table(name)):
+                    cursor.execute(
+                        f"ALTER TABLE {rebuilt.table(name)} RENAME TO {self.table(name)}"
+                    )
+        retired.drop()
+        return generation
+
+    def _progress_in(self, cursor: Any) -> dict[str, int]:
+        cursor.execute(f"SELECT key, value FROM {self.table('progress')}")
+        return {row["key"]: row["value"] for row in cursor.fetchall()}
 
     def _lock_progress(self, cursor: Any, keys: list[str]) -> None:
         """Serialises batches of the same feed: a projector that lost its Kafka partitions in a
@@ -170,8 +247,7 @@ class ReadModels:
 
     def progress(self) -> dict[str, int]:
         with self.db.reading() as cursor:
-            cursor.execute(f"SELECT key, value FROM {self.table('progress')}")
-            return {row["key"]: row["value"] for row in cursor.fetchall()}
+            return self._progress_in(cursor)
 
     def seed_progress(self, keys: Sequence[str]) -> None:
         """Adds `keys` at 0 where missing (a Kafka partition not heard from yet)."""
@@ -313,10 +389,11 @@ class ReadModels:
 
 
 def position_of(progress: Mapping[str, int]) -> int:
-    if "log" in progress:
-        return progress["log"]
+    """The furthest position every event up to which is applied: the log feed's own, or the
+    smallest Kafka partition watermark, whichever is further (after a rebuild was swapped
+    in, a distributed read model has both)."""
     watermarks = [v for k, v in progress.items() if k.startswith("watermark:")]
-    return min(watermarks) if watermarks else 0
+    return max(progress.get("log", 0), min(watermarks, default=0))
 
 
 def shown(kind: str, row: dict[str, Any]) -> dict[str, Any]:

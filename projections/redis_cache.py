@@ -55,15 +55,15 @@ class RedisCache:
         self._fill = self._redis.register_script(_FILL)
         self._forget = self._redis.register_script(_FORGET)
         self._namespace = namespace
-        self._pending: dict[tuple[str, str], int] = {}
+        self._pending: dict[tuple[int, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _key(self, kind: str, row_id: str) -> str:
-        return f"{self._namespace}:{kind}:{row_id}"
+    def _key(self, generation: int, kind: str, row_id: str) -> str:
+        return f"{self._namespace}:{generation}:{kind}:{row_id}"
 
-    def get(self, kind: str, row_id: str) -> Row | None:
+    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
         try:
-            value = self._redis.get(self._key(kind, row_id))
+            value = self._redis.get(self._key(generation, kind, row_id))
         except redis.RedisError:
             return None
         if not value:
@@ -71,24 +71,27 @@ class RedisCache:
         _, _, body = value.partition(b"|")
         return orjson.loads(body) if body else None
 
-    def fill(self, kind: str, row: Row) -> None:
+    def fill(self, kind: str, row: Row, generation: int) -> None:
         value = str(row["version"]).encode() + b"|" + orjson.dumps(row)
         with contextlib.suppress(redis.RedisError):  # the next miss reads the read model again
-            self._fill(keys=[self._key(kind, row["id"])], args=[row["version"], value, TTL_SECONDS])
+            self._fill(
+                keys=[self._key(generation, kind, row["id"])],
+                args=[row["version"], value, TTL_SECONDS],
+            )
 
     def forget(self, changes: Iterable[Change]) -> None:
         """Writes tombstones, including any a Redis outage left pending; keeps what fails."""
         with self._lock:
             for change in changes:
-                key = (change.kind, change.id)
+                key = (change.generation, change.kind, change.id)
                 self._pending[key] = max(change.version, self._pending.get(key, 0))
             if not self._pending:
                 return
             try:
                 with self._redis.pipeline(transaction=False) as pipe:
-                    for (kind, row_id), version in self._pending.items():
+                    for key, version in self._pending.items():
                         self._forget(
-                            keys=[self._key(kind, row_id)],
+                            keys=[self._key(*key)],
                             args=[version, TTL_SECONDS],
                             client=pipe,
                         )

@@ -1,0 +1,219 @@
+"""`audit import`: history in the export format (DESIGN.md) written into the event store.
+
+Two passes over the file, streamed line by line: the first checks every line and refuses the
+file at the first bad one, naming the line and the reason, before anything is written; the
+second appends. What is stored is what the file says — stream ids, versions, original
+timestamps, metadata and the *stored* schema version (nothing is upcast on the way in; the
+one upcaster chain runs when it is read). Positions are the store's own. Emails get their
+uniqueness claims, so commands after the import keep them unique.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
+from domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
+from eventstore.group_commit import UniqueClaim
+from eventstore.records import RecordedEvent
+
+MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
+MONEY_FIELDS = ("price", "total", "amount", "unit_price")
+METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
+APPEND_SIZE = 1000  # events per append, when they share their metadata
+
+Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
+Advance = Callable[[int], None]  # bytes of the file done
+
+
+class ImportRefused(ValueError):
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+def _data_fields(event_type: str) -> set[str]:
+    return set(vars(EVENT_TYPES[event_type]).get("__annotations__", {}))
+
+
+@dataclass
+class Checker:
+    """The first pass: each line on its own, and each stream's version sequence."""
+
+    stored_version: Callable[[str], int]  # a stream's last version already in the store
+    versions: dict[str, int] = field(default_factory=dict)
+    emails: dict[str, str] = field(default_factory=dict)  # lower-case email -> its stream
+
+    def check(self, number: int, text: bytes) -> dict[str, Any]:
+        def refuse(reason: str) -> ImportRefused:
+            return ImportRefused(number, reason)
+
+        try:
+            envelope = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            raise refuse(f"not JSON ({error})") from None
+        if not isinstance(envelope, dict):
+            raise refuse("not a JSON object")
+        missing = {
+            "stream_id", "stream_type", "stream_version", "event_type", "schema_version",
+            "recorded_at", "data", "metadata",
+        } - set(envelope)  # fmt: skip
+        if missing:
+            raise refuse(f"missing {', '.join(sorted(missing))}")
+        event_type, stream_type = envelope["event_type"], envelope["stream_type"]
+        if event_type not in EVENT_TYPES:
+            raise refuse(f"unknown event type {event_type!r}")
+        if (
+            stream_type not in STREAM_TYPES
+            or stream_type_of(EVENT_TYPES[event_type]) != stream_type
+        ):
+            raise refuse(f"{event_type} does not belong to stream type {stream_type!r}")
+        try:
+            stream_id = str(UUID(str(envelope["stream_id"])))
+        except ValueError:
+            raise refuse(f"stream_id {envelope['stream_id']!r} is not a UUID") from None
+        current = CURRENT_SCHEMA_VERSIONS.get(event_type, 1)
+        schema = envelope["schema_version"]
+        if not (isinstance(schema, int) and 1 <= schema <= current):
+            raise refuse(f"{event_type} has no schema version {schema!r} (current {current})")
+        self._check_version(stream_id, envelope["stream_version"], refuse)
+        try:
+            recorded = datetime.fromisoformat(str(envelope["recorded_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            raise refuse(f"recorded_at {envelope['recorded_at']!r} is not RFC 3339") from None
+        if recorded.tzinfo is None:
+            raise refuse("recorded_at has no time zone")
+        metadata = envelope["metadata"]
+        if not isinstance(metadata, dict) or not set(METADATA_FIELDS) <= set(metadata):
+            raise refuse(f"metadata needs {', '.join(METADATA_FIELDS)}")
+        self._check_data(envelope, refuse)
+        if event_type in ("UserRegistered", "UserEmailChanged"):
+            self._check_email(stream_id, envelope["data"].get("email"), refuse)
+        return envelope | {"stream_id": stream_id, "recorded_at": recorded}
+
+    def _check_version(self, stream_id: str, version: Any, refuse: Callable) -> None:
+        if stream_id not in self.versions:
+            self.versions[stream_id] = self.stored_version(stream_id)
+        expected = self.versions[stream_id] + 1
+        if version != expected:
+            raise refuse(
+                f"stream {stream_id} version {version!r} breaks its sequence (expected {expected})"
+            )
+        self.versions[stream_id] = expected
+
+    @staticmethod
+    def _check_data(envelope: dict[str, Any], refuse: Callable) -> None:
+        if not isinstance(envelope["data"], dict):
+            raise refuse("data is not an object")
+        try:
+            data = upcast(envelope)["data"]
+        except (KeyError, TypeError, ValueError, ArithmeticError) as error:
+            raise refuse(
+                f"data does not fit {envelope['event_type']} v{envelope['schema_version']}"
+                f" ({type(error).__name__}: {error})"
+            ) from None
+        missing = _data_fields(envelope["event_type"]) - set(data)
+        if missing:
+            raise refuse(f"data lacks {', '.join(sorted(missing))}")
+        amounts = [data.get(name) for name in MONEY_FIELDS if name in data]
+        amounts += [line.get("unit_price") for line in data.get("lines", ())]
+        for amount in amounts:
+            if not (isinstance(amount, str) and MONEY.match(amount)):
+                raise refuse(f"bad money amount {amount!r} (a decimal string like 12.50)")
+
+    def _check_email(self, stream_id: str, email: Any, refuse: Callable) -> None:
+        if email is None:
+            return
+        if not isinstance(email, str):
+            raise refuse("email is not a string")
+        owner = self.emails.setdefault(email.strip().lower(), stream_id)
+        if owner != stream_id:
+            raise refuse(f"email {email!r} already belongs to stream {owner}")
+
+
+def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, text, bytes read so far); blank lines are skipped."""
+    done = 0
+    with path.open("rb") as file:
+        for number, text in enumerate(file, start=1):
+            done += len(text)
+            if text.strip():
+                yield number, text, done
+
+
+def check_file(path: Path, stored_version: Callable[[str], int], advance: Advance) -> int:
+    """Checks every line; raises ImportRefused at the first bad one. Returns the event count."""
+    checker = Checker(stored_version)
+    count = 0
+    for number, text, done in lines_of(path):
+        checker.check(number, text)
+        count += 1
+        advance(done)
+    return count
+
+
+def import_file(
+    path: Path,
+    insert_events: Callable[..., Any],
+    stored_version: Callable[[str], int],
+    claim: Claim,
+    advance: Advance,
+) -> int:
+    """Appends the (checked) file: consecutive events with the same metadata go together."""
+    checker = Checker(stored_version)
+    pending: list[RecordedEvent] = []
+    claims: list[UniqueClaim] = []
+    metadata: dict[str, Any] | None = None
+    emails: dict[str, str] = {}  # stream -> its current email, to release it when it changes
+    written = 0
+
+    def flush() -> None:
+        nonlocal pending, claims
+        if pending:
+            insert_events(pending, metadata=metadata, claims=claims)
+        pending, claims = [], []
+
+    for number, text, done in lines_of(path):
+        envelope = checker.check(number, text)
+        if envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE:
+            flush()
+            metadata = envelope["metadata"]
+        pending.append(_recorded(envelope))
+        claims += _claims(envelope, emails, claim)
+        written += 1
+        advance(done)
+    flush()
+    return written
+
+
+def _recorded(envelope: dict[str, Any]) -> RecordedEvent:
+    return RecordedEvent(
+        originator_id=UUID(envelope["stream_id"]),
+        originator_version=envelope["stream_version"],
+        topic=envelope["event_type"],
+        state=orjson.dumps(envelope["data"]),
+        stream_type=envelope["stream_type"],
+        schema_version=envelope["schema_version"],
+        recorded_at=envelope["recorded_at"],
+    )
+
+
+def _claims(envelope: dict[str, Any], emails: dict[str, str], claim: Claim) -> list[UniqueClaim]:
+    stream_id, event_type = envelope["stream_id"], envelope["event_type"]
+    made = []
+    if event_type in ("UserEmailChanged", "UserPersonalDataErased") and stream_id in emails:
+        made.append(claim(emails.pop(stream_id), None))
+    email = envelope["data"].get("email") if event_type != "UserPersonalDataErased" else None
+    if event_type in ("UserRegistered", "UserEmailChanged") and email:
+        made.append(claim(email, UUID(stream_id)))
+        emails[stream_id] = email
+    return made
