@@ -10,7 +10,7 @@ from eventsourcing.application import Application
 
 from api.bootstrap import Wiring
 from commands.handlers import CommandBus
-from replay.importer import import_file
+from replay.importer import check_file, import_file
 from tests.api.conftest import (  # noqa: F401  (fixtures)
     anonymous,
     app,
@@ -34,10 +34,12 @@ def stored_version(shop: Application) -> Any:
     return version
 
 
-def import_history(wiring: Wiring, path: Path) -> int:
+def import_history(wired: Wiring, path: Path, *, check_first: bool = False) -> int:
     """What `eventkeep audit import` does, with the wiring's own claim secret."""
-    bus: CommandBus = wiring.handle.__self__  # type: ignore[attr-defined]
-    shop = wiring.shop
+    bus: CommandBus = wired.handle.__self__  # type: ignore[attr-defined]
+    shop = wired.shop
+    if check_first:
+        check_file(path, stored_version(shop), lambda _: None)
     return import_file(
         path, shop.recorder.insert_events, stored_version(shop), bus.email_claim, lambda _: None
     )
