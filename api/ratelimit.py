@@ -18,12 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class RateLimiter(Protocol):
+    # False when `acquire` may wait on the network: the API then calls it off the event loop.
+    in_memory: bool
+
     def acquire(self, key_id: str) -> float | None:
         """None when the request may go ahead, else the seconds until it may."""
         ...
 
 
 class Unlimited:
+    in_memory = True
+
     def acquire(self, key_id: str) -> float | None:
         return None
 
@@ -31,6 +36,8 @@ class Unlimited:
 class LocalLimiter:
     """GCRA in memory: each key has a theoretical arrival time `tat`; a request is allowed
     while `tat` is at most `burst` intervals ahead of now."""
+
+    in_memory = True
 
     def __init__(self, rate: float, burst: int) -> None:
         self._interval = 1 / rate
@@ -65,6 +72,8 @@ return 0
 
 
 class RedisLimiter:
+    in_memory = False
+
     def __init__(self, url: str, rate: float, burst: int) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
         self._script = self._redis.register_script(_GCRA)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from domain.errors import CurrencyMismatch, InvalidInput, UserNotActive
+from domain.errors import CurrencyMismatch, InvalidInput, StockInsufficient, UserNotActive
 from domain.money import format_amount
 from domain.order import Order
 from domain.product import Product
@@ -27,10 +27,22 @@ def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order
     currencies = {product.currency for product, _ in lines}
     if len(currencies) > 1:
         raise CurrencyMismatch("all lines must be in one currency", currencies=sorted(currencies))
+    wanted: dict[object, int] = {}
     for product, quantity in lines:
         if quantity < 1:
             raise InvalidInput("quantity must be ≥ 1", field="quantity", value=quantity)
         product._require_active()
+        wanted[product.id] = wanted.get(product.id, 0) + quantity
+    # Every product checked for all its lines before anything is reserved: a refused order
+    # leaves every product as it was.
+    for product, _ in lines:
+        if wanted[product.id] > product.stock:
+            raise StockInsufficient(
+                "not enough stock",
+                product_id=str(product.id),
+                requested=wanted[product.id],
+                available=product.stock,
+            )
     total = sum((product.price * quantity for product, quantity in lines), Decimal("0"))
     order = Order(
         user_id=str(user.id),

@@ -111,17 +111,22 @@ class ApiKeyStore(ABC):
         self._forget_verified()
         return revoked
 
+    def recently_verified(self, presented: str) -> ApiKey | None:
+        """The key, if `verify` vouched for it within `cache_seconds`; else None (ask
+        `verify`). Never touches the store, so it may run on an event loop."""
+        with self._cache_lock:
+            cached = self._cache.get(_sha256(presented))
+        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
     def verify(self, presented: str) -> ApiKey | None:
         """The active key `presented` names, or None for a malformed, unknown or revoked key."""
         match = _KEY_PATTERN.fullmatch(presented)
         if match is None:
             return None
-        cache_key = _sha256(presented)
+        if (cached := self.recently_verified(presented)) is not None:
+            return cached
         now = time.monotonic()
-        with self._cache_lock:
-            cached = self._cache.get(cache_key)
-        if cached is not None and cached[1] > now:
-            return cached[0]
+        cache_key = _sha256(presented)
         rows = self._run([(_SELECT_ONE, (match["id"],))])
         if not rows:
             return None

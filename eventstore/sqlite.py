@@ -231,6 +231,10 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
         self._subscriptions.add(subscription)
         return subscription
 
+    def wake_after_commit(self, listener: Any) -> None:
+        """Calls `listener.wake()` after each commit of this process (held weakly)."""
+        self._subscriptions.add(listener)
+
 
 def _logged_event(row: sqlite3.Row) -> LoggedEvent:
     return LoggedEvent(

@@ -97,6 +97,11 @@ class KafkaProjector:
             auto_offset_reset="earliest",
             max_poll_records=self._batch_size,
             fetch_max_bytes=64 * 1024 * 1024,
+            # Short timeouts: after a broker restart, a request left hanging on a dead
+            # connection is given up after 7 s instead of the default 30.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=2000,
+            request_timeout_ms=7000,
         )
         try:
             topics = [self._settings.topic(t) for t in STREAM_TYPES]

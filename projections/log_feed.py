@@ -27,7 +27,7 @@ class LogFeed:
         cache: Cache,
         *,
         batch_size: int = 1000,
-        poll_interval: float = 0.01,
+        poll_interval: float = 0.05,
     ) -> None:
         self._log = global_log
         self._models = models
@@ -35,16 +35,24 @@ class LogFeed:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._stopping = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
         self.position = models.progress().get("log", 0)
         self.generation = 0  # of the tables (see ReadModels.swap_in)
 
     def start(self) -> None:
+        # Woken by this process's own commits (the embedded store), polling for the rest.
+        if (register := getattr(self._log, "wake_after_commit", None)) is not None:
+            register(self)
         self._thread = threading.Thread(target=self._run, name="log-feed", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        self._woken.set()
+
     def stop(self) -> None:
         self._stopping.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(10)
 
@@ -66,8 +74,9 @@ class LogFeed:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
+                self._woken.clear()
                 if self.catch_up() < self._batch_size:
-                    self._stopping.wait(self._poll_interval)
+                    self._woken.wait(self._poll_interval)
             except Exception:  # a bad batch must not end the feed: log, wait, retry
                 log.exception("projecting from the log failed; retrying")
                 self._stopping.wait(1.0)

@@ -98,7 +98,7 @@ def traffic(client: TestClient, rounds: int) -> None:
         answer(client.post(f"/v1/orders/{orders[1]['id']}/ship", json={"tracking_number": "T1"}))
 
 
-def wait_until_projected(wiring: Wiring, timeout: float = 90) -> None:
+def wait_until_projected(wiring: Wiring, timeout: float = 180) -> None:
     head = wiring.shop.recorder.max_notification_id() or 0
     deadline = time.monotonic() + timeout
     while wiring.queries.models.position() < head:
