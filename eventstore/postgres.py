@@ -217,6 +217,16 @@ class PostgresApplicationRecorder(PostgresRecorder, ApplicationRecorder):
             events = [_logged_event(row) for row in cursor.fetchall()]
         return self._opened(events) if decrypt else events
 
+    def claim_owner(self, scope: str, key: str) -> UUID | None:
+        """Who holds a unique claim (None: nobody)."""
+        query = SQL("SELECT owner FROM {claims} WHERE scope = %s AND key = %s").format(
+            claims=self._claims
+        )
+        with self.datastore.get_connection() as conn, conn.cursor() as cursor:
+            cursor.execute(query, (scope, key))
+            row = cursor.fetchone()
+        return None if row is None else UUID(str(row["owner"]))
+
     def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]:
         """One stream's events as logged (positions, metadata, hashes), in version order."""
         query = SQL(

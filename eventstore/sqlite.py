@@ -193,6 +193,16 @@ class SQLiteApplicationRecorder(SQLiteRecorder, ApplicationRecorder):
             events = [_logged_event(row) for row in cursor.fetchall()]
         return self._opened(events) if decrypt else events
 
+    def claim_owner(self, scope: str, key: str) -> UUID | None:
+        """Who holds a unique claim (None: nobody)."""
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT owner FROM {self.events_table_name}_claims WHERE scope = ? AND key = ?",
+                (scope, key),
+            )
+            row = cursor.fetchone()
+        return None if row is None else UUID(str(row["owner"]))
+
     def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]:
         """One stream's events as logged (positions, metadata, hashes), in version order."""
         with self.datastore.transaction(commit=False) as cursor:

@@ -129,7 +129,7 @@ def history(stream_id: Annotated[UUID, typer.Argument(help="The stream (entity) 
 def as_of(
     stream_id: Annotated[UUID, typer.Argument(help="The stream (entity) id.")],
     at: Annotated[
-        datetime | None, typer.Option(help="A moment (ISO 8601, UTC if no zone).")
+        str | None, typer.Option(help="A moment, RFC 3339 (e.g. 2024-05-01T12:00:00Z).")
     ] = None,
     version: Annotated[int | None, typer.Option(min=1, help="A stream version.")] = None,
 ) -> None:
@@ -137,10 +137,17 @@ def as_of(
     if (at is None) == (version is None):
         err.print("Give exactly one of --at and --version.")
         raise typer.Exit(2)
-    if at is not None and at.tzinfo is None:
-        at = at.replace(tzinfo=datetime.now().astimezone().tzinfo).astimezone()
+    moment = None
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            err.print(f"--at {at!r} is not an RFC 3339 time with a zone (e.g. 2024-05-01T12:00Z).")
+            raise typer.Exit(2)
     with _shop() as shop:
-        state = audit.state_as_of(shop, stream_id, version=version, at=at)
+        state = audit.state_as_of(shop, stream_id, version=version, at=moment)
     if state is None:
         err.print(f"Stream {stream_id} did not exist then.")
         raise typer.Exit(1)
@@ -202,11 +209,6 @@ def import_(
     settings = Settings()
     size = file.stat().st_size
     with _shop() as shop:
-
-        def stored_version(stream_id: str) -> int:
-            last = shop.recorder.select_events(stream_id, desc=True, limit=1)
-            return last[0].originator_version if last else 0
-
         bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())  # type: ignore[union-attr]
         bytes_bar = Progress(
             TextColumn("{task.description}"),
@@ -221,15 +223,14 @@ def import_(
             with bytes_bar as bar:
                 checking = bar.add_task("checking", total=size)
                 count = check_file(
-                    file, stored_version, lambda done: bar.update(checking, completed=done)
+                    file,
+                    shop.recorder,
+                    bus.email_claim,
+                    lambda d: bar.update(checking, completed=d),
                 )
                 writing = bar.add_task("importing", total=size)
                 import_file(
-                    file,
-                    shop.recorder.insert_events,
-                    stored_version,
-                    bus.email_claim,
-                    lambda done: bar.update(writing, completed=done),
+                    file, shop.recorder, bus.email_claim, lambda d: bar.update(writing, completed=d)
                 )
         except ImportRefused as refused:
             err.print(f"[red]Refused {file}[/red], nothing written: {refused}")

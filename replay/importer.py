@@ -47,9 +47,11 @@ def _data_fields(event_type: str) -> set[str]:
 
 @dataclass
 class Checker:
-    """The first pass: each line on its own, and each stream's version sequence."""
+    """The first pass: each line on its own, each stream's version sequence, and emails
+    unique within the file and against the store."""
 
-    stored_version: Callable[[str], int]  # a stream's last version already in the store
+    recorder: Any  # the store's application recorder
+    claim: Claim
     versions: dict[str, int] = field(default_factory=dict)
     emails: dict[str, str] = field(default_factory=dict)  # lower-case email -> its stream
 
@@ -102,7 +104,8 @@ class Checker:
 
     def _check_version(self, stream_id: str, version: Any, refuse: Callable) -> None:
         if stream_id not in self.versions:
-            self.versions[stream_id] = self.stored_version(stream_id)
+            last = self.recorder.select_events(UUID(stream_id), desc=True, limit=1)
+            self.versions[stream_id] = last[0].originator_version if last else 0
         expected = self.versions[stream_id] + 1
         if version != expected:
             raise refuse(
@@ -138,6 +141,10 @@ class Checker:
         owner = self.emails.setdefault(email.strip().lower(), stream_id)
         if owner != stream_id:
             raise refuse(f"email {email!r} already belongs to stream {owner}")
+        claim = self.claim(email, None)
+        stored = self.recorder.claim_owner(claim.scope, claim.key)
+        if stored is not None and str(stored) != stream_id:
+            raise refuse(f"email {email!r} already belongs to user {stored} in the store")
 
 
 def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
@@ -150,9 +157,9 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
                 yield number, text, done
 
 
-def check_file(path: Path, stored_version: Callable[[str], int], advance: Advance) -> int:
+def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
     """Checks every line; raises ImportRefused at the first bad one. Returns the event count."""
-    checker = Checker(stored_version)
+    checker = Checker(recorder, claim)
     count = 0
     for number, text, done in lines_of(path):
         checker.check(number, text)
@@ -161,15 +168,10 @@ def check_file(path: Path, stored_version: Callable[[str], int], advance: Advanc
     return count
 
 
-def import_file(
-    path: Path,
-    insert_events: Callable[..., Any],
-    stored_version: Callable[[str], int],
-    claim: Claim,
-    advance: Advance,
-) -> int:
-    """Appends the (checked) file: consecutive events with the same metadata go together."""
-    checker = Checker(stored_version)
+def import_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
+    """Appends the (checked) file: consecutive events with the same metadata go together.
+    Each line is checked again as it goes, against the store as it now is."""
+    checker = Checker(recorder, claim)
     pending: list[RecordedEvent] = []
     claims: list[UniqueClaim] = []
     metadata: dict[str, Any] | None = None
@@ -179,7 +181,7 @@ def import_file(
     def flush() -> None:
         nonlocal pending, claims
         if pending:
-            insert_events(pending, metadata=metadata, claims=claims)
+            recorder.insert_events(pending, metadata=metadata, claims=claims)
         pending, claims = [], []
 
     for number, text, done in lines_of(path):

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from api.bootstrap import Wiring
+from commands.messages import CommandContext, RegisterUser
 from domain.upcasters import CURRENT_SCHEMA_VERSIONS
 from replay.audit import export
 from replay.importer import ImportRefused
@@ -101,3 +102,15 @@ def test_export_gives_back_the_imported_history(wiring: Wiring) -> None:
         event = orjson.loads(line)
         assert event["schema_version"] == CURRENT_SCHEMA_VERSIONS.get(event["event_type"], 1)
         assert "full_name" not in event["data"] and "price_cents" not in event["data"]
+
+
+def test_an_email_already_in_the_store_is_refused(wiring: Wiring) -> None:
+    first = legacy_lines()[0]
+    wiring.handle(
+        RegisterUser(first["data"]["email"].upper(), "Someone", "Else"),
+        CommandContext(actor="test", correlation_id="c"),
+    )
+    with pytest.raises(ImportRefused, match="in the store") as refused:
+        import_history(wiring, LEGACY, check_first=True)
+    assert refused.value.line == 1
+    assert wiring.shop.recorder.max_notification_id() == 1
