@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from psycopg.conninfo import conninfo_to_dict
 
-from bench import baselines, store_workloads
+from api.settings import Settings
+from bench import baselines, command_workloads, store_workloads
 from bench.read_cli import read_path
 from bench.report import Figure, Report
 
@@ -33,7 +34,8 @@ def write_path(
         "bench/results"
     ),
 ) -> None:
-    """B1, B2, B3, W1, W2, G1 (and W3 with --http) on the PostgreSQL at EVENTKEEP_POSTGRES_URL."""
+    """B1, B2, B3, W0, W1, W2, W3 and G1 on the PostgreSQL at EVENTKEEP_POSTGRES_URL (W1 and
+    W3 drop and refill the shop's tables: run it on a benchmark database)."""
     url = os.environ.get("EVENTKEEP_POSTGRES_URL")
     if not url:
         raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL (see `infra/services env`)")
@@ -127,6 +129,39 @@ def write_path(
             and outcome["out_of_order"] == 0
             and outcome["duplicates"] == 0,
             extra=outcome,
+        )
+    )
+    settings = Settings().model_copy(update={"rate_limit": 0})
+    shop, bus, products = command_workloads.fresh_shop(settings, 10_000)
+    try:
+        rate, latency = command_workloads.w1_commands(bus, products, 8, seconds)
+    finally:
+        shop.close()
+    report.add(
+        Figure(
+            "W1",
+            "commands through the command layer, 1 event each, 8 writers",
+            rate,
+            "commands/s",
+            "B3",
+            b3_8.value,
+            target="≥ 5,000/s, ≥ 4× B3, ≥ 0.3× B1(8)",
+            passed=rate >= 5000 and rate >= 4 * b3_8.value and rate >= 0.3 * b1_8.value,
+            latency=latency.percentiles(),
+            extra={"vs_B1_8": round(rate / b1_8.value, 3)},
+        )
+    )
+    settings.home.mkdir(parents=True, exist_ok=True)
+    http = command_workloads.w3_http_commands(settings, products, seconds, settings.home)
+    report.add(
+        Figure(
+            "W3",
+            "HTTP commands, eventkeep serve --workers 2, wrk 32 connections",
+            http.rate,
+            "commands/s",
+            target="≥ 2,000/s, p99 < 50 ms",
+            passed=http.rate >= 2000 and http.latency["p99_ms"] < 50,
+            latency=http.latency,
         )
     )
     del b1_1

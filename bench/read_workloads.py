@@ -72,17 +72,29 @@ class Wrk:
     latency: dict[str, float]
 
 
-def wrk(url: str, key: str, paths: list[str], seconds: float, connections: int = 32) -> Wrk:
-    """wrk over `paths` (picked at random per request), 2 threads, with latency percentiles."""
+def wrk(
+    url: str,
+    key: str,
+    paths: list[str],
+    seconds: float,
+    connections: int = 32,
+    body: str | None = None,
+) -> Wrk:
+    """wrk over `paths` (picked at random per request; POSTing `body` when given), 2 threads,
+    with latency percentiles."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk")
+    method, lua_body = ('"POST"', f"[[{body}]]") if body else ('"GET"', "nil")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         quoted = ",".join(f'"{p}"' for p in paths)
         script.write(
             f"local paths = {{{quoted}}}\n"
             f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"local method = {method}\n"
+            f"local body = {lua_body}\n"
             "request = function()\n"
-            '  return wrk.format("GET", paths[math.random(#paths)])\n'
+            "  return wrk.format(method, paths[math.random(#paths)], nil, body)\n"
             "end\n"
             "done = function(summary, latency, requests)\n"
             "  for _, p in pairs({50, 95, 99, 99.9}) do\n"

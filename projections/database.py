@@ -44,7 +44,27 @@ class Database(Protocol):
 
     def table_exists(self, cursor: Any, name: str) -> bool: ...
 
+    def insert_rows(
+        self,
+        cursor: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> None:
+        """`INSERT INTO table (columns) <rows> <conflict>`; the rows' keys are distinct."""
+        ...
+
     def close(self) -> None: ...
+
+
+# The read models' integer columns; every other column is text.
+_ARRAY_TYPES = {
+    name: "bigint[]"
+    for name in (
+        "version", "price_cents", "stock", "total_cents", "units", "revenue_cents", "value",
+    )
+}  # fmt: skip
 
 
 class PostgresDatabase:
@@ -72,11 +92,27 @@ class PostgresDatabase:
             yield connection.cursor()
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        return f"{column} = ANY(%s)", [list(values)]
+        return f"{column} = ANY(%b)", [list(values)]
 
     def table_exists(self, cursor: Any, name: str) -> bool:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (name,))
         return bool(cursor.fetchone()["found"])
+
+    def insert_rows(
+        self,
+        cursor: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> None:
+        """One statement for all rows, a column array each (`unnest`): one round trip and
+        one plan, where a row per statement costs a round trip each."""
+        arrays = ", ".join(f"%b::{_ARRAY_TYPES.get(column, 'text[]')}" for column in columns)
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {conflict}",
+            [list(values) for values in zip(*rows, strict=True)],
+        )
 
     def close(self) -> None:
         self._pool.close()
@@ -150,6 +186,20 @@ class SqliteDatabase:
     def table_exists(self, cursor: Any, name: str) -> bool:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", (name,))
         return cursor.fetchone() is not None
+
+    def insert_rows(
+        self,
+        cursor: Any,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> None:
+        values = ", ".join("%s" for _ in columns)
+        # `WHERE true` lets SQLite parse the upsert clause after a VALUES list.
+        cursor.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) {conflict}", rows
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -213,34 +213,47 @@ class ReadModels:
     def _write(
         self, cursor: Any, batch: Batch, moved: dict[str, int], progress: Mapping[str, int]
     ) -> None:
+        insert = self.db.insert_rows
         for kind, rows in batch.rows.items():
             changed = [row for row_id, row in rows.items() if (kind, row_id) in batch.changed]
             if changed:
                 columns = COLUMNS[kind]
-                cursor.executemany(
-                    _upsert(self.table(TABLES[kind]), columns, ("id",)),
+                insert(
+                    cursor,
+                    self.table(TABLES[kind]),
+                    columns,
                     [_encoded(row, columns) for row in changed],
+                    _on_conflict_replace(columns, ("id",)),
                 )
         if batch.sales:
             table = self.table("sales")
-            cursor.executemany(
-                f"INSERT INTO {table} (day, product_id, currency, units, revenue_cents)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (day, product_id, currency) DO UPDATE"
+            insert(
+                cursor,
+                table,
+                ("day", "product_id", "currency", "units", "revenue_cents"),
+                [(*key, units, revenue) for key, (units, revenue) in batch.sales.items()],
+                "ON CONFLICT (day, product_id, currency) DO UPDATE"
                 f" SET units = {table}.units + excluded.units,"
                 f" revenue_cents = {table}.revenue_cents + excluded.revenue_cents",
-                [(*key, units, revenue) for key, (units, revenue) in batch.sales.items()],
             )
         if moved:
-            cursor.executemany(
-                _upsert(self.table("stream_versions"), ("stream_id", "version"), ("stream_id",)),
+            columns = ("stream_id", "version")
+            insert(
+                cursor,
+                self.table("stream_versions"),
+                columns,
                 list(moved.items()),
+                _on_conflict_replace(columns, ("stream_id",)),
             )
         if progress:  # never backwards, even from a late batch of a former partition owner
             table = self.table("progress")
-            cursor.executemany(
-                f"INSERT INTO {table} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
-                f" SET value = {self.db.greatest}({table}.value, excluded.value)",
+            insert(
+                cursor,
+                table,
+                ("key", "value"),
                 list(progress.items()),
+                "ON CONFLICT (key) DO UPDATE"
+                f" SET value = {self.db.greatest}({table}.value, excluded.value)",
             )
 
     # --- progress --------------------------------------------------------------------------
@@ -405,12 +418,9 @@ def shown(kind: str, row: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+def _on_conflict_replace(columns: Sequence[str], key: Sequence[str]) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
-    )
+    return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
 
 def _encoded(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:

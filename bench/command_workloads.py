@@ -1,0 +1,80 @@
+"""W1 (commands through the command layer, no HTTP) and W3 (HTTP commands under wrk), on the
+shop's own store in the distributed mode, over products made by the seeder."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from api.settings import Settings
+from bench.baselines import run_threads
+from bench.read_workloads import Wrk, env_for, process, wait_until, wrk
+from bench.report import Histogram
+from bench.seed import Seeder, SeedSizes
+from commands.handlers import CommandBus
+from commands.messages import AdjustStock, CommandContext
+from commands.shop import Shop
+from eventstore.api_keys import Role
+
+SHOP_TABLES = (
+    "shop_events", "shop_events_claims", "shop_events_idempotency", "shop_events_data_keys",
+    "shop_snapshots",
+)  # fmt: skip
+CONTEXT = CommandContext(actor="bench", correlation_id="bench")
+
+
+def fresh_shop(settings: Settings, products: int) -> tuple[Shop, CommandBus, list]:
+    """The shop on emptied tables, with `products` products made by the seeder."""
+    url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+    with psycopg.connect(url, autocommit=True) as connection:
+        for table in SHOP_TABLES:
+            connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+    from api.bootstrap import shop_env
+
+    shop = Shop(env=shop_env(settings))
+    secret = settings.claim_secret.get_secret_value().encode()  # type: ignore[union-attr]
+    bus = CommandBus(shop, claim_secret=secret)
+    seeder = Seeder(bus, SeedSizes(users=1, products=products, orders=0), seed=5, label="w")
+    seeder.run(lambda phase, done: None)
+    return shop, bus, [product.id for product in seeder.products]
+
+
+def w1_commands(
+    bus: CommandBus, products: list, writers: int, seconds: float
+) -> tuple[float, Histogram]:
+    """Stock adjustments (one event each) on random products, `writers` threads."""
+    rng = random.Random(11)
+
+    def work(histogram: Histogram) -> int:
+        product = products[rng.randrange(len(products))]
+        began = time.perf_counter()
+        bus.handle(AdjustStock(product, 1, "bench"), CONTEXT)
+        histogram.record(time.perf_counter() - began)
+        return 1
+
+    return run_threads(writers, seconds, work)
+
+
+def w3_http_commands(settings: Settings, products: list, seconds: float, logs: Path) -> Wrk:
+    """`eventkeep serve --workers 2` and wrk POSTing stock adjustments (no rate limit)."""
+    from api.bootstrap import build_key_store
+
+    store = build_key_store(settings)
+    key = store.create(Role.admin, "bench").secret_key
+    store.close()
+    api = f"http://127.0.0.1:{settings.port}"
+    with process(["eventkeep", "serve", "--workers", "2"], env_for(settings), logs / "w3.log"):
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 60, "the API")
+        paths = [f"/v1/products/{product}/stock" for product in products[:5000]]
+        return wrk(api, key, paths, seconds, body='{"delta": 1, "reason": "bench"}')
