@@ -23,8 +23,8 @@ Row = dict[str, Any]
 
 
 class Cache(Protocol):
-    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
-        """The cached row, or None on a miss (or a tombstone)."""
+    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+        """The cached row, or None on a miss (or a tombstone); never blocks the event loop."""
         ...
 
     def fill(self, kind: str, row: Row, generation: int) -> None:
@@ -60,6 +60,9 @@ class LocalCache:
             self._entries.move_to_end(key)
             return entry[1]
 
+    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+        return self.get(kind, row_id, generation)
+
     def fill(self, kind: str, row: Row, generation: int) -> None:
         key = (generation, kind, row["id"])
         with self._lock:
@@ -89,7 +92,7 @@ class NoCache:
     """For API processes with no Redis in the distributed mode: a process-local cache there
     would never hear of the projectors' changes, so there is none."""
 
-    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
+    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
         return None
 
     def fill(self, kind: str, row: Row, generation: int) -> None:

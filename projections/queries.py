@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any, Protocol
 
+from starlette.concurrency import run_in_threadpool
+
 from projections.cache import Cache, Row
 from projections.readmodels import GENERATION, ReadModels, position_of
 
@@ -59,15 +61,20 @@ class Queries:
     def position(self) -> int:
         return self.progress.position
 
-    def get(self, kind: str, row_id: str) -> Row | None:
-        """By id, cache first; a miss is filled from the read model. The generation is read
-        first: a row read after a swap may be cached under the new one, never the reverse."""
+    async def get_async(self, kind: str, row_id: str) -> Row | None:
+        """By id, cache first; a miss is read from the read model (in a thread) and offered
+        to the cache. The generation is read first: a row read after a swap may be cached
+        under the old one, never an old row under the new one."""
         generation = self.progress.generation
-        row = self.cache.get(kind, row_id, generation)
+        row = await self.cache.get_async(kind, row_id, generation)
         if row is None:
-            row = self.models.get(kind, row_id)
-            if row is not None:
-                self.cache.fill(kind, row, generation)
+            row = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
+        return row
+
+    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> Row | None:
+        row = self.models.get(kind, row_id)
+        if row is not None:
+            self.cache.fill(kind, row, generation)
         return row
 
     async def reach(self, position: int, timeout: float) -> int:

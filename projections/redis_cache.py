@@ -8,13 +8,16 @@ projector's tombstones wait and are written when Redis answers again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Iterable
 
 import orjson
 import redis
+import redis.asyncio
 
 from projections.cache import Row
 from projections.readmodels import Change
@@ -51,7 +54,11 @@ return 1
 
 class RedisCache:
     def __init__(self, url: str, *, namespace: str = "eventkeep:rm") -> None:
+        self._url = url
         self._redis = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, redis.asyncio.Redis
+        ] = weakref.WeakKeyDictionary()
         self._fill = self._redis.register_script(_FILL)
         self._forget = self._redis.register_script(_FORGET)
         self._namespace = namespace
@@ -61,15 +68,18 @@ class RedisCache:
     def _key(self, generation: int, kind: str, row_id: str) -> str:
         return f"{self._namespace}:{generation}:{kind}:{row_id}"
 
-    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
+    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+        # One asyncio client per event loop: its connections belong to the loop they met.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
+                self._url, socket_timeout=0.2, socket_connect_timeout=0.2
+            )
         try:
-            value = self._redis.get(self._key(generation, kind, row_id))
+            return _row(await client.get(self._key(generation, kind, row_id)))
         except redis.RedisError:
             return None
-        if not value:
-            return None
-        _, _, body = value.partition(b"|")
-        return orjson.loads(body) if body else None
 
     def fill(self, kind: str, row: Row, generation: int) -> None:
         value = str(row["version"]).encode() + b"|" + orjson.dumps(row)
@@ -100,3 +110,11 @@ class RedisCache:
                 log.warning("%s cache tombstones wait for Redis: %s", len(self._pending), error)
                 return
             self._pending.clear()
+
+
+def _row(value: bytes | None) -> Row | None:
+    """The row of an entry; None for no entry or a tombstone."""
+    if not value:
+        return None
+    _, _, body = value.partition(b"|")
+    return orjson.loads(body) if body else None

@@ -81,5 +81,5 @@ def cancel_order(
 
 
 @router.get("/{order_id}")
-def get_order(order_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(reads.get("order", str(order_id)), "order", order_id)
+async def get_order(order_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(await reads.get_async("order", str(order_id)), "order", order_id)

@@ -92,8 +92,8 @@ def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand)
 
 
 @router.get("/{product_id}")
-def get_product(product_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(reads.get("product", str(product_id)), "product", product_id)
+async def get_product(product_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(await reads.get_async("product", str(product_id)), "product", product_id)
 
 
 @router.get("")

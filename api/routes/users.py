@@ -66,8 +66,8 @@ def erase_personal_data(user_id: UUID, version: IfMatch, send: AdminCommand) -> 
 
 
 @router.get("/{user_id}")
-def get_user(user_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(reads.get("user", str(user_id)), "user", user_id)
+async def get_user(user_id: UUID, reads: ClientReads) -> dict[str, Any]:
+    return found(await reads.get_async("user", str(user_id)), "user", user_id)
 
 
 @router.get("")

@@ -1,0 +1,57 @@
+"""The cache rule, for the in-process cache and for Redis: a row read before the projector
+committed a newer version cannot be put back over that version's tombstone; entries of one
+table generation are never served for another; Redis down is a miss, not an error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from projections.cache import Cache, LocalCache
+from projections.readmodels import Change
+from projections.redis_cache import RedisCache
+
+
+@pytest.fixture(params=["local", "redis"])
+def cache(request: pytest.FixtureRequest) -> Iterator[Cache]:
+    if request.param == "local":
+        yield LocalCache()
+        return
+    yield RedisCache(request.getfixturevalue("redis_url"), namespace=f"t{uuid.uuid4().hex}")
+
+
+def row(version: int, price: str = "1.00") -> dict:
+    return {"id": "p1", "version": version, "price": price}
+
+
+def get(cache: Cache, generation: int = 0) -> dict | None:
+    return asyncio.run(cache.get_async("product", "p1", generation))
+
+
+def test_a_stale_fill_cannot_replace_a_newer_tombstone(cache: Cache) -> None:
+    cache.fill("product", row(5), 0)
+    assert get(cache) == row(5)
+    cache.forget([Change("product", "p1", 6, 0)])  # the projector committed version 6
+    assert get(cache) is None
+    cache.fill("product", row(5), 0)  # a query that read version 5 just before the commit
+    assert get(cache) is None
+    cache.fill("product", row(6, "2.00"), 0)
+    assert get(cache) == row(6, "2.00")
+    cache.forget([Change("product", "p1", 6, 0)])  # late tombstone of what it already holds
+    assert get(cache) == row(6, "2.00")
+
+
+def test_generations_are_kept_apart(cache: Cache) -> None:
+    cache.fill("product", row(3), 1)
+    assert get(cache, 1) == row(3)
+    assert get(cache, 2) is None
+
+
+def test_redis_down_is_a_miss_and_tombstones_wait() -> None:
+    cache = RedisCache("redis://127.0.0.1:1/0")  # nothing listens there
+    cache.fill("product", row(1), 0)
+    cache.forget([Change("product", "p1", 2, 0)])
+    assert get(cache) is None
