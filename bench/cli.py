@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from api.settings import Settings
 from bench import baselines, command_workloads, store_workloads
 from bench.read_cli import read_path
+from bench.replay_cli import replay_bench
 from bench.report import Figure, Report
 
 bench_app = typer.Typer(help="Benchmarks of PERFORMANCE.md: each figure beside its raw baseline.")
@@ -170,3 +171,4 @@ def write_path(
 
 
 bench_app.command("read")(read_path)
+bench_app.command("replay")(replay_bench)

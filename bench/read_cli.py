@@ -106,11 +106,12 @@ def read_path(
         return shop.recorder.max_notification_id() or 0
 
     def r1(label: str) -> Figure:
-        measured = read_workloads.wrk(api, key, read_workloads.product_paths(models, 5000), seconds)
+        paths = read_workloads.product_paths(models, 5000)
+        measured = read_workloads.wrk(api, key, paths, seconds, connections=8)
         return report.add(
             Figure(
                 "R1",
-                f"GET product/user by id, {label}",
+                f"GET product/user by id, {label}, wrk 8 connections",
                 measured.rate,
                 "req/s",
                 "B5",

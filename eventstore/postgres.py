@@ -33,6 +33,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, PostgresTrackingRecorder
 from psycopg.sql import SQL, Composed, Identifier
+from psycopg.types.json import set_json_loads
 
 from commands.messages import CommandResult
 from domain.catalog import ERASING_EVENT
@@ -44,6 +45,9 @@ from eventstore.subscription import PollingSubscription
 
 E = TypeVar("E", bound=StoredEvent)
 R = TypeVar("R", ApplicationRecorder, ProcessRecorder)
+# jsonb (metadata) parsed by orjson: several times faster than the standard library's.
+set_json_loads(orjson.loads)
+
 EVENT_COLUMNS = (
     "position, stream_id, stream_version, stream_type, event_type, schema_version, "
     "recorded_at, data, metadata, prev_hash, hash"

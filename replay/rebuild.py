@@ -10,32 +10,83 @@ it stopped when run again.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from domain.upcasters import upcast
 from eventstore.envelope import to_envelope
 from eventstore.relay import GlobalLog
-from projections.cache import NoCache
-from projections.log_feed import LogFeed
 from projections.readmodels import ReadModels
 
 REBUILD_PREFIX = "rebuild_"
+BATCH = 5000  # events per read and per read-model transaction
 PROJECTIONS = ("read_models",)  # users, products, orders, sales: one fold, one progress
 
 Advance = Callable[[int, int], None]  # (position reached, log head)
 
 
-def rebuild(global_log: GlobalLog, models: ReadModels, *, batch_size: int = 5000) -> int:
+def rebuild(global_log: GlobalLog, models: ReadModels, *, batch_size: int = BATCH) -> int:
     """Empties `models` and applies the whole log to them; returns the last position."""
     models.drop()
     models.migrate()
-    feed = LogFeed(global_log, models, NoCache(), batch_size=batch_size)
-    while feed.catch_up():
-        pass
-    return feed.position
+    return apply_log(global_log, models, 0, batch_size, lambda position: None)
+
+
+def pages(global_log: GlobalLog, after: int, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The log after `after` as pages of upcast envelopes, the next page read by a thread of
+    its own while the caller applies this one (the store's round trips overlap the fold)."""
+    ready: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read() -> None:
+        position = after
+        try:
+            while not stop.is_set():
+                events = global_log.select_notifications(
+                    position, batch_size, inclusive_of_start=False
+                )
+                if not events:
+                    break
+                ready.put([upcast(to_envelope(event)) for event in events])
+                position = events[-1].id
+            ready.put(None)
+        except BaseException as error:  # handed to the caller, raised there
+            ready.put(error)
+
+    reader = threading.Thread(target=read, name="rebuild-reader", daemon=True)
+    reader.start()
+    try:
+        while (page := ready.get()) is not None:
+            if isinstance(page, BaseException):
+                raise page
+            yield page
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ready.get_nowait()
+            reader.join(0.05)
+
+
+def apply_log(
+    global_log: GlobalLog,
+    models: ReadModels,
+    after: int,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> int:
+    """Applies the log after `after` to `models` (progress key `log`); the last position."""
+    position = after
+    for page in pages(global_log, after, batch_size):
+        position = page[-1]["position"]
+        models.apply(page, {"log": position})
+        advance(position)
+    return position
 
 
 @dataclass(frozen=True)
@@ -48,7 +99,7 @@ class RebuildStatus:
 
 
 class Rebuild:
-    def __init__(self, global_log: GlobalLog, live: ReadModels, *, batch_size: int = 5000):
+    def __init__(self, global_log: GlobalLog, live: ReadModels, *, batch_size: int = BATCH):
         self._log = global_log
         self._live = live
         self._target = ReadModels(live.db, REBUILD_PREFIX)
@@ -69,24 +120,29 @@ class Rebuild:
         """Catches up fresh tables with the log, then swaps them in; returns the generation."""
         # A tag of its own per build: index names outlive the renames of the swap.
         self._target.migrate(tag=f"rb{time.time_ns()}_")
-        feed = LogFeed(self._log, self._target, NoCache(), batch_size=self._batch_size)
+        start = self._target.progress().get("log", 0)  # where a crashed rebuild stopped
         head = self._log.max_notification_id() or 0  # type: ignore[attr-defined]
-        advance(feed.position, head)
-        while feed.catch_up():
-            head = max(head, feed.position)
-            advance(feed.position, head)
+        advance(start, head)
+        reached = apply_log(
+            self._log,
+            self._target,
+            start,
+            self._batch_size,
+            lambda position: advance(position, max(head, position)),
+        )
 
         def catch_up(cursor: Any, furthest: int) -> None:
             """Under the swap's lock: the few events committed since, in its transaction."""
-            while feed.position < furthest:
+            nonlocal reached
+            while reached < furthest:
                 events = self._log.select_notifications(
-                    feed.position, self._batch_size, stop=furthest, inclusive_of_start=False
+                    reached, self._batch_size, stop=furthest, inclusive_of_start=False
                 )
                 if not events:
                     break
                 envelopes = [upcast(to_envelope(event)) for event in events]
                 self._target.apply_in(cursor, envelopes, {"log": events[-1].id})
-                feed.position = events[-1].id
+                reached = events[-1].id
 
         return self._live.swap_in(self._target, catch_up)
 

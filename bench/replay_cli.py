@@ -1,0 +1,149 @@
+"""`eventkeep bench replay`: P3 (rebuild all read models from the store, with upcasting, while
+queries keep answering) and M1 (memory of an API process and of a rebuild), on PostgreSQL.
+
+It owns the database it is pointed at: `--wipe` is required. `--scale 1` seeds about a
+million events; the baseline is the store's raw read rate (one psycopg cursor reading every
+row in position order) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import psycopg
+import typer
+
+from api.bootstrap import build_read_models, shop_env
+from api.settings import Settings
+from bench.read_cli import EVENTKEEP_TABLES, _key, _wait_for_http
+from bench.read_workloads import env_for, process, product_paths, wrk
+from bench.report import Figure, Report
+from bench.seed import Seeder, SeedSizes
+from bench.seed_cli import show_progress
+from commands.handlers import CommandBus
+from commands.shop import Shop
+
+
+def raw_read_rate(url: str) -> tuple[float, int]:
+    """Every event row, in position order, through one server-side cursor: rows/s."""
+    started = time.perf_counter()
+    rows = 0
+    with psycopg.connect(url) as connection, connection.cursor(name="raw") as cursor:
+        cursor.itersize = 10_000
+        cursor.execute("SELECT * FROM shop_events ORDER BY position")
+        for _ in cursor:
+            rows += 1
+    return rows / (time.perf_counter() - started), rows
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a live process (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def replay_bench(
+    wipe: Annotated[bool, typer.Option(help="Required: eventkeep's tables are dropped first.")],
+    scale: Annotated[float, typer.Option(min=0.01, max=1.0, help="1 = about 1M events.")] = 1.0,
+    results: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path(
+        "bench/results"
+    ),
+) -> None:
+    """P3 and M1 on the PostgreSQL at EVENTKEEP_POSTGRES_URL (Redis used when set)."""
+    if not wipe:
+        raise typer.BadParameter("pass --wipe: this benchmark drops eventkeep's tables first")
+    settings = Settings().model_copy(update={"rate_limit": 0})
+    if settings.mode != "distributed":
+        raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL (see `infra/services env`)")
+    url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+    with psycopg.connect(url, autocommit=True) as connection:
+        for table in EVENTKEEP_TABLES:
+            connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+    models = build_read_models(settings)
+    models.drop()
+    shop = Shop(env=shop_env(settings))
+    secret = settings.claim_secret.get_secret_value().encode()  # type: ignore[union-attr]
+    sizes = SeedSizes(
+        users=int(20_000 * scale), products=int(20_000 * scale), orders=int(190_000 * scale)
+    )
+    show_progress(Seeder(CommandBus(shop, claim_secret=secret), sizes, seed=9), sizes)
+    events = shop.recorder.max_notification_id() or 0
+    shop.close()
+    report = Report()
+    raw, rows = raw_read_rate(url)
+    baseline = report.add(Figure("B6", f"raw read of the store, {rows:,} rows", raw, "rows/s"))
+
+    logs = settings.home / f"bench-replay-{uuid.uuid4().hex[:6]}"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = env_for(settings)
+    api = f"http://127.0.0.1:{settings.port}"
+    first = subprocess.run(["eventkeep", "replay", "rebuild"], env=env, capture_output=True)
+    if first.returncode != 0:
+        raise RuntimeError(first.stderr.decode())  # live tables to query during the rebuild
+    with process(["eventkeep", "serve"], env, logs / "serve.log") as server:
+        _wait_for_http(api)
+        key = _key(settings)
+        paths = product_paths(models, 5000)
+        started = time.perf_counter()
+        with (logs / "rebuild.log").open("w") as log:
+            rebuild = subprocess.Popen(
+                ["eventkeep", "replay", "rebuild"], env=env, stdout=log, stderr=log
+            )
+        rss, p99s, answered = 0.0, [], 0.0
+        while rebuild.poll() is None:
+            rss = max(rss, peak_rss_mb(rebuild.pid))
+            during = wrk(api, key, paths, 2, connections=8)
+            p99s.append(during.latency["p99_ms"])
+            answered = max(answered, during.rate)
+        elapsed = time.perf_counter() - started
+        if rebuild.returncode != 0:
+            raise RuntimeError((logs / "rebuild.log").read_text())
+        api_rss = peak_rss_mb(server.pid)
+    rate = events / elapsed
+    report.add(
+        Figure(
+            "P3",
+            f"rebuild of {events:,} events (upcast), queries running",
+            rate,
+            "events/s",
+            "B6",
+            baseline.value,
+            target="≥ 50,000 events/s; 1M events < 30 s",
+            passed=rate >= 50_000,
+            extra={
+                "seconds": round(elapsed, 1),
+                "queries_p99_ms_worst": max(p99s),
+                "queries_req_s_best": round(answered),
+            },
+        )
+    )
+    report.add(Figure("P3", "query p99 during the rebuild (worst 2 s window)", max(p99s), "ms"))
+    report.add(
+        Figure(
+            "M1",
+            f"rebuild peak RSS, {events:,} events",
+            rss,
+            "MB",
+            target="< 500 MB",
+            passed=rss < 500,
+        )
+    )
+    report.add(
+        Figure(
+            "M1",
+            f"API process peak RSS at {events:,} events",
+            api_rss,
+            "MB",
+            target="< 300 MB",
+            passed=api_rss < 300,
+        )
+    )
+    models.close()
+    report.console.print(report.table())
+    report.console.print(f"results: {report.save(results)}")
