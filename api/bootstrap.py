@@ -127,6 +127,11 @@ def shop_env(settings: Settings) -> dict[str, str]:
         "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
         # Wraps the per-user keys of personal data (eventstore.pii).
         PII_SECRET: settings.claim_secret.get_secret_value(),
+        # Recently used aggregates stay in memory and are fast-forwarded with the events
+        # stored since (one query instead of snapshot + events); a stale copy cannot win, the
+        # append's version check refuses it and the bus retries on a fresh load.
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def wrk(
     """wrk over `paths` (picked at random per request; POSTing `body` when given), 2 threads,
     with latency percentiles."""
     if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed: apt-get install -y wrk")
+        raise RuntimeError("wrk is not installed: run infra/bench-tools")
     method, lua_body = ('"POST"', f"[[{body}]]") if body else ('"GET"', "nil")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         quoted = ",".join(f'"{p}"' for p in paths)

@@ -10,6 +10,8 @@ The plain functions (`require_env`, `service_url`) are for code that runs outsid
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,17 +41,26 @@ def require_env(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """`postgresql://eventkeep:eventkeep@127.0.0.1:55432/eventkeep` from infra/services."""
+    """`postgresql://eventkeep:eventkeep@127.0.0.1:25432/eventkeep` from infra/services."""
     return require_env(POSTGRES_URL)
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """`redis://127.0.0.1:56379/0` when started by infra/services."""
+    """`redis://127.0.0.1:26379/0` when started by infra/services."""
     return require_env(REDIS_URL)
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    """`127.0.0.1:59092` when started by infra/services."""
+    """`127.0.0.1:29092` when started by infra/services."""
     return require_env(KAFKA_BOOTSTRAP)
+
+
+def services(*args: str) -> None:
+    """Runs `infra/services ARGS…` (e.g. `down kafka`); a failure shows what the script said."""
+    script = Path(__file__).resolve().parents[1] / "infra" / "services"
+    done = subprocess.run([str(script), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        said = f"{done.stdout}\n{done.stderr}"
+        pytest.fail(f"infra/services {' '.join(args)} exited {done.returncode}:\n{said}")

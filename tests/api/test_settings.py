@@ -57,7 +57,7 @@ def test_secrets_never_show(tmp_path: Path) -> None:
 
 
 def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home")
+    settings = Settings(home=tmp_path / "home", postgres_url=None, claim_secret=None)
     env = shop_env(settings)
     secret = (tmp_path / "home" / "secret").read_text()
     assert env == {
@@ -65,6 +65,8 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
         "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": secret,
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
     assert secret
     assert isinstance(build_key_store(settings), SqliteApiKeyStore)
@@ -84,4 +86,6 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": "s3cret",
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
     }

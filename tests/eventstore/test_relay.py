@@ -4,13 +4,11 @@ is possible and consumers drop it by stream version)."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 import pytest
@@ -20,11 +18,11 @@ from kafka import KafkaConsumer
 from eventstore.postgres import PostgresApplicationRecorder
 from eventstore.records import RecordedEvent
 from eventstore.relay import WATERMARK_HEADER, Relay, RelayCursor, RelaySettings
+from tests.conftest_services import services
 from tests.eventstore.stores import drop_postgres_tables, postgres_params
 
 pytestmark = pytest.mark.services
 TABLE = "relay_test_events"
-SERVICES = Path(__file__).resolve().parents[2] / "infra" / "services"
 
 
 @pytest.fixture
@@ -201,13 +199,13 @@ def test_kafka_outage_delays_but_loses_nothing(
     thread = start(relay)
     append(log, streams=5, versions=2)
     wait_for(lambda: bool(published) and published[-1] == 10)
-    subprocess.run([str(SERVICES), "down", "kafka"], check=True, capture_output=True)
+    services("down", "kafka")
     try:
         append(log, streams=5, versions=2)  # commands keep succeeding: the log is the outbox
         time.sleep(2)
         assert published[-1] == 10
     finally:
-        subprocess.run([str(SERVICES), "up", "kafka"], check=True, capture_output=True)
+        services("up", "kafka")
     wait_for(lambda: published[-1] == 20, timeout=120)
     messages = consume(settings, 20)
     relay.stop()

@@ -27,10 +27,9 @@ from projections.readmodels import ReadModels
 from replay.rebuild import rebuild
 from tests.api.conftest import distributed_settings, distributed_wiring
 from tests.api.shopping import answer, create_product, pay, place_order, register
-from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
+from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env, services
 
 pytestmark = pytest.mark.services
-SERVICES = Path(__file__).resolve().parents[2] / "infra" / "services"
 
 
 @pytest.fixture
@@ -224,10 +223,10 @@ def test_kafka_stopped_and_started_while_commands_flow(
     threads.start(build_relay(settings, wiring.shop))
     threads.start(build_projector(settings, wiring.queries.models))
     traffic(client, rounds=3)
-    subprocess.run([str(SERVICES), "down", "kafka"], check=True, capture_output=True)
+    services("down", "kafka")
     try:
         traffic(client, rounds=3)  # commands keep succeeding: the log is the outbox
     finally:
-        subprocess.run([str(SERVICES), "up", "kafka"], check=True, capture_output=True)
+        services("up", "kafka")
     traffic(client, rounds=2)
     assert_equal_to_rebuild(wiring)
