@@ -7,18 +7,16 @@ import random
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 
 from api.settings import Settings
 from bench.baselines import run_threads
-from bench.read_workloads import Wrk, env_for, process, wait_until, wrk
+from bench.read_workloads import Wrk, admin_key, env_for, process, wait_for_http, wrk
 from bench.report import Histogram
 from bench.seed import Seeder, SeedSizes
 from commands.handlers import CommandBus
 from commands.messages import AdjustStock, CommandContext
 from commands.shop import Shop
-from eventstore.api_keys import Role
 
 SHOP_TABLES = (
     "shop_events", "shop_events_claims", "shop_events_idempotency", "shop_events_data_keys",
@@ -61,20 +59,9 @@ def w1_commands(
 
 def w3_http_commands(settings: Settings, products: list, seconds: float, logs: Path) -> Wrk:
     """`eventkeep serve --workers 2` and wrk POSTing stock adjustments (no rate limit)."""
-    from api.bootstrap import build_key_store
-
-    store = build_key_store(settings)
-    key = store.create(Role.admin, "bench").secret_key
-    store.close()
+    key = admin_key(settings)
     api = f"http://127.0.0.1:{settings.port}"
     with process(["eventkeep", "serve", "--workers", "2"], env_for(settings), logs / "w3.log"):
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 60, "the API")
+        wait_for_http(api)
         paths = [f"/v1/products/{product}/stock" for product in products[:5000]]
         return wrk(api, key, paths, seconds, body='{"delta": 1, "reason": "bench"}')

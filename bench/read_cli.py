@@ -10,24 +10,25 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import psycopg
 import typer
 
-from api.bootstrap import build_read_models, shop_env, wire
+from api.bootstrap import Handle, build_read_models, shop_env, wire
 from api.settings import Settings
 from bench import read_baselines, read_workloads
-from bench.read_workloads import env_for, process, wait_until
+from bench.read_workloads import admin_key, env_for, process, wait_for_http, wait_until
 from bench.report import Figure, Report
 from bench.seed import Seeder, SeedSizes
 from bench.seed_cli import show_progress
 from commands.handlers import CommandBus
 from commands.messages import AdjustStock, CommandContext
 from commands.shop import Shop
-from eventstore.api_keys import Role
 
 EVENTKEEP_TABLES = (
     "shop_events",
@@ -130,8 +131,8 @@ def read_path(
             process(["eventkeep", "serve", "--workers", "2"], env, logs / "serve.log"),
         ):
             wait_until(lambda: models.position() >= head(), 600, "the projector")
-            key = _key(settings)
-            _wait_for_http(api)
+            key = admin_key(settings)
+            wait_for_http(api)
             at_small = r1(f"{small.users + small.products + small.orders:,} entities")
 
         show_progress(seeder, full)
@@ -153,7 +154,7 @@ def read_path(
             process(["eventkeep", "project"], env, logs / "project.log"),
             process(["eventkeep", "serve", "--workers", "2"], env, logs / "serve.log"),
         ):
-            _wait_for_http(api)
+            wait_for_http(api)
             entities = full.users + full.products + full.orders + small.users + small.products
             at_full = r1(f"{entities + small.orders:,} entities")
             s1 = at_full.latency["p99_ms"] / max(at_small.latency["p99_ms"], 0.001)
@@ -207,29 +208,14 @@ def read_path(
     report.console.print(f"results: {report.save(results)}")
 
 
-def _key(settings: Settings) -> str:
-    from api.bootstrap import build_key_store
-
-    store = build_key_store(settings)
-    try:
-        return store.create(Role.admin, "bench").secret_key
-    finally:
-        store.close()
-
-
-def _wait_for_http(api: str) -> None:
-    import httpx
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 60, "the API")
-
-
-def _p2(handle, position, products: list, rate: float = 1000, seconds: float = 10) -> dict:  # type: ignore[no-untyped-def]
+def _p2(
+    handle: Handle,
+    position: Callable[[], int],
+    products: list[UUID],
+    rate: float = 1000,
+    seconds: float = 10,
+) -> dict[str, float]:
+    """P2: commands at `rate`/s on 8 threads; latency from commit to visible in the models."""
     rng = random.Random(3)
     pool = ThreadPoolExecutor(8)
 
@@ -242,7 +228,8 @@ def _p2(handle, position, products: list, rate: float = 1000, seconds: float = 1
     return histogram.percentiles()
 
 
-def _p2_embedded(home: Path) -> dict:
+def _p2_embedded(home: Path) -> dict[str, float]:
+    """P2 in the embedded mode: one process, its in-process feed woken by each commit."""
     settings = Settings(home=home, postgres_url=None, claim_secret=None)
     wiring = wire(settings)
     try:

@@ -18,9 +18,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.bootstrap import build_projector
+import httpx
+
+from api.bootstrap import build_key_store, build_projector
 from api.settings import Settings
 from bench.report import Histogram
+from eventstore.api_keys import Role
 from projections.readmodels import ReadModels
 
 
@@ -211,3 +214,24 @@ def env_for(settings: Settings) -> dict[str, str]:
         "EVENTKEEP_RATE_LIMIT": "0",  # one key drives the whole load
     }
     return os.environ | {k: v for k, v in values.items() if v}
+
+
+def wait_for_http(api: str) -> None:
+    """Until the API at `api` answers /readyz (a minute at most)."""
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, 60, "the API")
+
+
+def admin_key(settings: Settings) -> str:
+    """A new admin key in the store `settings` name, for the load generator."""
+    store = build_key_store(settings)
+    try:
+        return store.create(Role.admin, "bench").secret_key
+    finally:
+        store.close()

@@ -19,8 +19,15 @@ import typer
 
 from api.bootstrap import build_read_models, shop_env
 from api.settings import Settings
-from bench.read_cli import EVENTKEEP_TABLES, _key, _wait_for_http
-from bench.read_workloads import env_for, process, product_paths, wrk
+from bench.read_cli import EVENTKEEP_TABLES
+from bench.read_workloads import (
+    admin_key,
+    env_for,
+    process,
+    product_paths,
+    wait_for_http,
+    wrk,
+)
 from bench.report import Figure, Report
 from bench.seed import Seeder, SeedSizes
 from bench.seed_cli import show_progress
@@ -87,8 +94,8 @@ def replay_bench(
     if first.returncode != 0:
         raise RuntimeError(first.stderr.decode())  # live tables to query during the rebuild
     with process(["eventkeep", "serve"], env, logs / "serve.log") as server:
-        _wait_for_http(api)
-        key = _key(settings)
+        wait_for_http(api)
+        key = admin_key(settings)
         paths = product_paths(models, 5000)
         started = time.perf_counter()
         with (logs / "rebuild.log").open("w") as log:

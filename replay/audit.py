@@ -20,7 +20,7 @@ from eventsourcing.application import Application
 
 from domain.upcasters import upcast
 from eventstore.envelope import to_envelope
-from eventstore.hashchain import GENESIS, event_hash
+from eventstore.hashchain import GENESIS, recomputed_hash
 from eventstore.records import LoggedEvent
 
 PAGE = 5000
@@ -98,7 +98,7 @@ def verify(
             problem = f"position {expected} is missing (the next stored is {event.id})"
         elif event.prev_hash != prev_hash:
             problem = "its link to the previous event does not match that event's hash"
-        elif _recomputed(event, prev_hash) != event.hash:
+        elif recomputed_hash(event, prev_hash) != event.hash:
             problem = "its stored content does not match its hash"
         if problem is not None:
             return Verdict(checked, expected - 1, _named(event, expected, problem))
@@ -107,21 +107,6 @@ def verify(
             advance(event.id, head)
     advance(expected - 1, head)
     return Verdict(checked, expected - 1, None)
-
-
-def _recomputed(event: LoggedEvent, prev_hash: bytes) -> bytes:
-    return event_hash(
-        prev_hash,
-        position=event.id,
-        stream_id=event.originator_id,
-        stream_type=event.stream_type,
-        stream_version=event.originator_version,
-        event_type=event.topic,
-        schema_version=event.schema_version,
-        recorded_at=event.recorded_at,
-        data=event.state,
-        metadata=event.metadata,
-    )
 
 
 def _named(event: LoggedEvent, position: int, problem: str) -> dict[str, Any]:
