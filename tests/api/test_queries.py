@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.bootstrap import Wiring
 from eventstore.api_keys import Role
+from projections.redis_cache import RedisCache
 from tests.api.shopping import USER, answer, create_product, pay, place_order, register
 
 pytestmark = pytest.mark.usefixtures("projected")
@@ -191,3 +192,12 @@ def test_erased_personal_data_leaves_the_read_model(client: TestClient, bearer: 
     shown = get(client, f"/v1/users/{user['id']}", erased["position"])
     assert (shown["email"], shown["first_name"], shown["last_name"]) == (None, None, None)
     assert client.get("/v1/users", params={"email": USER["email"]}).status_code == 404
+
+
+def test_queries_answer_from_the_read_model_when_redis_is_down(
+    client: TestClient, wiring: Wiring
+) -> None:
+    wiring.queries.cache = RedisCache("redis://127.0.0.1:1/0")  # nothing listens there
+    product = create_product(client)
+    shown = get(client, f"/v1/products/{product['id']}", product["position"])
+    assert (shown["id"], shown["price"]) == (product["id"], "49.90")
