@@ -139,6 +139,9 @@ class Relay:
             except psycopg.OperationalError as error:
                 log.warning("relay lost PostgreSQL (%s); retrying", error)
                 self.stopping.wait(self._settings.max_backoff)
+            except Exception:  # a relay must outlive any one failure: log it, start over
+                log.exception("relay failed; starting over from its durable position")
+                self.stopping.wait(self._settings.max_backoff)
             finally:
                 self.is_active.clear()
 
@@ -168,7 +171,7 @@ class Relay:
                 except KafkaError as error:
                     log.warning("Kafka unavailable (%s); retrying in %.1fs", error, backoff)
                     if producer is not None:
-                        producer.close(timeout=1)
+                        discard_producer(producer, timeout=1)
                         producer = None
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, self._settings.max_backoff)
@@ -179,7 +182,7 @@ class Relay:
                 self._on_published(position)
         finally:
             if producer is not None:
-                producer.close(timeout=5)
+                discard_producer(producer, timeout=5)
 
     def _producer(self) -> KafkaProducer:
         ensure_topics(self._settings)
@@ -213,6 +216,14 @@ class Relay:
             for topic in map(self._settings.topic, STREAM_TYPES)
             for partition in sorted(producer.partitions_for(topic))
         ]
+
+
+def discard_producer(producer: KafkaProducer, *, timeout: float) -> None:
+    """Closes a producer, even one Kafka stopped answering (its close then fails to flush).
+    Records it still holds may reach Kafka later: duplicates of what is sent again from the
+    durable position, which consumers drop by stream version."""
+    with contextlib.suppress(KafkaError):
+        producer.close(timeout=timeout)
 
 
 def ensure_topics(settings: RelaySettings) -> None:

@@ -87,6 +87,9 @@ class KafkaProjector:
             except (KafkaError, psycopg.OperationalError) as error:
                 log.warning("Kafka or PostgreSQL unavailable (%s); retrying", error)
                 self.stopping.wait(1.0)
+            except Exception:  # a projector must outlive any one failure: log it, start over
+                log.exception("projector failed; resuming from the offsets stored with the rows")
+                self.stopping.wait(1.0)
 
     def _consume_until_stopped(self) -> None:
         ensure_topics(self._settings)

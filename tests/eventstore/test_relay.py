@@ -13,11 +13,18 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from eventsourcing.postgres import PostgresDatastore
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from eventstore.postgres import PostgresApplicationRecorder
 from eventstore.records import RecordedEvent
-from eventstore.relay import WATERMARK_HEADER, Relay, RelayCursor, RelaySettings
+from eventstore.relay import (
+    WATERMARK_HEADER,
+    Relay,
+    RelayCursor,
+    RelaySettings,
+    discard_producer,
+    ensure_topics,
+)
 from tests.conftest_services import services
 from tests.eventstore.stores import drop_postgres_tables, postgres_params
 
@@ -211,3 +218,24 @@ def test_kafka_outage_delays_but_loses_nothing(
     relay.stop()
     thread.join(10)
     assert_complete_and_ordered(messages, 20)
+
+
+def test_a_producer_holding_records_when_kafka_stops_is_discarded_without_error(
+    settings: RelaySettings,
+) -> None:
+    """The relay once died here: closing such a producer flushes, and the flush fails."""
+    ensure_topics(settings)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=2000,
+        max_block_ms=2000,
+    )
+    producer.partitions_for(settings.topic("User"))  # metadata known: sends only queue
+    services("down", "kafka")
+    try:
+        producer.send(settings.topic("User"), b"pending")  # nothing can take it now
+        discard_producer(producer, timeout=1)
+    finally:
+        services("up", "kafka")
