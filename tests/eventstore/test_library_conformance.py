@@ -7,6 +7,8 @@ temporary file.
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,23 @@ from eventstore.sqlite import SQLiteApplicationRecorder, SQLiteFactory, SQLitePr
 from tests.eventstore.stores import drop_postgres_tables, postgres_env, postgres_params
 
 
-class OnPostgres:
+class JoinsStrayThreads:
+    """Waits, before a test's store is closed, for the threads the test started and left
+    running: the library's concurrency tests stop their readers without joining them, and a
+    SQLite connection closed under a reading thread crashes the interpreter (it did in CI)."""
+
+    def setUp(self) -> None:
+        self.threads_before = set(threading.enumerate())
+        super().setUp()  # type: ignore[misc]
+
+    def join_stray_threads(self) -> None:
+        deadline = time.monotonic() + 2  # the readers stop within milliseconds of being told
+        for thread in set(threading.enumerate()) - self.threads_before:
+            if not thread.name.startswith("eventkeep-"):  # ours stop when the recorder closes
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class OnPostgres(JoinsStrayThreads):
     """Fresh tables on the real PostgreSQL for each test."""
 
     def setUp(self) -> None:
@@ -47,6 +65,7 @@ class OnPostgres:
 
     def tearDown(self) -> None:
         super().tearDown()  # type: ignore[misc]
+        self.join_stray_threads()
         for recorder in self.recorders:
             if hasattr(recorder, "close"):
                 recorder.close()
@@ -59,7 +78,7 @@ class OnPostgres:
         return recorder
 
 
-class OnSQLite:
+class OnSQLite(JoinsStrayThreads):
     """A fresh SQLite file for each test."""
 
     def setUp(self) -> None:
@@ -70,6 +89,7 @@ class OnSQLite:
 
     def tearDown(self) -> None:
         super().tearDown()  # type: ignore[misc]
+        self.join_stray_threads()
         for recorder in self.recorders:
             if hasattr(recorder, "close"):
                 recorder.close()
