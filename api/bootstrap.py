@@ -104,7 +104,6 @@ def relay_settings(settings: Settings) -> RelaySettings:
         bootstrap=settings.kafka_bootstrap,
         topic_prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
-        poll_interval=0.02,
     )
 
 

@@ -61,7 +61,7 @@ class RelaySettings:
     topic_prefix: str = "eventkeep"
     partitions: int = 6
     batch_size: int = 1000
-    poll_interval: float = 0.2
+    poll_interval: float = 0.02  # the log is polled this often when idle: P2's latency floor
     max_backoff: float = 5.0
 
     def topic(self, stream_type: str) -> str:

@@ -196,7 +196,6 @@ class SqliteDatabase:
         conflict: str,
     ) -> None:
         values = ", ".join("%s" for _ in columns)
-        # `WHERE true` lets SQLite parse the upsert clause after a VALUES list.
         cursor.executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) {conflict}", rows
         )
