@@ -8,12 +8,12 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from api.bootstrap import Wiring, wire
-from api.correlation import CorrelationId
-from api.errors import LastResortErrors, install_error_handlers
-from api.metrics import Metrics, RequestMetrics
-from api.routes import analyst, audit, ops, orders, products, stream, users
-from api.settings import Settings
+from eventkeep.api.bootstrap import Wiring, wire
+from eventkeep.api.correlation import CorrelationId
+from eventkeep.api.errors import LastResortErrors, install_error_handlers
+from eventkeep.api.metrics import Metrics, RequestMetrics
+from eventkeep.api.routes import analyst, audit, ops, orders, products, stream, users
+from eventkeep.api.settings import Settings
 
 
 def create_app(config: Settings | Wiring | None = None) -> FastAPI:

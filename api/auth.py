@@ -10,8 +10,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError
-from eventstore.api_keys import ApiKey, Role
+from eventkeep.api.errors import ApiError
+from eventkeep.eventstore.api_keys import ApiKey, Role
 
 # auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `eventkeep keys create`.")

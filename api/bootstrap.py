@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 from eventsourcing.application import Application
 from psycopg.conninfo import conninfo_to_dict
 
-from api.ratelimit import RateLimiter, Unlimited, build_limiter
-from api.settings import Settings
-from commands.messages import Command, CommandContext, CommandResult
-from eventstore.api_keys import ApiKeyStore, PostgresApiKeyStore, SqliteApiKeyStore
-from eventstore.pii import PII_SECRET
-from eventstore.relay import Relay, RelaySettings
-from projections.cache import Cache, LocalCache, NoCache
-from projections.kafka_feed import KafkaProjector
-from projections.log_feed import LogFeed
-from projections.queries import PolledProgress, Queries
-from projections.readmodels import ReadModels
+from eventkeep.api.ratelimit import RateLimiter, Unlimited, build_limiter
+from eventkeep.api.settings import Settings
+from eventkeep.commands.messages import Command, CommandContext, CommandResult
+from eventkeep.eventstore.api_keys import ApiKeyStore, PostgresApiKeyStore, SqliteApiKeyStore
+from eventkeep.eventstore.pii import PII_SECRET
+from eventkeep.eventstore.relay import Relay, RelaySettings
+from eventkeep.projections.cache import Cache, LocalCache, NoCache
+from eventkeep.projections.kafka_feed import KafkaProjector
+from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.queries import PolledProgress, Queries
+from eventkeep.projections.readmodels import ReadModels
 
 Handle = Callable[[Command, CommandContext], CommandResult]
 
@@ -50,8 +50,8 @@ class Wiring:
 
 def wire(settings: Settings) -> Wiring:
     # Imported here, not above, so that `eventkeep keys …` runs without loading the write side.
-    from commands.handlers import CommandBus
-    from commands.shop import Shop
+    from eventkeep.commands.handlers import CommandBus
+    from eventkeep.commands.shop import Shop
 
     keys = build_key_store(settings)
     shop = Shop(env=shop_env(settings))
@@ -93,7 +93,7 @@ def build_cache(settings: Settings) -> Cache:
     """Redis when set; without it, no cache in the distributed mode (see NoCache)."""
     if settings.redis_url is None:
         return NoCache()
-    from projections.redis_cache import RedisCache
+    from eventkeep.projections.redis_cache import RedisCache
 
     return RedisCache(settings.redis_url.get_secret_value())
 
@@ -123,7 +123,7 @@ def shop_env(settings: Settings) -> dict[str, str]:
     assert settings.claim_secret is not None  # Settings fills or demands it
     env = {
         # Stored rows keep the catalog's envelope and are upcast on read.
-        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         # Wraps the per-user keys of personal data (eventstore.pii).
         PII_SECRET: settings.claim_secret.get_secret_value(),
         # Recently used aggregates stay in memory and are fast-forwarded with the events
@@ -135,12 +135,12 @@ def shop_env(settings: Settings) -> dict[str, str]:
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         return env | {
-            "PERSISTENCE_MODULE": "eventstore.sqlite",
+            "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
             "SQLITE_DBNAME": str(settings.home / "events.db"),
         }
     url = conninfo_to_dict(settings.postgres_url.get_secret_value())
     return env | {
-        "PERSISTENCE_MODULE": "eventstore.postgres",
+        "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": str(url.get("dbname", "")),
         "POSTGRES_HOST": str(url.get("host", "localhost")),
         "POSTGRES_PORT": str(url.get("port", "5432")),

@@ -12,18 +12,19 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api.bootstrap import (
+import eventkeep
+from eventkeep.api.bootstrap import (
     build_key_store,
     build_projector,
     build_read_models,
     build_relay,
     shop_env,
 )
-from api.settings import Settings
-from bench.cli import bench_app
-from bench.seed_cli import seed
-from eventstore.api_keys import ApiKeyStore, Role
-from replay.cli import audit_app, replay_app
+from eventkeep.api.settings import Settings
+from eventkeep.bench.cli import bench_app
+from eventkeep.bench.seed_cli import seed
+from eventkeep.eventstore.api_keys import ApiKeyStore, Role
+from eventkeep.replay.cli import audit_app, replay_app
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
@@ -49,6 +50,25 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"eventkeep {eventkeep.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """eventkeep: an event-sourced shop engine."""
+
 
 out = Console()
 err = Console(stderr=True)
@@ -105,7 +125,7 @@ def serve(
         typer.echo(issued.secret_key)
     # An import string, so that each worker process builds its own app from the environment.
     uvicorn.run(
-        "api.app:create_app",
+        "eventkeep.api.app:create_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -148,7 +168,7 @@ def relay() -> None:
     One relay is active at a time (a PostgreSQL advisory lock); start a second as a standby:
     it takes over when the active one dies. Kafka down: it retries and catches up.
     """
-    from commands.shop import Shop
+    from eventkeep.commands.shop import Shop
 
     settings = _distributed_settings("relay")
     shop = Shop(env=shop_env(settings))

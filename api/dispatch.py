@@ -13,13 +13,13 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from prometheus_client import Counter
 
-from api.auth import requires
-from api.bootstrap import Handle
-from api.errors import ApiError
-from api.schema import CommandAnswer
-from commands.messages import Command, CommandContext
-from domain.errors import DomainError
-from eventstore.api_keys import ApiKey, Role
+from eventkeep.api.auth import requires
+from eventkeep.api.bootstrap import Handle
+from eventkeep.api.errors import ApiError
+from eventkeep.api.schema import CommandAnswer
+from eventkeep.commands.messages import Command, CommandContext
+from eventkeep.domain.errors import DomainError
+from eventkeep.eventstore.api_keys import ApiKey, Role
 
 TraceHeader = Annotated[str | None, Header(min_length=1, max_length=200)]
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from domain.errors import DomainError
+from eventkeep.domain.errors import DomainError
 
 logger = logging.getLogger(__name__)
 

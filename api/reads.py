@@ -13,11 +13,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 
-from api.auth import requires
-from api.errors import ApiError
-from eventstore.api_keys import ApiKey, Role
-from projections.queries import Queries
-from projections.readmodels import InvalidCursor
+from eventkeep.api.auth import requires
+from eventkeep.api.errors import ApiError
+from eventkeep.eventstore.api_keys import ApiKey, Role
+from eventkeep.projections.queries import Queries
+from eventkeep.projections.readmodels import InvalidCursor
 
 POSITION_HEADER = "X-Projection-Position"
 

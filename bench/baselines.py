@@ -14,7 +14,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder as StockRecorder
 from eventsourcing.postgres import PostgresDatastore
 
-from bench.report import Histogram
+from eventkeep.bench.report import Histogram
 
 PAYLOAD = os.urandom(100).hex().encode()  # 200 bytes, like a small event
 

@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 from psycopg.conninfo import conninfo_to_dict
 
-from api.settings import Settings
-from bench import baselines, command_workloads, store_workloads
-from bench.read_cli import read_path
-from bench.replay_cli import replay_bench
-from bench.report import Figure, Report
+from eventkeep.api.settings import Settings
+from eventkeep.bench import baselines, command_workloads, store_workloads
+from eventkeep.bench.read_cli import read_path
+from eventkeep.bench.replay_cli import replay_bench
+from eventkeep.bench.report import Figure, Report
 
 bench_app = typer.Typer(help="Benchmarks of PERFORMANCE.md: each figure beside its raw baseline.")
 

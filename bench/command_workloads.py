@@ -9,14 +9,14 @@ from pathlib import Path
 
 import psycopg
 
-from api.settings import Settings
-from bench.baselines import run_threads
-from bench.read_workloads import Wrk, admin_key, env_for, process, wait_for_http, wrk
-from bench.report import Histogram
-from bench.seed import Seeder, SeedSizes
-from commands.handlers import CommandBus
-from commands.messages import AdjustStock, CommandContext
-from commands.shop import Shop
+from eventkeep.api.settings import Settings
+from eventkeep.bench.baselines import run_threads
+from eventkeep.bench.read_workloads import Wrk, admin_key, env_for, process, wait_for_http, wrk
+from eventkeep.bench.report import Histogram
+from eventkeep.bench.seed import Seeder, SeedSizes
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.messages import AdjustStock, CommandContext
+from eventkeep.commands.shop import Shop
 
 SHOP_TABLES = (
     "shop_events", "shop_events_claims", "shop_events_idempotency", "shop_events_data_keys",
@@ -31,7 +31,7 @@ def fresh_shop(settings: Settings, products: int) -> tuple[Shop, CommandBus, lis
     with psycopg.connect(url, autocommit=True) as connection:
         for table in SHOP_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
-    from api.bootstrap import shop_env
+    from eventkeep.api.bootstrap import shop_env
 
     shop = Shop(env=shop_env(settings))
     secret = settings.claim_secret.get_secret_value().encode()  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench.report import Histogram
+from eventkeep.bench.report import Histogram
 
 ENVELOPE: dict[str, Any] = {
     "position": 1,

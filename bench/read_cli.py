@@ -19,16 +19,16 @@ from uuid import UUID
 import psycopg
 import typer
 
-from api.bootstrap import Handle, build_read_models, shop_env, wire
-from api.settings import Settings
-from bench import read_baselines, read_workloads
-from bench.read_workloads import admin_key, env_for, process, wait_for_http, wait_until
-from bench.report import Figure, Report
-from bench.seed import Seeder, SeedSizes
-from bench.seed_cli import show_progress
-from commands.handlers import CommandBus
-from commands.messages import AdjustStock, CommandContext
-from commands.shop import Shop
+from eventkeep.api.bootstrap import Handle, build_read_models, shop_env, wire
+from eventkeep.api.settings import Settings
+from eventkeep.bench import read_baselines, read_workloads
+from eventkeep.bench.read_workloads import admin_key, env_for, process, wait_for_http, wait_until
+from eventkeep.bench.report import Figure, Report
+from eventkeep.bench.seed import Seeder, SeedSizes
+from eventkeep.bench.seed_cli import show_progress
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.messages import AdjustStock, CommandContext
+from eventkeep.commands.shop import Shop
 
 EVENTKEEP_TABLES = (
     "shop_events",

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import httpx
 
-from api.bootstrap import build_key_store, build_projector
-from api.settings import Settings
-from bench.report import Histogram
-from eventstore.api_keys import Role
-from projections.readmodels import ReadModels
+from eventkeep.api.bootstrap import build_key_store, build_projector
+from eventkeep.api.settings import Settings
+from eventkeep.bench.report import Histogram
+from eventkeep.eventstore.api_keys import Role
+from eventkeep.projections.readmodels import ReadModels
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

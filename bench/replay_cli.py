@@ -17,10 +17,10 @@ from typing import Annotated
 import psycopg
 import typer
 
-from api.bootstrap import build_read_models, shop_env
-from api.settings import Settings
-from bench.read_cli import EVENTKEEP_TABLES
-from bench.read_workloads import (
+from eventkeep.api.bootstrap import build_read_models, shop_env
+from eventkeep.api.settings import Settings
+from eventkeep.bench.read_cli import EVENTKEEP_TABLES
+from eventkeep.bench.read_workloads import (
     admin_key,
     env_for,
     process,
@@ -28,11 +28,11 @@ from bench.read_workloads import (
     wait_for_http,
     wrk,
 )
-from bench.report import Figure, Report
-from bench.seed import Seeder, SeedSizes
-from bench.seed_cli import show_progress
-from commands.handlers import CommandBus
-from commands.shop import Shop
+from eventkeep.bench.report import Figure, Report
+from eventkeep.bench.seed import Seeder, SeedSizes
+from eventkeep.bench.seed_cli import show_progress
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.shop import Shop
 
 
 def raw_read_rate(url: str) -> tuple[float, int]:

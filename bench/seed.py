@@ -17,11 +17,11 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from commands.handlers import CommandBus
-from domain.order import Order
-from domain.ordering import cancel_order, place_order
-from domain.product import Product
-from domain.user import User
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.domain.order import Order
+from eventkeep.domain.ordering import cancel_order, place_order
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User
 
 FIRST_NAMES = ("Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia")
 LAST_NAMES = ("Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Perlman")

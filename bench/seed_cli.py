@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from api.bootstrap import shop_env
-from api.settings import Settings
-from bench.seed import Seeder, SeedSizes
-from commands.handlers import CommandBus
-from commands.shop import Shop
+from eventkeep.api.bootstrap import shop_env
+from eventkeep.api.settings import Settings
+from eventkeep.bench.seed import Seeder, SeedSizes
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.shop import Shop
 
 
 def seed(

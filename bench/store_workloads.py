@@ -9,10 +9,10 @@ from uuid import uuid4
 
 from eventsourcing.postgres import PostgresDatastore
 
-from bench.baselines import PAYLOAD, now, run_threads
-from bench.report import Histogram
-from eventstore.postgres import PostgresApplicationRecorder
-from eventstore.records import RecordedEvent
+from eventkeep.bench.baselines import PAYLOAD, now, run_threads
+from eventkeep.bench.report import Histogram
+from eventkeep.eventstore.postgres import PostgresApplicationRecorder
+from eventkeep.eventstore.records import RecordedEvent
 
 TABLE = "bench_events"
 

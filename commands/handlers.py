@@ -20,19 +20,19 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
-from commands import messages as m
-from commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
-from commands.ports import (
+from eventkeep.commands import messages as m
+from eventkeep.commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
+from eventkeep.commands.ports import (
     ClaimTakenError,
     IdempotencyKeyUsedError,
     IdempotencyRecord,
     UniqueClaim,
 )
-from commands.shop import Shop
-from domain.order import Order
-from domain.ordering import cancel_order, place_order, products_of
-from domain.product import Product
-from domain.user import User, normalize_email
+from eventkeep.commands.shop import Shop
+from eventkeep.domain.order import Order
+from eventkeep.domain.ordering import cancel_order, place_order, products_of
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User, normalize_email
 
 A = TypeVar("A", bound=Aggregate)
 EMAIL_SCOPE = "user_email"

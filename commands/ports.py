@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from commands.messages import CommandResult
+from eventkeep.commands.messages import CommandResult
 
 
 @dataclass(frozen=True)

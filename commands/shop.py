@@ -8,8 +8,8 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 
-from domain.order import Order
-from domain.product import Product
+from eventkeep.domain.order import Order
+from eventkeep.domain.product import Product
 
 # Events between snapshots: loading a hot product replays at most this many events. Users
 # are not snapshotted: a snapshot would keep their personal data in plaintext (eventstore.pii).

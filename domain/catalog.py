@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from eventsourcing.domain import Aggregate
 
-from domain.order import Order
-from domain.product import Product
-from domain.user import User
+from eventkeep.domain.order import Order
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User
 
 STREAM_TYPES: dict[str, type[Aggregate]] = {"User": User, "Product": Product, "Order": Order}
 

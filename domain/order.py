@@ -12,8 +12,8 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvalidTransition, PaymentMismatch
-from domain.money import parse_amount
+from eventkeep.domain.errors import InvalidTransition, PaymentMismatch
+from eventkeep.domain.money import parse_amount
 
 PLACED, PAID, SHIPPED, DELIVERED, CANCELLED = "placed", "paid", "shipped", "delivered", "cancelled"
 

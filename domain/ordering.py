@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from domain.errors import CurrencyMismatch, InvalidInput, StockInsufficient, UserNotActive
-from domain.money import format_amount
-from domain.order import Order
-from domain.product import Product
-from domain.user import User
+from eventkeep.domain.errors import CurrencyMismatch, InvalidInput, StockInsufficient, UserNotActive
+from eventkeep.domain.money import format_amount
+from eventkeep.domain.order import Order
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User
 
 MAX_LINES = 100
 

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvalidInput, ProductDiscontinued, StockInsufficient
-from domain.money import format_amount, parse_amount, parse_currency
+from eventkeep.domain.errors import InvalidInput, ProductDiscontinued, StockInsufficient
+from eventkeep.domain.money import format_amount, parse_amount, parse_currency
 
 
 class Product(Aggregate):

@@ -10,7 +10,12 @@ import re
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvalidInput, PersonalDataErased, UserAlreadyActive, UserNotActive
+from eventkeep.domain.errors import (
+    InvalidInput,
+    PersonalDataErased,
+    UserAlreadyActive,
+    UserNotActive,
+)
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from eventstore.hashchain import canonical_time
-from eventstore.records import LoggedEvent
+from eventkeep.eventstore.hashchain import canonical_time
+from eventkeep.eventstore.records import LoggedEvent
 
 
 def to_envelope(event: LoggedEvent, *, with_hashes: bool = False) -> dict[str, Any]:

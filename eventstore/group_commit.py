@@ -27,14 +27,14 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 
-from commands.ports import (
+from eventkeep.commands.ports import (
     ClaimTakenError,
     IdempotencyKeyUsedError,
     IdempotencyRecord,
     UniqueClaim,
 )
-from eventstore.hashchain import event_hash
-from eventstore.records import RecordedEvent
+from eventkeep.eventstore.hashchain import event_hash
+from eventkeep.eventstore.records import RecordedEvent
 
 
 @dataclass

@@ -14,11 +14,16 @@ from uuid import UUID
 import orjson
 from eventsourcing.domain import CanSnapshotAggregate, DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, register_topic
 
-from domain.catalog import EVENT_TYPES, STREAM_TYPES, event_type_of, stream_type_of
-from domain.upcasters import upcast
-from eventstore.records import RecordedEvent
+import eventkeep.domain
+from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, event_type_of, stream_type_of
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.records import RecordedEvent
+
+# Snapshots name their aggregate's class by its path; releases before the one package wrote
+# `domain.product:Product`. Those paths resolve to the same classes under `eventkeep.domain`.
+register_topic("domain", eventkeep.domain)
 
 # Attributes the library keeps on every event object that are not catalog data.
 ENVELOPE_ATTRIBUTES = ("originator_id", "originator_version", "timestamp", "originator_topic")

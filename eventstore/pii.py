@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
-from domain.catalog import PERSONAL_FIELDS
+from eventkeep.domain.catalog import PERSONAL_FIELDS
 
 PII_SECRET = "PII_SECRET"  # the persistence environment's key for the deployment secret
 MARK = "pii:1:"

@@ -30,9 +30,9 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from domain.upcasters import upcast
-from eventstore.envelope import to_envelope
-from eventstore.records import LoggedEvent
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.records import LoggedEvent
 
 log = logging.getLogger(__name__)
 

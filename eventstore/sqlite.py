@@ -33,13 +33,13 @@ from eventsourcing.sqlite import (
     SQLiteTrackingRecorder,
 )
 
-from commands.messages import CommandResult
-from domain.catalog import ERASING_EVENT
-from eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
-from eventstore.hashchain import GENESIS
-from eventstore.pii import PII_SECRET, PersonalData
-from eventstore.records import LoggedEvent, RecordedEvent
-from eventstore.subscription import PollingSubscription
+from eventkeep.commands.messages import CommandResult
+from eventkeep.domain.catalog import ERASING_EVENT
+from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
+from eventkeep.eventstore.hashchain import GENESIS
+from eventkeep.eventstore.pii import PII_SECRET, PersonalData
+from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
+from eventkeep.eventstore.subscription import PollingSubscription
 
 E = TypeVar("E", bound=StoredEvent)
 R = TypeVar("R", ApplicationRecorder, ProcessRecorder)

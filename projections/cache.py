@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from projections.readmodels import Change
+from eventkeep.projections.readmodels import Change
 
 Row = dict[str, Any]
 

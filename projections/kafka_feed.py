@@ -23,9 +23,9 @@ import psycopg
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
-from projections.cache import Cache
-from projections.readmodels import ReadModels
+from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
+from eventkeep.projections.cache import Cache
+from eventkeep.projections.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from domain.upcasters import upcast
-from eventstore.envelope import to_envelope
-from eventstore.relay import GlobalLog
-from projections.cache import Cache
-from projections.readmodels import GENERATION, ReadModels
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.relay import GlobalLog
+from eventkeep.projections.cache import Cache
+from eventkeep.projections.readmodels import GENERATION, ReadModels
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
-from projections.cache import Cache, Row
-from projections.readmodels import GENERATION, ReadModels, position_of
+from eventkeep.projections.cache import Cache, Row
+from eventkeep.projections.readmodels import GENERATION, ReadModels, position_of
 
 
 class PolledProgress:

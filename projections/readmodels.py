@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from projections.database import Database, PostgresDatabase, SqliteDatabase
-from projections.folding import KIND_OF_STREAM, Batch, fold, from_cents, to_cents
-from projections.schema import COLUMNS, TABLES, schema_statements
+from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
+from eventkeep.projections.folding import KIND_OF_STREAM, Batch, fold, from_cents, to_cents
+from eventkeep.projections.schema import COLUMNS, TABLES, schema_statements
 
 
 @dataclass(frozen=True)

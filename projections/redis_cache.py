@@ -19,8 +19,8 @@ import orjson
 import redis
 import redis.asyncio
 
-from projections.cache import Row
-from projections.readmodels import Change
+from eventkeep.projections.cache import Row
+from eventkeep.projections.readmodels import Change
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from uuid import UUID
 import orjson
 from eventsourcing.application import Application
 
-from domain.upcasters import upcast
-from eventstore.envelope import to_envelope
-from eventstore.hashchain import GENESIS, recomputed_hash
-from eventstore.records import LoggedEvent
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
+from eventkeep.eventstore.records import LoggedEvent
 
 PAGE = 5000
 

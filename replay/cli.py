@@ -26,13 +26,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from api.bootstrap import build_read_models, shop_env
-from api.settings import Settings
-from commands.handlers import CommandBus
-from commands.shop import Shop
-from replay import audit
-from replay.importer import ImportRefused, check_file, import_file
-from replay.rebuild import PROJECTIONS, Rebuild
+from eventkeep.api.bootstrap import build_read_models, shop_env
+from eventkeep.api.settings import Settings
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.shop import Shop
+from eventkeep.replay import audit
+from eventkeep.replay.importer import ImportRefused, check_file, import_file
+from eventkeep.replay.rebuild import PROJECTIONS, Rebuild
 
 replay_app = typer.Typer(help="Rebuild projections from the event store.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read, check, export and import the history.", no_args_is_help=True)

@@ -20,10 +20,10 @@ from uuid import UUID
 
 import orjson
 
-from domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
-from domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
-from eventstore.group_commit import UniqueClaim
-from eventstore.records import RecordedEvent
+from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
+from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
+from eventkeep.eventstore.group_commit import UniqueClaim
+from eventkeep.eventstore.records import RecordedEvent
 
 MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
 MONEY_FIELDS = ("price", "total", "amount", "unit_price")

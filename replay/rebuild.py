@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from domain.upcasters import upcast
-from eventstore.envelope import to_envelope
-from eventstore.relay import GlobalLog
-from projections.readmodels import ReadModels
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.relay import GlobalLog
+from eventkeep.projections.readmodels import ReadModels
 
 REBUILD_PREFIX = "rebuild_"
 BATCH = 5000  # events per read and per read-model transaction

@@ -8,9 +8,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
 
-from api.errors import ApiError
-from api.reads import AnalystReads
-from api.schema import COMMAND_ERRORS
+from eventkeep.api.errors import ApiError
+from eventkeep.api.reads import AnalystReads
+from eventkeep.api.schema import COMMAND_ERRORS
 
 router = APIRouter(prefix="/v1", tags=["analyst"], responses=COMMAND_ERRORS)
 

@@ -9,11 +9,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from api.auth import requires
-from api.errors import ApiError
-from api.schema import COMMAND_ERRORS
-from eventstore.api_keys import Role
-from replay import audit
+from eventkeep.api.auth import requires
+from eventkeep.api.errors import ApiError
+from eventkeep.api.schema import COMMAND_ERRORS
+from eventkeep.eventstore.api_keys import Role
+from eventkeep.replay import audit
 
 router = APIRouter(
     prefix="/v1/audit",

@@ -7,7 +7,7 @@ import logging
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.errors import ApiError
+from eventkeep.api.errors import ApiError
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])

@@ -8,10 +8,18 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import Field
 
-from api.dispatch import ClientCommand, IfMatch
-from api.reads import ClientReads, found
-from api.schema import COMMAND_ERRORS, Body, CommandAnswer, Money, Quantity, Reason, Reference
-from commands.messages import (
+from eventkeep.api.dispatch import ClientCommand, IfMatch
+from eventkeep.api.reads import ClientReads, found
+from eventkeep.api.schema import (
+    COMMAND_ERRORS,
+    Body,
+    CommandAnswer,
+    Money,
+    Quantity,
+    Reason,
+    Reference,
+)
+from eventkeep.commands.messages import (
     CancelOrder,
     DeliverOrder,
     OrderLine,

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from api.dispatch import ClientCommand, IfMatch
-from api.reads import ClientReads, found, page
-from api.schema import (
+from eventkeep.api.dispatch import ClientCommand, IfMatch
+from eventkeep.api.reads import ClientReads, found, page
+from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
     Category,
@@ -23,7 +23,7 @@ from api.schema import (
     Reason,
     Sku,
 )
-from commands.messages import (
+from eventkeep.commands.messages import (
     AdjustStock,
     ChangeProductDetails,
     ChangeProductPrice,

@@ -18,9 +18,9 @@ import orjson
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from domain.upcasters import upcast
-from eventstore.envelope import to_envelope
-from eventstore.records import LoggedEvent
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.records import LoggedEvent
 
 router = APIRouter(tags=["stream"])
 

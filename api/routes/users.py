@@ -7,10 +7,18 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from api.dispatch import AdminCommand, ClientCommand, IfMatch
-from api.reads import ClientReads, found, page
-from api.schema import COMMAND_ERRORS, Body, CommandAnswer, Email, LastName, PersonName, Reason
-from commands.messages import (
+from eventkeep.api.dispatch import AdminCommand, ClientCommand, IfMatch
+from eventkeep.api.reads import ClientReads, found, page
+from eventkeep.api.schema import (
+    COMMAND_ERRORS,
+    Body,
+    CommandAnswer,
+    Email,
+    LastName,
+    PersonName,
+    Reason,
+)
+from eventkeep.commands.messages import (
     ChangeUserEmail,
     DeactivateUser,
     ErasePersonalData,

@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.bootstrap import Wiring, build_projector, build_relay, wire
-from api.settings import Settings
-from eventstore.api_keys import ApiKeyStore, Role
-from projections.readmodels import ReadModels
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring, build_projector, build_relay, wire
+from eventkeep.api.settings import Settings
+from eventkeep.eventstore.api_keys import ApiKeyStore, Role
+from eventkeep.projections.readmodels import ReadModels
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
 from tests.eventstore.stores import drop_postgres_tables
 

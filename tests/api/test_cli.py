@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from api import cli
-from api.bootstrap import build_key_store
-from api.settings import Settings
-from eventstore.api_keys import Role
+from eventkeep.api import cli
+from eventkeep.api.bootstrap import build_key_store
+from eventkeep.api.settings import Settings
+from eventkeep.eventstore.api_keys import Role
 
 runner = CliRunner()
 

@@ -14,9 +14,9 @@ from eventsourcing.persistence import OperationalError as StoreOperationalError
 from fastapi.testclient import TestClient
 from psycopg_pool import PoolTimeout
 
-from api.app import create_app
-from api.bootstrap import Wiring
-from eventstore.api_keys import Role
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import PRODUCT, USER, create_product, place_order, register
 
 

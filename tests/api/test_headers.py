@@ -10,10 +10,10 @@ from uuid import uuid4
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.bootstrap import Wiring
-from commands.messages import Command, CommandContext, CommandResult
-from eventstore.api_keys import Role
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import Command, CommandContext, CommandResult
+from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import USER, answer, register
 
 

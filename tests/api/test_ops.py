@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.bootstrap import Wiring
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring
 from tests.api.shopping import USER
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.bootstrap import Wiring
-from eventstore.api_keys import Role
-from projections.redis_cache import RedisCache
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.eventstore.api_keys import Role
+from eventkeep.projections.redis_cache import RedisCache
 from tests.api.shopping import USER, answer, create_product, pay, place_order, register
 
 pytestmark = pytest.mark.usefixtures("projected")

@@ -8,15 +8,15 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from api.bootstrap import Wiring
-from api.ratelimit import LocalLimiter, RateLimiter, RedisLimiter
-from eventstore.api_keys import Role
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.ratelimit import LocalLimiter, RateLimiter, RedisLimiter
+from eventkeep.eventstore.api_keys import Role
 
 
 @pytest.fixture
 def strict(wiring: Wiring, redis_url: str) -> RateLimiter:
     """One request per minute after a burst of 2: in Redis when the mode has it."""
-    distributed = wiring.shop.recorder.__class__.__module__ == "eventstore.postgres"
+    distributed = wiring.shop.recorder.__class__.__module__ == "eventkeep.eventstore.postgres"
     limiter = RedisLimiter(redis_url, 1 / 60, 2) if distributed else LocalLimiter(1 / 60, 2)
     wiring.limiter = limiter
     return limiter

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from api.bootstrap import build_key_store, shop_env
-from api.settings import Settings
-from eventstore.api_keys import SqliteApiKeyStore
+from eventkeep.api.bootstrap import build_key_store, shop_env
+from eventkeep.api.settings import Settings
+from eventkeep.eventstore.api_keys import SqliteApiKeyStore
 
 URL = "postgresql://writer:p%40ss%3Aword@db.internal:6543/shop"
 
@@ -61,9 +61,9 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
     env = shop_env(settings)
     secret = (tmp_path / "home" / "secret").read_text()
     assert env == {
-        "PERSISTENCE_MODULE": "eventstore.sqlite",
+        "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
-        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": secret,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
@@ -76,7 +76,7 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
 def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, postgres_url=URL, claim_secret="s3cret", pool_size=7)
     assert shop_env(settings) == {
-        "PERSISTENCE_MODULE": "eventstore.postgres",
+        "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": "shop",
         "POSTGRES_HOST": "db.internal",
         "POSTGRES_PORT": "6543",
@@ -84,7 +84,7 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_PASSWORD": "p@ss:word",
         "POSTGRES_POOL_SIZE": "7",
         "POSTGRES_CONNECT_TIMEOUT": "5",
-        "MAPPER_TOPIC": "eventstore.mapper:EnvelopeMapper",
+        "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": "s3cret",
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",

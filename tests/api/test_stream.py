@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from eventstore.api_keys import Role
+from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import create_product, register
 
 ENVELOPE_FIELDS = {

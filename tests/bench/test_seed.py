@@ -7,12 +7,12 @@ from collections import Counter
 
 import pytest
 
-from api.bootstrap import Wiring
-from bench.seed import STOCK, Seeder, SeedSizes
-from commands.errors import EmailTaken
-from commands.messages import CommandContext, RegisterUser
-from domain.order import Order
-from domain.product import Product
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.bench.seed import STOCK, Seeder, SeedSizes
+from eventkeep.commands.errors import EmailTaken
+from eventkeep.commands.messages import CommandContext, RegisterUser
+from eventkeep.domain.order import Order
+from eventkeep.domain.product import Product
 
 
 def test_seeded_history_keeps_the_invariants(wiring: Wiring) -> None:

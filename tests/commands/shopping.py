@@ -7,8 +7,8 @@ from uuid import UUID
 
 import pytest
 
-from api.bootstrap import Wiring
-from commands.messages import (
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import (
     Command,
     CommandContext,
     CommandResult,
@@ -17,7 +17,7 @@ from commands.messages import (
     PlaceOrder,
     RegisterUser,
 )
-from domain.errors import DomainError
+from eventkeep.domain.errors import DomainError
 
 CONTEXT = CommandContext(actor="test", correlation_id="corr-1")
 

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import pytest
 
-from api.bootstrap import Wiring
-from commands.errors import VersionConflict
-from domain.errors import StockInsufficient
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.errors import VersionConflict
+from eventkeep.domain.errors import StockInsufficient
 from tests.commands.shopping import create_product, order, register, send, stock
 
 CLIENTS = 8

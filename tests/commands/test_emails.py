@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.bootstrap import Wiring
-from commands.messages import ChangeUserEmail, ErasePersonalData, RegisterUser
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import ChangeUserEmail, ErasePersonalData, RegisterUser
 from tests.commands.shopping import load, refused, register, send
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from api.bootstrap import Wiring
-from commands.messages import (
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import (
     ChangeUserEmail,
     CommandContext,
     DeactivateUser,

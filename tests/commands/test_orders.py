@@ -8,8 +8,8 @@ from uuid import uuid4
 
 import pytest
 
-from api.bootstrap import Wiring
-from commands.messages import (
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import (
     AdjustStock,
     CancelOrder,
     DeactivateUser,

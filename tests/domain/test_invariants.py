@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from domain.errors import (
+from eventkeep.domain.errors import (
     CurrencyMismatch,
     DomainError,
     InvalidInput,
@@ -37,10 +37,10 @@ from domain.errors import (
     UserAlreadyActive,
     UserNotActive,
 )
-from domain.order import CANCELLED, DELIVERED, PAID, PLACED, SHIPPED, Order
-from domain.ordering import cancel_order, place_order
-from domain.product import Product
-from domain.user import User
+from eventkeep.domain.order import CANCELLED, DELIVERED, PAID, PLACED, SHIPPED, Order
+from eventkeep.domain.ordering import cancel_order, place_order
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User
 
 ALLOWED: dict[str, set[str]] = {
     PLACED: {PAID, CANCELLED},

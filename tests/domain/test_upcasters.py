@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
+from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
 
 PRODUCT_ID = "6f1c4a52-1a3c-4a53-9b5e-0d7c1f4d2b11"
 OTHER_PRODUCT_ID = "0a7f0a64-26c5-4f8b-9b55-3b8b1e0ac0f2"

@@ -10,8 +10,8 @@ import pytest
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from eventstore.postgres import PostgresApplicationRecorder
-from eventstore.sqlite import SQLiteApplicationRecorder
+from eventkeep.eventstore.postgres import PostgresApplicationRecorder
+from eventkeep.eventstore.sqlite import SQLiteApplicationRecorder
 from tests.api.conftest import wiring  # noqa: F401  (the shop wired in both modes)
 from tests.eventstore.stores import drop_postgres_tables, postgres_params
 

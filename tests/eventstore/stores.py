@@ -40,7 +40,7 @@ def postgres_env() -> dict[str, str]:
     """The library's persistence settings for the test database."""
     params = postgres_params()
     return {
-        "PERSISTENCE_MODULE": "eventstore.postgres",
+        "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": params["dbname"],
         "POSTGRES_HOST": params["host"],
         "POSTGRES_PORT": str(params["port"]),

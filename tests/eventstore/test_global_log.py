@@ -12,10 +12,15 @@ from uuid import uuid4
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
-from commands.messages import CommandResult
-from commands.ports import ClaimTakenError, IdempotencyKeyUsedError, IdempotencyRecord, UniqueClaim
-from eventstore.hashchain import GENESIS, recomputed_hash
-from eventstore.records import RecordedEvent
+from eventkeep.commands.messages import CommandResult
+from eventkeep.commands.ports import (
+    ClaimTakenError,
+    IdempotencyKeyUsedError,
+    IdempotencyRecord,
+    UniqueClaim,
+)
+from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
+from eventkeep.eventstore.records import RecordedEvent
 from tests.eventstore.conftest import MakeRecorder
 
 WRITERS = 8

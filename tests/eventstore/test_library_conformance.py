@@ -29,12 +29,16 @@ from eventsourcing.tests.persistence import (
 )
 from eventsourcing.utils import Environment
 
-from eventstore.postgres import (
+from eventkeep.eventstore.postgres import (
     PostgresApplicationRecorder,
     PostgresFactory,
     PostgresProcessRecorder,
 )
-from eventstore.sqlite import SQLiteApplicationRecorder, SQLiteFactory, SQLiteProcessRecorder
+from eventkeep.eventstore.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteFactory,
+    SQLiteProcessRecorder,
+)
 from tests.eventstore.stores import drop_postgres_tables, postgres_env, postgres_params
 
 
@@ -187,7 +191,7 @@ class TestSQLiteFactory(InfrastructureFactoryTestCase[SQLiteFactory]):
         self.env = Environment(
             "TestCase",
             {
-                "PERSISTENCE_MODULE": "eventstore.sqlite",
+                "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
                 "SQLITE_DBNAME": str(Path(self.directory.name) / "events.db"),
             },
         )

@@ -8,9 +8,9 @@ from uuid import UUID
 
 import orjson
 
-from api.bootstrap import Wiring
-from commands.messages import CommandContext, ErasePersonalData, RegisterUser
-from domain.user import User
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import CommandContext, ErasePersonalData, RegisterUser
+from eventkeep.domain.user import User
 
 ADA = RegisterUser("Ada@Example.com", "Ada", "Lovelace")
 

@@ -15,9 +15,9 @@ import pytest
 from eventsourcing.postgres import PostgresDatastore
 from kafka import KafkaConsumer, KafkaProducer
 
-from eventstore.postgres import PostgresApplicationRecorder
-from eventstore.records import RecordedEvent
-from eventstore.relay import (
+from eventkeep.eventstore.postgres import PostgresApplicationRecorder
+from eventkeep.eventstore.records import RecordedEvent
+from eventkeep.eventstore.relay import (
     WATERMARK_HEADER,
     Relay,
     RelayCursor,

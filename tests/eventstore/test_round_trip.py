@@ -13,11 +13,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.bootstrap import Wiring
-from domain.catalog import EVENT_TYPES, stream_type_of
-from domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
-from eventstore.envelope import to_envelope
-from eventstore.records import RecordedEvent
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.domain.catalog import EVENT_TYPES, stream_type_of
+from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.records import RecordedEvent
 
 text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
 word = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12)

@@ -9,9 +9,9 @@ from decimal import Decimal
 from eventsourcing.domain import Snapshot
 from eventsourcing.utils import get_topic
 
-from api.bootstrap import Wiring
-from commands.shop import SNAPSHOT_INTERVAL
-from domain.product import Product
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.shop import SNAPSHOT_INTERVAL
+from eventkeep.domain.product import Product
 
 METADATA = {"actor": "test", "correlation_id": "c", "causation_id": None}
 
@@ -65,3 +65,27 @@ def test_a_snapshot_of_the_older_schema_is_upcast_when_loaded(wiring: Wiring) ->
     assert isinstance(loaded, Product)
     assert (loaded.price, loaded.currency) == (Decimal("19.99"), "USD")
     assert (loaded.stock, loaded.version) == (6, product.version)
+
+
+def test_a_snapshot_written_under_the_old_top_level_class_path_still_loads(wiring: Wiring) -> None:
+    shop = wiring.shop
+    product = a_product(stock=3)
+    shop.save(product, metadata=METADATA)
+    state = {k: v for k, v in vars(product).items() if not k.startswith("_")}
+    # Releases before the one `eventkeep` package stored the class as `domain.product:Product`.
+    old = Snapshot(
+        originator_id=product.id,
+        originator_version=product.version,
+        timestamp=datetime.now(UTC),
+        topic="domain.product:Product",
+        state=state | {"class_version": Product.class_version},
+    )
+    shop.snapshots.put([old])  # type: ignore[union-attr]
+    product.adjust_stock(4, "delivery")
+    shop.save(product, metadata=METADATA)
+    shop.repository.cache = None  # type: ignore[assignment]  # load from the store, not memory
+
+    loaded = shop.repository.get(product.id)
+
+    assert isinstance(loaded, Product)
+    assert (loaded.stock, loaded.version) == (7, product.version)

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from projections.cache import Cache, LocalCache
-from projections.readmodels import Change
-from projections.redis_cache import RedisCache
+from eventkeep.projections.cache import Cache, LocalCache
+from eventkeep.projections.readmodels import Change
+from eventkeep.projections.redis_cache import RedisCache
 
 
 @pytest.fixture(params=["local", "redis"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api.bootstrap import Wiring
-from commands.handlers import CommandBus
-from replay.importer import check_file, import_file
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.replay.importer import check_file, import_file
 from tests.api.conftest import (  # noqa: F401  (fixtures)
     anonymous,
     app,

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.bootstrap import Wiring
-from eventstore.api_keys import Role
-from replay.audit import verify
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.eventstore.api_keys import Role
+from eventkeep.replay.audit import verify
 from tests.api.shopping import answer, create_product
 from tests.conftest_services import POSTGRES_URL, require_env
 

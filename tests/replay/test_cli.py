@@ -11,7 +11,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from api import cli
+from eventkeep.api import cli
 from tests.replay.conftest import LEGACY
 
 runner = CliRunner()

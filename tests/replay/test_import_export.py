@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from api.bootstrap import Wiring
-from commands.messages import CommandContext, RegisterUser
-from domain.upcasters import CURRENT_SCHEMA_VERSIONS
-from replay.audit import export
-from replay.importer import ImportRefused
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.messages import CommandContext, RegisterUser
+from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS
+from eventkeep.replay.audit import export
+from eventkeep.replay.importer import ImportRefused
 from tests.replay.conftest import LEGACY, import_history
 
 Edit = Callable[[list[dict[str, Any]]], None]

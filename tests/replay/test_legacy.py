@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.bootstrap import Wiring
-from replay.rebuild import Rebuild
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.replay.rebuild import Rebuild
 from tests.api.shopping import answer
 from tests.replay.conftest import LEGACY, LEGACY_EXPECTED, import_history
 

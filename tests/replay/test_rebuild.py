@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.bootstrap import Wiring
-from projections.readmodels import ReadModels
-from replay.rebuild import Rebuild, rebuild
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.projections.readmodels import ReadModels
+from eventkeep.replay.rebuild import Rebuild, rebuild
 from tests.api.shopping import answer, create_product
 
 pytestmark = pytest.mark.usefixtures("projected")
