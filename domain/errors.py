@@ -45,7 +45,10 @@ class UserAlreadyActive(DomainError):
     code = "USER_ALREADY_ACTIVE"
 
 
-class ProductDiscontinued(DomainError):
+class ProductNotActive(DomainError):
+    """An order or change refused because the product is discontinued (the event of that
+    name is `Product.ProductDiscontinued`)."""
+
     code = "PRODUCT_DISCONTINUED"
 
 

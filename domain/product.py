@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from eventsourcing.domain import Aggregate, event
 
-from eventkeep.domain.errors import InvalidInput, ProductDiscontinued, StockInsufficient
+from eventkeep.domain.errors import InvalidInput, ProductNotActive, StockInsufficient
 from eventkeep.domain.money import format_amount, parse_amount, parse_currency
 
 
@@ -141,7 +141,7 @@ class Product(Aggregate):
 
     def _require_active(self) -> None:
         if not self.active:
-            raise ProductDiscontinued("the product is discontinued", product_id=str(self.id))
+            raise ProductNotActive("the product is discontinued", product_id=str(self.id))
 
     @event(ProductRenamed)
     def _renamed(self, name: str, description: str) -> None:
