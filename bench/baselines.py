@@ -1,4 +1,4 @@
-"""Raw baselines, measured in the same run as the workloads they judge (PERFORMANCE.md)."""
+"""Raw baselines, measured in the same run as the workloads they judge (docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`eventkeep bench`: runs the PERFORMANCE.md workloads with their raw baselines, same run."""
+"""`eventkeep bench`: the workloads of docs/performance.md beside their raw baselines."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from eventkeep.bench.read_cli import read_path
 from eventkeep.bench.replay_cli import replay_bench
 from eventkeep.bench.report import Figure, Report
 
-bench_app = typer.Typer(help="Benchmarks of PERFORMANCE.md: each figure beside its raw baseline.")
+bench_app = typer.Typer(help="Benchmarks: each figure beside its raw baseline from the same run.")
 
 
 def _params(url: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Raw baselines of the read path (PERFORMANCE.md B4, B5), measured in the same run as the
+"""Raw baselines of the read path (B4, B5 of docs/performance.md), measured in the same run as the
 workloads they judge: Kafka with no processing, and a bare primary-key SELECT."""
 
 from __future__ import annotations

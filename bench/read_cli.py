@@ -1,7 +1,7 @@
 """`eventkeep bench read`: B4, B5, P1, P2, R1, R2 and S1 on the real services, in one run.
 
 It owns the database it is pointed at: `--wipe` is required, and eventkeep's tables there are
-dropped first. Sizes default to PERFORMANCE.md's (100k users, 100k products, 1M orders);
+dropped first. Sizes default to the reference workload's (100k users, 100k products, 1M orders);
 `--scale` shrinks them for a quicker run, and the report says which sizes were measured.
 """
 

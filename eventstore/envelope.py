@@ -1,4 +1,4 @@
-"""The export envelope of DESIGN.md: one JSON object per event, used by the relay's Kafka
+"""The export envelope: one JSON object per event, used by the relay's Kafka
 messages, the live stream and audit export."""
 
 from __future__ import annotations

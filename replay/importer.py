@@ -1,4 +1,4 @@
-"""`audit import`: history in the export format (DESIGN.md) written into the event store.
+"""`audit import`: history in the export format (docs/replay.md) written into the event store.
 
 Two passes over the file, streamed line by line: the first checks every line and refuses the
 file at the first bad one, naming the line and the reason, before anything is written; the
