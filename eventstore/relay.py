@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import psycopg
@@ -32,6 +32,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,6 @@ STREAM_TYPES = ("User", "Product", "Order")
 # A message with this header is no event: `{"watermark": P}` says every event of this
 # partition at or below position P came before it.
 WATERMARK_HEADER = "watermark"
-
-
-class GlobalLog(Protocol):
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[LoggedEvent]: ...
 
 
 @dataclass(frozen=True)
@@ -154,17 +143,19 @@ class Relay:
         return bool(row and row[0])
 
     def _publish_until_stopped(self, cursor: RelayCursor) -> None:
+        """Follows the log from the durable cursor; a batch is saved as sent only once Kafka
+        acknowledged all of it, else it is sent again after a back-off."""
         backoff = 0.1
         producer: KafkaProducer | None = None
-        position = cursor.load()
+        follower = LogFollower(
+            self._log,
+            cursor.load(),
+            batch_size=self._settings.batch_size,
+            poll_interval=self._settings.poll_interval,
+            stopping=self.stopping,
+        )
         try:
-            while not self.stopping.is_set():
-                batch = self._log.select_notifications(
-                    position, self._settings.batch_size, inclusive_of_start=False
-                )
-                if not batch:
-                    self.stopping.wait(self._settings.poll_interval)
-                    continue
+            for batch in follower.batches():
                 try:
                     producer = producer or self._producer()
                     self._send(producer, batch)
@@ -173,13 +164,13 @@ class Relay:
                     if producer is not None:
                         discard_producer(producer, timeout=1)
                         producer = None
-                    self.stopping.wait(backoff)
+                    follower.pause(backoff)
                     backoff = min(backoff * 2, self._settings.max_backoff)
-                    continue
+                    continue  # not advanced: the same batch is read again
                 backoff = 0.1
-                position = batch[-1].id
-                cursor.save(position)
-                self._on_published(position)
+                cursor.save(batch[-1].id)
+                follower.advance_to(batch[-1].id)
+                self._on_published(batch[-1].id)
         finally:
             if producer is not None:
                 discard_producer(producer, timeout=5)

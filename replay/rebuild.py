@@ -20,7 +20,7 @@ from typing import Any
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
-from eventkeep.eventstore.relay import GlobalLog
+from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.projections.readmodels import ReadModels
 
 REBUILD_PREFIX = "rebuild_"
@@ -43,17 +43,13 @@ def pages(global_log: GlobalLog, after: int, batch_size: int) -> Iterator[list[d
     ready: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=2)
     stop = threading.Event()
 
+    follower = LogFollower(global_log, after, batch_size=batch_size, stopping=stop)
+
     def read() -> None:
-        position = after
         try:
-            while not stop.is_set():
-                events = global_log.select_notifications(
-                    position, batch_size, inclusive_of_start=False
-                )
-                if not events:
-                    break
+            for events in follower.batches(live=False):
                 ready.put([upcast(to_envelope(event)) for event in events])
-                position = events[-1].id
+                follower.advance_to(events[-1].id)
             ready.put(None)
         except BaseException as error:  # handed to the caller, raised there
             ready.put(error)
@@ -133,16 +129,11 @@ class Rebuild:
 
         def catch_up(cursor: Any, furthest: int) -> None:
             """Under the swap's lock: the few events committed since, in its transaction."""
-            nonlocal reached
-            while reached < furthest:
-                events = self._log.select_notifications(
-                    reached, self._batch_size, stop=furthest, inclusive_of_start=False
-                )
-                if not events:
-                    break
+            follower = LogFollower(self._log, reached, batch_size=self._batch_size)
+            for events in follower.batches(live=False, until=furthest):
                 envelopes = [upcast(to_envelope(event)) for event in events]
                 self._target.apply_in(cursor, envelopes, {"log": events[-1].id})
-                reached = events[-1].id
+                follower.advance_to(events[-1].id)
 
         return self._live.swap_in(self._target, catch_up)
 
