@@ -24,6 +24,7 @@ from eventkeep.api.settings import Settings
 from eventkeep.bench.cli import bench_app
 from eventkeep.bench.seed_cli import seed
 from eventkeep.eventstore.api_keys import ApiKeyStore, Role
+from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.replay.cli import audit_app, replay_app
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
@@ -245,3 +246,4 @@ app.command("seed")(seed)
 app.add_typer(bench_app, name="bench")
 app.add_typer(replay_app, name="replay")
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="backup")

@@ -1,0 +1,163 @@
+"""`eventkeep backup create|list|restore`, in the mode the environment selects."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from eventkeep.api.settings import Settings
+from eventkeep.eventstore.backup import (
+    BackupRefused,
+    BackupSettings,
+    choose_backup,
+    create_postgres_backup,
+    create_sqlite_backup,
+    list_backups,
+    parse_time,
+    pg_program,
+    restore_postgres_backup,
+    restore_sqlite_backup,
+    start_command,
+    start_postgres,
+    wait_promoted,
+    with_port,
+)
+
+backup_app = typer.Typer(
+    help="Back up and restore. Distributed mode: PostgreSQL base backups (pg_basebackup) plus "
+    "the server's WAL archive, restored to the latest archived WAL or a point in time. "
+    "Embedded mode: online copies of the SQLite files under EVENTKEEP_HOME.\n\n"
+    "Settings: EVENTKEEP_BACKUP_DIR (default HOME/backups), EVENTKEEP_WAL_ARCHIVE (the folder "
+    "the server's archive_command fills; infra/services exports it), EVENTKEEP_PG_BIN.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    """The mode's settings. Backups never use the claim secret: a placeholder keeps Settings
+    from demanding one (distributed) or writing a new one into an empty home (embedded), which
+    would then stand in the way of the restore."""
+    return Settings(claim_secret=os.environ.get("EVENTKEEP_CLAIM_SECRET") or "unused-by-backups")
+
+
+def _refused(error: BackupRefused) -> typer.Exit:
+    err.print(f"[red]Refused:[/red] {error}")
+    return typer.Exit(1)
+
+
+@backup_app.command("create")
+def create() -> None:
+    """Take a backup now (online: the server keeps serving). Prints the backup's name."""
+    settings, backups = _settings(), BackupSettings()
+    root = backups.folder(settings.home)
+    try:
+        if settings.postgres_url is None:
+            info = create_sqlite_backup(settings.home, root)
+        else:
+            url = settings.postgres_url.get_secret_value()
+            info = create_postgres_backup(url, root, backups)
+    except BackupRefused as error:
+        raise _refused(error) from None
+    wal = f", WAL from {info.wal_start}" if info.wal_start else ""
+    err.print(f"Backup {info.name}: {info.size:,} bytes in {root / info.name}{wal}.")
+    typer.echo(info.name)
+
+
+@backup_app.command("list")
+def list_() -> None:
+    """The backups, oldest first: name, when it finished, size, where its WAL starts."""
+    settings, backups = _settings(), BackupSettings()
+    root = backups.folder(settings.home)
+    rows = [("name", "mode", "finished at", "bytes", "WAL start", "timeline")]
+    rows += [
+        (
+            info.name,
+            info.mode,
+            info.finished_at,
+            str(info.size),
+            info.wal_start or "-",
+            str(info.timeline or "-"),
+        )
+        for info in list_backups(root)
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@backup_app.command("restore")
+def restore(
+    to: Annotated[
+        str,
+        typer.Option(
+            help="'latest' (the newest backup, then every archived WAL segment), a backup's "
+            "name, or an RFC 3339 time with its zone (distributed: replay WAL up to it)."
+        ),
+    ] = "latest",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distributed: a fresh (absent or empty) PostgreSQL data directory to restore "
+            "into. Required in that mode."
+        ),
+    ] = None,
+    start: Annotated[
+        bool, typer.Option(help="Distributed: start the restored server and wait for it.")
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="Distributed: port of the restored server.")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Embedded: replace the databases under EVENTKEEP_HOME (stop the server first)."
+        ),
+    ] = False,
+) -> None:
+    """Restore a backup.
+
+    Distributed: unpacks the chosen base backup into --data-dir and writes the recovery
+    settings (restore_command from EVENTKEEP_WAL_ARCHIVE, recovery_target_time for a time,
+    promote at the end); --start starts it and waits until recovery is done. Then point
+    EVENTKEEP_POSTGRES_URL at it and run `eventkeep audit verify`.
+
+    Embedded: stop the server, then restore; the files go back under EVENTKEEP_HOME.
+    """
+    settings, backups = _settings(), BackupSettings()
+    root = backups.folder(settings.home)
+    try:
+        info = choose_backup(root, to)
+        if settings.postgres_url is None:
+            restore_sqlite_backup(info, root, settings.home, force=force)
+            out.print(f"Restored {info.name} into {settings.home}.")
+            return
+        if data_dir is None:
+            raise BackupRefused("--data-dir is required in the distributed mode")
+        target = None if to in ("latest", info.name) else parse_time(to)
+        began = time.monotonic()
+        restore_postgres_backup(info, root, data_dir, backups.wal_archive, target, port)
+        log = data_dir.parent / f"{data_dir.name}.log"
+        command = " ".join(start_command(pg_program(backups, "pg_ctl"), data_dir, log))
+        upto = "the end of the WAL archive" if target is None else target.isoformat()
+        out.print(f"Restored base backup {info.name} into {data_dir}; recovery replays to {upto}.")
+        if not start:
+            out.print(f"Start it with:\n  {command}")
+            return
+        start_postgres(data_dir, log, backups)
+        url = settings.postgres_url.get_secret_value()
+        wait_promoted(with_port(url, port) if port is not None else url)
+        out.print(
+            f"Started and promoted in {time.monotonic() - began:.1f} s (log: {log}). "
+            "Check it with `eventkeep audit verify`."
+        )
+    except BackupRefused as error:
+        raise _refused(error) from None
