@@ -13,10 +13,12 @@ OUR_TABLES = (
     "stored_events",
     "stored_events_claims",
     "stored_events_idempotency",
+    "stored_events_data_keys",
     "notification_tracking",
     "eventkeep_events",
     "eventkeep_events_claims",
     "eventkeep_events_idempotency",
+    "eventkeep_events_data_keys",
     "eventkeep_tracking",
 )
 

@@ -131,9 +131,9 @@ def test_idempotency_record_is_stored_with_its_position(make_recorder: MakeRecor
     stream = uuid4()
     record = IdempotencyRecord("actor:key", "hash1", CommandResult(stream, 2, 0, created=True))
     positions = store.insert_events(events_for(stream, 1, 2), idempotency=record)
-    assert store.find_idempotent("actor:key") == (
-        "hash1",
-        CommandResult(stream, 2, positions[-1], created=True),
+    request_hash, answer = store.find_idempotent("actor:key")
+    assert IdempotencyRecord.from_stored("actor:key", request_hash, answer) == IdempotencyRecord(
+        "actor:key", "hash1", CommandResult(stream, 2, positions[-1], created=True)
     )
     with pytest.raises(IdempotencyKeyUsedError):
         store.insert_events(events_for(stream, 3, 1), idempotency=record)

@@ -1,0 +1,531 @@
+"""The recorder core: everything the PostgreSQL and SQLite event stores do, written once.
+
+A recorder keeps the global log (`<prefix>events`) and its side tables (unique claims,
+idempotency records, the data keys of `eventstore.pii`), reads streams and the log, and writes
+through group commit (`eventstore.group_commit`). What differs between the stores is their
+`Dialect` (`eventstore.postgres`, `eventstore.sqlite`): how a name is quoted, how a list of
+values is passed (PostgreSQL arrays, SQLite value lists), how values are encoded and decoded,
+how a connection is taken for a read or a write, and how the write lock of a batch is held.
+All SQL here is written with `%s` placeholders; the SQLite dialect rewrites them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol, TypeVar, cast
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+)
+
+from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
+from eventkeep.eventstore.hashchain import GENESIS
+from eventkeep.eventstore.migrations import (
+    Schema,
+    SchemaDatabase,
+    check,
+    event_store_schema,
+    migrate,
+)
+from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
+from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
+from eventkeep.eventstore.subscription import PollingSubscription
+
+E = TypeVar("E", bound=StoredEvent)
+R = TypeVar("R", ApplicationRecorder, ProcessRecorder)
+
+# Column types the dialects know how to pass and read.
+ColumnType = Literal["uuid", "bigint", "int", "text", "timestamptz", "bytea", "jsonb"]
+
+EVENT_COLUMNS = (
+    "position, stream_id, stream_version, stream_type, event_type, schema_version, "
+    "recorded_at, data, metadata, prev_hash, hash"
+)
+EVENT_TYPES: tuple[ColumnType, ...] = (
+    "bigint",
+    "uuid",
+    "bigint",
+    "text",
+    "text",
+    "int",
+    "timestamptz",
+    "bytea",
+    "jsonb",
+    "bytea",
+    "bytea",
+)
+
+
+@dataclass(frozen=True)
+class Insert:
+    """One multi-row insert: `rows` are tuples in `columns` order, of Python values."""
+
+    table: str
+    columns: Sequence[str]
+    types: Sequence[ColumnType]
+    rows: Sequence[Sequence[Any]]
+    on_conflict: str = ""
+
+
+class Rows(Protocol):
+    """The rows of a query issued in a batch transaction, fetched when needed (PostgreSQL
+    sends every query of the batch's read in one round trip)."""
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class BatchSQL(Protocol):
+    """One batch transaction, holding the log's write lock."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def insert(self, insert: Insert) -> None: ...
+
+    def announce(self) -> None:
+        """Tells readers in other processes that the log grew (when this commits)."""
+        ...
+
+    @property
+    def library_cursor(self) -> Any:
+        """A cursor of this transaction for the `eventsourcing` library's tracking code."""
+        ...
+
+
+class Dialect(Protocol):
+    """What one database does its own way; the recorder core does the rest."""
+
+    integrity_errors: tuple[type[BaseException], ...]
+
+    def table(self, name: str) -> str:
+        """The quoted (and, with schemas, qualified) identifier of a table."""
+        ...
+
+    def one_of(
+        self, columns: Sequence[str], types: Sequence[ColumnType], values: Sequence[Sequence[Any]]
+    ) -> tuple[str, list[Any]]:
+        """A condition true for rows whose `columns` equal one of the `values` tuples."""
+        ...
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Mapping[str, Any]]:
+        """Rows by column name, read outside any write transaction."""
+        ...
+
+    def write(self, insert: Insert) -> None:
+        """An insert committed on its own."""
+        ...
+
+    def locked_transaction(self, events_table: str) -> AbstractContextManager[BatchSQL]: ...
+
+    def schema_database(self) -> AbstractContextManager[SchemaDatabase]: ...
+
+    def close(self) -> None: ...
+
+    def value(self, value: Any, type: ColumnType) -> Any:
+        """A Python value as this driver takes it for a column of `type`."""
+        ...
+
+    # Values as read back: the drivers return different Python types for the same column.
+    def uuid(self, value: Any) -> UUID: ...
+
+    def time(self, value: Any) -> Any: ...
+
+    def json(self, value: Any) -> Any: ...
+
+
+class EventRecorder:
+    """The application recorder of both stores, mixed in before the library's recorder base
+    and `ApplicationRecorder` (whose abstract methods it implements)."""
+
+    sql: Dialect
+    events_table_name: str
+    subscription_class: type[PollingSubscription] = PollingSubscription
+
+    def _init_events(self, dialect: Dialect, events_table_name: str) -> None:
+        self.sql = dialect
+        self.events_table_name = events_table_name
+        self.schema: Schema = event_store_schema(events_table_name, dialect.table)
+        self._events = dialect.table(events_table_name)
+        self._claims = dialect.table(events_table_name + "_claims")
+        self._idempotency = dialect.table(events_table_name + "_idempotency")
+        self._data_keys = dialect.table(events_table_name + "_data_keys")
+        # Set by the factory when the deployment has a secret and names its personal fields.
+        self.personal_data: PersonalData | None = None
+        self._woken: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._committer = GroupCommitter(
+            _BatchStorage(self),
+            is_integrity_error=lambda e: isinstance(e, (*dialect.integrity_errors, IntegrityError)),
+            after_commit=self._wake,
+            name=f"eventkeep-group-commit-{events_table_name}",
+        )
+
+    # --- schema --------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Brings the store's tables to this code's schema version (see `migrations`)."""
+        with self.sql.schema_database() as database:
+            migrate(database, self.schema)
+
+    def check_schema(self) -> None:
+        """Refuses a schema newer than this code (`SchemaTooNewError`); changes nothing."""
+        with self.sql.schema_database() as database:
+            check(database, self.schema)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]:
+        """The library's append (its keywords: `metadata`, `claims`, `idempotency`,
+        `tracking`); the command layer calls `append` with a typed `Append`."""
+        return self.append(Append.from_kwargs(stored_events, **kwargs))
+
+    def append(self, append: Append) -> list[int]:
+        """Writes the append whole or not at all (group commit); its events' positions."""
+        if not (append.events or append.claims or append.idempotency or append.tracking):
+            return []
+        if self.personal_data is not None:
+            append = replace(append, events=self.personal_data.seal(append.events))
+        return self._committer.append(append)
+
+    def close(self) -> None:
+        self._committer.close()
+        self.sql.close()
+
+    def wake_after_commit(self, listener: Any) -> None:
+        """Calls `listener.wake()` after each commit of this process (held weakly)."""
+        self._woken.add(listener)
+
+    def _wake(self) -> None:
+        for listener in list(self._woken):
+            listener.wake()
+
+    # --- reading -------------------------------------------------------------------------
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredEvent]:
+        query = (
+            "SELECT stream_id, stream_version, event_type, data, stream_type, schema_version,"
+            f" recorded_at FROM {self._events} WHERE stream_id = %s"
+        )
+        params: list[Any] = [self.sql.value(originator_id, "uuid")]
+        if gt is not None:
+            query += " AND stream_version > %s"
+            params.append(gt)
+        if lte is not None:
+            query += " AND stream_version <= %s"
+            params.append(lte)
+        query += " ORDER BY stream_version DESC" if desc else " ORDER BY stream_version"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        events = [RecordedEvent(**self._stored(row)) for row in self.sql.read(query, params)]
+        return cast(list[StoredEvent], self._opened(events))
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+        decrypt: bool = True,
+    ) -> list[LoggedEvent]:
+        """The log from position `start` (`topics`: the event types wanted, all if empty);
+        `decrypt=False` gives the stored bytes (hash verification)."""
+        query = f"SELECT {EVENT_COLUMNS} FROM {self._events} WHERE 1 = 1"
+        params: list[Any] = []
+        if start is not None:
+            query += " AND position >= %s" if inclusive_of_start else " AND position > %s"
+            params.append(start)
+        if stop is not None:
+            query += " AND position <= %s"
+            params.append(stop)
+        if topics:
+            wanted, values = self.sql.one_of(("event_type",), ("text",), [(t,) for t in topics])
+            query += f" AND {wanted}"
+            params.extend(values)
+        query += " ORDER BY position LIMIT %s"
+        params.append(limit)
+        events = [self._logged_event(row) for row in self.sql.read(query, params)]
+        return self._opened(events) if decrypt else events
+
+    def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]:
+        """One stream's events as logged (positions, metadata, hashes), in version order."""
+        query = f"SELECT {EVENT_COLUMNS} FROM {self._events} WHERE stream_id = %s"
+        rows = self.sql.read(
+            query + " ORDER BY stream_version", (self.sql.value(stream_id, "uuid"),)
+        )
+        return self._opened([self._logged_event(row) for row in rows])
+
+    def max_notification_id(self) -> int | None:
+        """The last position of the log (None: the log is empty)."""
+        [row] = self.sql.read(f"SELECT max(position) AS head FROM {self._events}")
+        return row["head"]
+
+    def claim_owner(self, scope: str, key: str) -> UUID | None:
+        """Who holds a unique claim (None: nobody)."""
+        rows = self.sql.read(
+            f"SELECT owner FROM {self._claims} WHERE scope = %s AND key = %s", (scope, key)
+        )
+        return self.sql.uuid(rows[0]["owner"]) if rows else None
+
+    def find_idempotent(self, key: str) -> tuple[str, Any] | None:
+        """The request hash and the answer (parsed JSON, as the command layer stored it)
+        recorded under an idempotency key; None when the key is unused."""
+        rows = self.sql.read(
+            f"SELECT request_hash, result FROM {self._idempotency} WHERE key = %s", (key,)
+        )
+        if not rows:
+            return None
+        return rows[0]["request_hash"], self.sql.json(rows[0]["result"])
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
+        subscription = self.subscription_class(self, gt=gt, topics=topics)
+        self.wake_after_commit(subscription)
+        return subscription
+
+    def _logged_event(self, row: Mapping[str, Any]) -> LoggedEvent:
+        return LoggedEvent(
+            id=row["position"],
+            **self._stored(row),
+            metadata=self.sql.json(row["metadata"]),
+            prev_hash=bytes(row["prev_hash"]),
+            hash=bytes(row["hash"]),
+        )
+
+    def _stored(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A row's fields of a `RecordedEvent` (the library's names: `topic` is the event
+        type, `originator_*` the stream)."""
+        return {
+            "originator_id": self.sql.uuid(row["stream_id"]),
+            "originator_version": row["stream_version"],
+            "topic": row["event_type"],
+            "state": bytes(row["data"]),
+            "stream_type": row["stream_type"],
+            "schema_version": row["schema_version"],
+            "recorded_at": self.sql.time(row["recorded_at"]),
+        }
+
+    def _opened(self, events: list[E]) -> list[E]:
+        return events if self.personal_data is None else self.personal_data.open(events)
+
+    # --- tracking (recorded only by process recorders) ------------------------------------
+
+    def _tracking_query(self, batch: BatchSQL, names: list[str]) -> Rows | None:
+        if names:
+            raise IntegrityError("this recorder does not record tracking")
+        return None
+
+    def _write_tracking(self, batch: BatchSQL, tracking: list[Tracking]) -> None:
+        """Only process recorders record tracking."""
+
+
+class TrackingInBatch(EventRecorder):
+    """Process recorders: the tracking of what was processed joins the events' batch."""
+
+    tracking_table: str  # quoted, set by the dialect's process recorder
+
+    def _tracking_query(self, batch: BatchSQL, names: list[str]) -> Rows | None:
+        if not names:
+            return None
+        wanted, params = self.sql.one_of(("application_name",), ("text",), [(n,) for n in names])
+        return batch.query(
+            f"SELECT application_name, max(notification_id) FROM {self.tracking_table}"
+            f" WHERE {wanted} GROUP BY application_name",
+            params,
+        )
+
+    def _write_tracking(self, batch: BatchSQL, tracking: list[Tracking]) -> None:
+        insert = cast(Any, self)._insert_tracking  # the library's tracking recorder's
+        for record in tracking:
+            insert(batch.library_cursor, record)
+
+
+class _BatchStorage:
+    """Group commit's storage: one locked transaction per batch, in the recorder's dialect."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self._recorder = recorder
+
+    @contextmanager
+    def locked_transaction(self) -> Iterator[_BatchTransaction]:
+        with self._recorder.sql.locked_transaction(self._recorder._events) as batch:
+            yield _BatchTransaction(self._recorder, batch)
+
+
+class _BatchTransaction:
+    def __init__(self, recorder: EventRecorder, batch: BatchSQL) -> None:
+        self._recorder = recorder
+        self._batch = batch
+
+    def read_state(self, appends: Sequence[Append]) -> StoreState:
+        r, batch, sql = self._recorder, self._batch, self._recorder.sql
+        # Every query first, then every fetch: one round trip where the driver pipelines.
+        head = batch.query(f"SELECT position, hash FROM {r._events} ORDER BY position DESC LIMIT 1")
+        versions = [(e.originator_id, e.originator_version) for a in appends for e in a.events]
+        taken = _select(
+            batch, sql, "stream_id, stream_version", r._events, ("uuid", "bigint"), versions
+        )
+        claims = [(c.scope, c.key) for a in appends for c in a.claims]
+        owners = _select(batch, sql, "scope, key, owner", r._claims, ("text", "text"), claims)
+        keys = [(a.idempotency.key,) for a in appends if a.idempotency is not None]
+        used = _select(batch, sql, "key", r._idempotency, ("text",), keys)
+        tracked = r._tracking_query(
+            batch, sorted({a.tracking.application_name for a in appends if a.tracking})
+        )
+        last = head.fetchall()
+        return StoreState(
+            last_position=last[0][0] if last else 0,
+            last_hash=bytes(last[0][1]) if last else GENESIS,
+            taken_versions={(str(sql.uuid(s)), v) for s, v in taken.fetchall()},
+            claim_owners={(s, k): sql.uuid(o) for s, k, o in owners.fetchall()},
+            used_idempotency_keys={key for (key,) in used.fetchall()},
+            tracking_max={
+                name: value for name, value in (tracked.fetchall() if tracked else []) if value
+            },
+        )
+
+    def write(self, plan: BatchPlan) -> None:
+        r, batch = self._recorder, self._batch
+        if plan.rows:
+            batch.insert(
+                Insert(
+                    r._events,
+                    EVENT_COLUMNS.split(", "),
+                    EVENT_TYPES,
+                    [
+                        (
+                            row.position,
+                            row.stream_id,
+                            row.stream_version,
+                            row.stream_type,
+                            row.event_type,
+                            row.schema_version,
+                            row.recorded_at,
+                            row.data,
+                            orjson.dumps(row.metadata).decode(),
+                            row.prev_hash,
+                            row.hash,
+                        )
+                        for row in plan.rows
+                    ],
+                )
+            )
+            batch.announce()
+            erasing = r.personal_data.erasing_event if r.personal_data else None
+            if erased := [(row.stream_id,) for row in plan.rows if row.event_type == erasing]:
+                _delete(batch, r.sql, r._data_keys, ("stream_id",), ("uuid",), erased)
+        claimed = [(scope, key, owner) for (scope, key), owner in plan.claims.items() if owner]
+        released = [(scope, key) for (scope, key), owner in plan.claims.items() if not owner]
+        if claimed:
+            upsert = "ON CONFLICT (scope, key) DO UPDATE SET owner = excluded.owner"
+            columns = ("scope", "key", "owner")
+            batch.insert(Insert(r._claims, columns, ("text", "text", "uuid"), claimed, upsert))
+        if released:
+            _delete(batch, r.sql, r._claims, ("scope", "key"), ("text", "text"), released)
+        if plan.idempotency:
+            answers = [(i.key, i.request_hash, i.stored_answer()) for i in plan.idempotency]
+            columns = ("key", "request_hash", "result")
+            batch.insert(Insert(r._idempotency, columns, ("text", "text", "jsonb"), answers))
+        r._write_tracking(batch, plan.tracking)
+
+
+def _select(
+    batch: BatchSQL,
+    sql: Dialect,
+    columns: str,
+    table: str,
+    types: Sequence[ColumnType],
+    values: Sequence[Sequence[Any]],
+) -> Rows:
+    """`columns` of the rows whose leading columns equal one of `values`."""
+    keys = columns.split(", ")[: len(types)]
+    wanted, params = sql.one_of(keys, types, values)
+    return batch.query(f"SELECT {columns} FROM {table} WHERE {wanted}", params)
+
+
+def _delete(
+    batch: BatchSQL,
+    sql: Dialect,
+    table: str,
+    columns: Sequence[str],
+    types: Sequence[ColumnType],
+    values: Sequence[Sequence[Any]],
+) -> None:
+    wanted, params = sql.one_of(columns, types, values)
+    batch.execute(f"DELETE FROM {table} WHERE {wanted}", params)
+
+
+class DataKeys:
+    """The wrapped data keys of `eventstore.pii`, in `<events>_data_keys`."""
+
+    def __init__(self, recorder: EventRecorder) -> None:
+        self._sql = recorder.sql
+        self._table = recorder._data_keys
+
+    def fetch(self, stream_ids: Iterable[str]) -> dict[str, bytes]:
+        wanted, params = self._sql.one_of(("stream_id",), ("uuid",), [(i,) for i in stream_ids])
+        rows = self._sql.read(
+            f"SELECT stream_id, wrapped FROM {self._table} WHERE {wanted}", params
+        )
+        return {str(self._sql.uuid(row["stream_id"])): bytes(row["wrapped"]) for row in rows}
+
+    def add_missing(self, wrapped: dict[str, bytes]) -> None:
+        columns, rows = ("stream_id", "wrapped"), list(wrapped.items())
+        self._sql.write(
+            Insert(self._table, columns, ("uuid", "bytea"), rows, "ON CONFLICT DO NOTHING")
+        )
+
+
+class RecorderFactory:
+    """The library factory's additions, for both stores: recorders whose schema is migrated
+    (or, with `CREATE_TABLE=n`, checked), with personal data sealed when the environment has a
+    secret and names the personal fields, and whose committers close with the factory."""
+
+    env: Any
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)  # type: ignore[call-arg]  # the library factory, next in the MRO
+        self._made: list[EventRecorder] = []
+
+    def application_recorder(self) -> ApplicationRecorder:
+        return self._keep(super().application_recorder())  # type: ignore[misc]
+
+    def process_recorder(self) -> ProcessRecorder:
+        return self._keep(super().process_recorder())  # type: ignore[misc]
+
+    def _keep(self, made: R) -> R:
+        recorder = cast(EventRecorder, made)
+        if not self.env_create_table():
+            recorder.check_schema()
+        if secret := self.env.get(PII_SECRET):
+            fields = PersonalFields.from_env(self.env)
+            recorder.personal_data = PersonalData(secret.encode(), DataKeys(recorder), fields)
+        self._made.append(recorder)
+        return made
+
+    def env_create_table(self) -> bool:
+        return bool(super().env_create_table())  # type: ignore[misc]
+
+    def close(self) -> None:
+        for recorder in self._made:
+            recorder.close()
+        super().close()  # type: ignore[misc]
