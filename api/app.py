@@ -8,9 +8,13 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
+from eventkeep.api import headers
+from eventkeep.api.auth import KeyBeforeBody
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
 from eventkeep.api.errors import LastResortErrors, install_error_handlers
+from eventkeep.api.headers import SecurityHeaders
+from eventkeep.api.limits import Limits, RequestLimits
 from eventkeep.api.metrics import Metrics, RequestMetrics
 from eventkeep.api.routes import analyst, audit, ops, orders, products, stream, users
 from eventkeep.api.settings import Settings
@@ -20,7 +24,8 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     """Builds the app on `config`: settings (read from the environment when None) are wired
     here and closed at shutdown; a ready wiring stays its caller's to close."""
     owned = not isinstance(config, Wiring)
-    wiring = config if isinstance(config, Wiring) else wire(config or Settings())
+    settings = None if isinstance(config, Wiring) else config or Settings()
+    wiring = config if isinstance(config, Wiring) else wire(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -33,15 +38,21 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
         version=version("eventkeep"),
         summary="Commands, queries and history of a shop's users, products and orders.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/headers.py from the package, under a strict CSP
+        redoc_url=None,
     )
     app.state.wiring = wiring
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (users, products, orders, analyst, audit, stream, ops):
+    for module in (users, products, orders, analyst, audit, stream, ops, headers):
         app.include_router(module.router)
     # The last added runs first: metrics see every answer, with its correlation id, even
     # the 500s that LastResortErrors makes of unexpected exceptions.
     app.add_middleware(LastResortErrors)
+    # Limits and the key are checked before a byte of a body is read.
+    app.add_middleware(KeyBeforeBody)
+    app.add_middleware(RequestLimits, limits=Limits.of(settings))
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(CorrelationId)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app

@@ -4,13 +4,15 @@
 
 import math
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventkeep.api.errors import ApiError
+from eventkeep.api.errors import ApiError, error_response
 from eventkeep.eventstore.api_keys import ApiKey, Role
 
 # auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
@@ -62,3 +64,44 @@ def requires(role: Role) -> Callable[[ApiKey], ApiKey]:
 
 def _unauthenticated(message: str) -> ApiError:
     return ApiError("UNAUTHENTICATED", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def _known_key(wiring: Any, presented: str) -> bool:
+    key = wiring.keys.recently_verified(presented) or await run_in_threadpool(
+        wiring.keys.verify, presented
+    )
+    return key is not None
+
+
+class KeyBeforeBody:
+    """Refuses a command without a valid API key before a byte of its body is read: an
+    anonymous client cannot make the server receive, buffer or parse anything. (The role,
+    the rate limit and the rest of the request are checked by the route's dependencies.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in BODY_METHODS
+            or not scope["path"].startswith("/v1/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            refusal = _unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+        elif not await _known_key(scope["app"].state.wiring, presented.strip()):
+            refusal = _unauthenticated("The API key is unknown or revoked.")
+        else:
+            await self.app(scope, receive, send)
+            return
+        answer = error_response(refusal.code, refusal.message, headers=refusal.headers)
+        # Connection: close, so that the server does not read the unread body to reuse it.
+        answer.headers["Connection"] = "close"
+        await answer(scope, receive, send)

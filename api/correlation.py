@@ -2,18 +2,30 @@
 UUID (from `random`, not the OS: an id to follow, not a secret, and no system call per request).
 
 It is echoed on every answer, errors included, and stored in the metadata of the events the
-request records, so that one id follows a command from the client to the read models.
+request records, so that one id follows a command from the client to the read models. A
+client's id is taken only when it is 1 to 128 of `A-Z a-z 0-9 . _ : -`; any other (too long,
+other characters) is replaced by a new one, never echoed or stored.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from uuid import UUID
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "X-Correlation-ID"
+MAX_LENGTH = 128
+_ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]+$")
+
+
+def accepted(value: str | None) -> str | None:
+    """The client's id when it is one the API keeps, else None."""
+    if value is None or len(value) > MAX_LENGTH or not _ACCEPTED.match(value):
+        return None
+    return value
 
 
 class CorrelationId:
@@ -24,7 +36,7 @@ class CorrelationId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        correlation_id = Headers(scope=scope).get(HEADER) or str(
+        correlation_id = accepted(Headers(scope=scope).get(HEADER)) or str(
             UUID(int=random.getrandbits(128), version=4)
         )
         scope.setdefault("state", {})["correlation_id"] = correlation_id

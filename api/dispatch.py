@@ -6,6 +6,7 @@ causation), whether it is a retry (Idempotency-Key) and on which version (If-Mat
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -21,7 +22,11 @@ from eventkeep.commands.messages import Command, CommandContext
 from eventkeep.domain.errors import DomainError
 from eventkeep.eventstore.api_keys import ApiKey, Role
 
-TraceHeader = Annotated[str | None, Header(min_length=1, max_length=200)]
+TraceHeader = Annotated[
+    str | None, Header(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+]
+# An entity tag of a stream version, bare or quoted, as it came from a command's answer.
+_IF_MATCH = re.compile(r'^(?:([0-9]{1,18})|"([0-9]{1,18})")$')
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,12 @@ def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
-        # Declared for its bound and for /docs; CorrelationId has read it into request.state.
-        x_correlation_id: TraceHeader = None,
+        # Declared for /docs only: CorrelationId has read it into request.state (replacing one
+        # that is too long or holds other characters), so it is never refused here.
+        x_correlation_id: Annotated[
+            str | None,
+            Header(description="Up to 128 of A-Z a-z 0-9 . _ : -; anything else is replaced."),
+        ] = None,
         x_causation_id: TraceHeader = None,
     ) -> Dispatch:
         request_hash = None
@@ -89,14 +98,14 @@ def expected_version(
 ) -> int | None:
     if if_match is None:
         return None
-    value = if_match.strip().removeprefix('"').removesuffix('"')
-    if not value.isascii() or not value.isdigit():
+    matched = _IF_MATCH.match(if_match.strip())
+    if matched is None:
         raise ApiError(
             "MALFORMED_REQUEST",
-            "If-Match must be a stream version, a non-negative integer.",
+            'If-Match must be a stream version: digits, bare or in double quotes ("3").',
             {"header": "If-Match"},
         )
-    return int(value)
+    return int(matched.group(1) or matched.group(2))
 
 
 IfMatch = Annotated[int | None, Depends(expected_version)]

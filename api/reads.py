@@ -29,7 +29,11 @@ def reader(role: Role) -> Callable[..., Awaitable[Queries]]:
         _: Annotated[ApiKey, Depends(requires(role))],
         x_min_position: Annotated[
             int | None,
-            Header(ge=0, description="Answer only once the read models include this position."),
+            Header(
+                ge=0,
+                le=2**63 - 1,
+                description="Answer only once the read models include this position.",
+            ),
         ] = None,
     ) -> Queries:
         wiring = request.app.state.wiring

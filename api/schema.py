@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+
+from eventkeep.domain.bounds import (
+    INT64_MAX,
+    MAX_ORDER_TOTAL,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_STOCK,
+    MAX_STOCK_DELTA,
+    forbidden_character,
+)
 
 
 class Body(BaseModel):
@@ -14,20 +25,64 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-PersonName = Annotated[str, Field(min_length=1, max_length=100)]
-LastName = Annotated[str, Field(max_length=100)]  # may be empty, as legacy users' are
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
-Money = Annotated[str, Field(pattern=r"^(0|[1-9][0-9]{0,11})\.[0-9]{2}$", examples=["19.99"])]
+def _one_line(value: str) -> str:
+    char = forbidden_character(value)
+    if char is not None:
+        raise ValueError(f"holds a control character (U+{ord(char):04X})")
+    return value
+
+
+def _multi_line(value: str) -> str:
+    char = forbidden_character(value, multiline=True)
+    if char is not None:
+        raise ValueError(f"holds a control character (U+{ord(char):04X})")
+    return value
+
+
+# Text: no control characters (NUL and the rest of Unicode's Cc), no lone surrogates; only the
+# multi-line fields (a description, a reason) may hold line breaks and tabs (domain.bounds).
+OneLine = AfterValidator(_one_line)
+MultiLine = AfterValidator(_multi_line)
+
+
+def _at_most(maximum: object) -> AfterValidator:
+    def check(value: str) -> str:
+        if Decimal(value) > Decimal(str(maximum)):
+            raise ValueError(f"must be at most {maximum}")
+        return value
+
+    return AfterValidator(check)
+
+
+_MONEY = r"^(0|[1-9][0-9]{0,7})\.[0-9]{2}$"
+
+Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), OneLine]
+PersonName = Annotated[str, Field(min_length=1, max_length=100), OneLine]
+LastName = Annotated[str, Field(max_length=100), OneLine]  # may be empty, as legacy users' are
+Reason = Annotated[str, Field(min_length=1, max_length=500), MultiLine]
+Price = Annotated[
+    str,
+    Field(pattern=_MONEY, examples=["19.99"], description=f"At most {MAX_PRICE}."),
+    _at_most(MAX_PRICE),
+]
+Amount = Annotated[
+    str,
+    Field(pattern=_MONEY, examples=["39.98"], description=f"At most {MAX_ORDER_TOTAL}."),
+    _at_most(MAX_ORDER_TOTAL),
+]
+Money = Price  # the name the routes knew first
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-ProductName = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=5000)]
-Category = Annotated[str, Field(min_length=1, max_length=100)]
-Reference = Annotated[str, Field(min_length=1, max_length=200)]
-Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
-Delta = Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]
-Quantity = Annotated[int, Field(ge=1, le=1_000_000)]
+ProductName = Annotated[str, Field(min_length=1, max_length=200), OneLine]
+Description = Annotated[str, Field(max_length=5000), MultiLine]
+Category = Annotated[str, Field(min_length=1, max_length=100), OneLine]
+Reference = Annotated[str, Field(min_length=1, max_length=200), OneLine]
+# Strict: `true` and `"5"` are not numbers.
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_STOCK)]
+Delta = Annotated[int, Strict(), Field(ge=-MAX_STOCK_DELTA, le=MAX_STOCK_DELTA)]
+Quantity = Annotated[int, Strict(), Field(ge=1, le=MAX_QUANTITY)]
+# A position or version in a query or header: what a 64-bit column holds.
+Position = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 class CommandAnswer(BaseModel):
@@ -48,7 +103,8 @@ class ErrorAnswer(BaseModel):
     error: ErrorDetail
 
 
-# The error statuses a command can answer, shown in /docs with their one body shape.
+# The error statuses a request can answer, shown in /docs with their one body shape: the
+# route's own, and those of the door (413 body, 431 headers, 429 rate limit).
 COMMAND_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorAnswer} for status in (400, 401, 403, 404, 409, 422, 503)
+    status: {"model": ErrorAnswer} for status in (400, 401, 403, 404, 409, 413, 422, 429, 431, 503)
 }

@@ -14,8 +14,12 @@ CENT = Decimal("0.01")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
-def parse_amount(value: str | Decimal | int, *, field: str = "price") -> Decimal:
-    """A non-negative amount with at most two decimal places."""
+def parse_amount(
+    value: str | Decimal | int, *, field: str = "price", maximum: Decimal | None = None
+) -> Decimal:
+    """A non-negative amount with at most two decimal places (and at most `maximum`)."""
+    if isinstance(value, bool | float):  # True is 1 and floats are inexact: neither is money
+        raise InvalidInput(f"{field} must be a decimal string", field=field)
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
@@ -24,6 +28,8 @@ def parse_amount(value: str | Decimal | int, *, field: str = "price") -> Decimal
         raise InvalidInput(f"{field} must be a finite amount ≥ 0", field=field, value=str(value))
     if amount != amount.quantize(CENT):
         raise InvalidInput(f"{field} has more than 2 decimal places", field=field)
+    if maximum is not None and amount > maximum:
+        raise InvalidInput(f"{field} must be at most {maximum}", field=field, value=str(value))
     return amount.quantize(CENT)
 
 

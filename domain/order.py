@@ -12,6 +12,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from eventkeep.domain.bounds import MAX_ORDER_TOTAL, plain_text
 from eventkeep.domain.errors import InvalidTransition, PaymentMismatch
 from eventkeep.domain.money import parse_amount
 
@@ -49,7 +50,8 @@ class Order(Aggregate):
 
     def pay(self, amount: str, payment_ref: str) -> None:
         self._require(PAID, PLACED)
-        paid = parse_amount(amount, field="amount")
+        plain_text(payment_ref, "payment_ref")
+        paid = parse_amount(amount, field="amount", maximum=MAX_ORDER_TOTAL)
         if paid != self.total:
             raise PaymentMismatch(
                 "the amount must equal the order total",
@@ -61,7 +63,7 @@ class Order(Aggregate):
 
     def ship(self, tracking_number: str) -> None:
         self._require(SHIPPED, PAID)
-        self._shipped(tracking_number)
+        self._shipped(plain_text(tracking_number, "tracking_number"))
 
     def deliver(self) -> None:
         self._require(DELIVERED, SHIPPED)
@@ -69,7 +71,7 @@ class Order(Aggregate):
 
     def cancel(self, reason: str) -> None:
         self._require(CANCELLED, PLACED, PAID)
-        self._cancelled(reason)
+        self._cancelled(plain_text(reason, "reason", multiline=True))
 
     def _require(self, target: str, *allowed: str) -> None:
         if self.status not in allowed:

@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+from eventkeep.domain.bounds import MAX_LINES, MAX_ORDER_TOTAL, MAX_QUANTITY, whole_number
 from eventkeep.domain.errors import CurrencyMismatch, InvalidInput, StockInsufficient, UserNotActive
 from eventkeep.domain.money import format_amount
 from eventkeep.domain.order import Order
 from eventkeep.domain.product import Product
 from eventkeep.domain.user import User
-
-MAX_LINES = 100
 
 
 def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order, list[Product]]:
@@ -29,8 +28,7 @@ def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order
         raise CurrencyMismatch("all lines must be in one currency", currencies=sorted(currencies))
     wanted: dict[object, int] = {}
     for product, quantity in lines:
-        if quantity < 1:
-            raise InvalidInput("quantity must be ≥ 1", field="quantity", value=quantity)
+        whole_number(quantity, "quantity", low=1, high=MAX_QUANTITY)
         product._require_active()
         wanted[product.id] = wanted.get(product.id, 0) + quantity
     # Every product checked for all its lines before anything is reserved: a refused order
@@ -44,6 +42,14 @@ def place_order(user: User, lines: Sequence[tuple[Product, int]]) -> tuple[Order
                 available=product.stock,
             )
     total = sum((product.price * quantity for product, quantity in lines), Decimal("0"))
+    if total > MAX_ORDER_TOTAL:
+        # The read models keep totals and a day's revenue as 64-bit cents (domain.bounds).
+        raise InvalidInput(
+            f"an order's total is at most {MAX_ORDER_TOTAL}",
+            field="lines",
+            total=format_amount(total),
+            maximum=str(MAX_ORDER_TOTAL),
+        )
     order = Order(
         user_id=str(user.id),
         lines=[

@@ -10,8 +10,21 @@ from decimal import Decimal
 
 from eventsourcing.domain import Aggregate, event
 
+from eventkeep.domain.bounds import (
+    MAX_LINES,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_STOCK,
+    MAX_STOCK_DELTA,
+    plain_text,
+    whole_number,
+)
 from eventkeep.domain.errors import InvalidInput, ProductNotActive, StockInsufficient
 from eventkeep.domain.money import format_amount, parse_amount, parse_currency
+
+
+def _price(value: str | Decimal) -> str:
+    return format_amount(parse_amount(value, field="price", maximum=MAX_PRICE))
 
 
 class Product(Aggregate):
@@ -89,27 +102,37 @@ class Product(Aggregate):
         currency: str,
         stock: int,
     ) -> Product:
-        if stock < 0:
-            raise InvalidInput("stock must be ≥ 0", field="stock", value=stock)
+        whole_number(stock, "stock", low=0, high=MAX_STOCK)
         return cls(
-            sku,
-            name,
-            description,
-            category,
-            format_amount(parse_amount(price)),
+            plain_text(sku, "sku"),
+            plain_text(name, "name"),
+            plain_text(description, "description", multiline=True),
+            plain_text(category, "category"),
+            _price(price),
             parse_currency(currency),
             stock,
         )
 
     def rename(self, name: str, description: str) -> None:
         self._require_active()
-        self._renamed(name, description)
+        self._renamed(
+            plain_text(name, "name"), plain_text(description, "description", multiline=True)
+        )
 
     def change_price(self, price: str | Decimal, currency: str) -> None:
         self._require_active()
-        self._price_changed(format_amount(parse_amount(price)), parse_currency(currency))
+        self._price_changed(_price(price), parse_currency(currency))
 
     def adjust_stock(self, delta: int, reason: str) -> None:
+        whole_number(delta, "delta", low=-MAX_STOCK_DELTA, high=MAX_STOCK_DELTA)
+        plain_text(reason, "reason", multiline=True)
+        if self.stock + delta > MAX_STOCK:
+            raise InvalidInput(
+                f"stock would exceed {MAX_STOCK}",
+                field="delta",
+                available=self.stock,
+                delta=delta,
+            )
         if self.stock + delta < 0:
             raise StockInsufficient(
                 "stock cannot go below zero",
@@ -121,8 +144,7 @@ class Product(Aggregate):
 
     def reserve(self, order_id: str, quantity: int) -> None:
         self._require_active()
-        if quantity < 1:
-            raise InvalidInput("quantity must be ≥ 1", field="quantity", value=quantity)
+        whole_number(quantity, "quantity", low=1, high=MAX_QUANTITY * MAX_LINES)
         if quantity > self.stock:
             raise StockInsufficient(
                 "not enough stock",

@@ -7,9 +7,11 @@ the aggregate validates the address and keeps its own state consistent.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from eventsourcing.domain import Aggregate, event
 
+from eventkeep.domain.bounds import plain_text
 from eventkeep.domain.errors import (
     InvalidInput,
     PersonalDataErased,
@@ -21,12 +23,15 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def normalize_email(email: str) -> str:
-    """The form emails are compared in: stripped and lower-case."""
-    return email.strip().lower()
+    """The one form emails are claimed, stored and looked up in: stripped, NFKC-normalised
+    and case-folded (so `\u212a` the Kelvin sign and `K` are the same letter, `ß` and `ss`)."""
+    return unicodedata.normalize("NFKC", email.strip()).casefold()
 
 
 def valid_email(email: str) -> str:
-    email = email.strip()
+    """The normalised address, when it is one."""
+    plain_text(email, "email")
+    email = normalize_email(email)
     if not _EMAIL.match(email) or len(email) > 254:
         raise InvalidInput("email is not a valid address", field="email")
     return email
@@ -61,7 +66,11 @@ class User(Aggregate):
 
     @classmethod
     def register(cls, email: str, first_name: str, last_name: str) -> User:
-        return cls(valid_email(email), first_name, last_name)
+        return cls(
+            valid_email(email),
+            plain_text(first_name, "first_name"),
+            plain_text(last_name, "last_name"),
+        )
 
     def change_email(self, email: str) -> None:
         if self.erased:
@@ -71,7 +80,7 @@ class User(Aggregate):
     def deactivate(self, reason: str) -> None:
         if not self.active:
             raise UserNotActive("the user is already deactivated", user_id=str(self.id))
-        self._deactivated(reason)
+        self._deactivated(plain_text(reason, "reason", multiline=True))
 
     def reactivate(self) -> None:
         if self.active:

@@ -9,7 +9,6 @@ twice. Table names carry a prefix, so a rebuild can fill fresh tables beside the
 
 from __future__ import annotations
 
-import base64
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,11 @@ from typing import Any
 
 import orjson
 
+from eventkeep.projections.cursors import (  # InvalidCursor: for its callers
+    InvalidCursor,  # noqa: F401
+    decode_cursor,
+    encode_cursor,
+)
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
 from eventkeep.projections.folding import KIND_OF_STREAM, Batch, fold, from_cents, to_cents
 from eventkeep.projections.schema import COLUMNS, TABLES, schema_statements
@@ -44,10 +48,6 @@ OTHER_TABLES = ("products_fts", "sales", "stream_versions", "progress")
 # Applies the log after the rebuilt tables' position up to (at least) a position, in the
 # given transaction.
 CatchUp = Callable[[Any, int], None]
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 SORTS = {
@@ -385,7 +385,7 @@ class ReadModels:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Keyset pagination on (column, id): stable under concurrent writes, no OFFSET."""
         if cursor is not None:
-            after = _decode_cursor(cursor)
+            after = decode_cursor(cursor, column)
             where.append(f"({column}, id) {'>' if direction == 'asc' else '<'} (%s, %s)")
             params.extend(after)
         order = f"{column} {direction}, id {direction}"
@@ -397,7 +397,7 @@ class ReadModels:
             rows = [_decoded(row) for row in db.fetchall()]
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = _encode_cursor([rows[-1][column], rows[-1]["id"]]) if more else None
+        next_cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more else None
         return [shown(kind, row) for row in rows], next_cursor
 
 
@@ -432,17 +432,3 @@ def _decoded(row: dict[str, Any]) -> dict[str, Any]:
         row["lines"] = orjson.loads(row["lines"])
     row.pop("search", None)
     return row
-
-
-def _encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> list[Any]:
-    try:
-        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except ValueError:
-        raise InvalidCursor("the cursor is not one this API gave") from None
-    if not (isinstance(values, list) and len(values) == 2):
-        raise InvalidCursor("the cursor is not one this API gave")
-    return values

@@ -37,7 +37,9 @@ def stream_state(
     stream_id: UUID,
     request: Request,
     as_of: Annotated[datetime | None, Query(description="A moment, RFC 3339.")] = None,
-    version: Annotated[int | None, Query(ge=1, description="A stream version.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="A stream version.")
+    ] = None,
 ) -> dict[str, Any]:
     """The entity as it was at `as_of` or at `version` (exactly one of them)."""
     if (as_of is None) == (version is None):

@@ -1,13 +1,17 @@
-"""Operator endpoints, without auth: liveness, readiness, Prometheus metrics."""
+"""Operator endpoints: liveness and readiness without a key; Prometheus metrics with an admin
+key (they tell who calls what, how often)."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
+from eventkeep.api.schema import COMMAND_ERRORS
+from eventkeep.eventstore.api_keys import Role
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
@@ -30,7 +34,11 @@ def readyz(request: Request) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    dependencies=[Depends(requires(Role.admin))],
+    responses={status: COMMAND_ERRORS[status] for status in (401, 403, 429)},
+)
 def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

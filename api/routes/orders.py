@@ -12,9 +12,9 @@ from eventkeep.api.dispatch import ClientCommand, IfMatch
 from eventkeep.api.reads import ClientReads, found
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
+    Amount,
     Body,
     CommandAnswer,
-    Money,
     Quantity,
     Reason,
     Reference,
@@ -44,7 +44,7 @@ class PlaceOrderBody(Body):
 
 
 class PayBody(Body):
-    amount: Money
+    amount: Amount
     payment_ref: Reference
 
 

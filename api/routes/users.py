@@ -25,6 +25,7 @@ from eventkeep.commands.messages import (
     ReactivateUser,
     RegisterUser,
 )
+from eventkeep.domain.user import normalize_email
 
 router = APIRouter(prefix="/v1/users", tags=["users"], responses=COMMAND_ERRORS)
 
@@ -81,7 +82,7 @@ async def get_user(user_id: UUID, reads: ClientReads) -> dict[str, Any]:
 @router.get("")
 def find_user(email: Annotated[Email, Query()], reads: ClientReads) -> dict[str, Any]:
     """The user with this email (case-insensitive)."""
-    return found(reads.models.user_by_email(email), "user with email", email)
+    return found(reads.models.user_by_email(normalize_email(email)), "user with email", email)
 
 
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]

@@ -1,4 +1,5 @@
-"""Operator endpoints answer without a key; /docs and /openapi.json describe the API."""
+"""Health and readiness answer without a key, metrics only to an admin key; /docs and
+/openapi.json describe the API."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import USER
 
 
@@ -34,15 +36,24 @@ def test_readiness_fails_when_the_store_does_not_answer(wiring: Wiring) -> None:
     assert response.json()["error"]["code"] == "STORE_UNAVAILABLE"
 
 
+def test_metrics_need_an_admin_key(anonymous: TestClient, bearer: Any) -> None:
+    assert anonymous.get("/metrics").status_code == 401
+    assert anonymous.get("/metrics", headers=bearer(Role.client)).status_code == 403
+    assert anonymous.get("/metrics", headers=bearer(Role.analyst)).status_code == 403
+    admin = anonymous.get("/metrics", headers=bearer(Role.admin))
+    assert admin.status_code == 200
+    assert "eventkeep_http_requests_total" in admin.text
+
+
 def test_metrics_count_requests_by_route_and_commands_by_type(
-    client: TestClient, anonymous: TestClient
+    client: TestClient, anonymous: TestClient, bearer: Any
 ) -> None:
     user = client.post("/v1/users", json=USER).json()
     client.post("/v1/users", json=USER)  # taken
     client.post(f"/v1/users/{user['id']}/reactivate")  # already active
     anonymous.get("/v1/nowhere")
 
-    text = anonymous.get("/metrics").text
+    text = anonymous.get("/metrics", headers=bearer(Role.admin)).text
 
     assert 'eventkeep_http_requests_total{method="POST",route="/v1/users",status="201"} 1.0' in text
     assert 'route="/v1/users/{user_id}/reactivate",status="409"' in text

@@ -29,7 +29,7 @@ def test_a_registered_email_cannot_be_changed_to(wiring: Wiring) -> None:
 def test_a_user_may_change_the_case_of_their_own_email(wiring: Wiring) -> None:
     ada = register(wiring, "ada@example.com")
     send(wiring, ChangeUserEmail(ada, "Ada@Example.com"))
-    assert load(wiring, ada).email == "Ada@Example.com"
+    assert load(wiring, ada).email == "ada@example.com"  # stored in the normalised form
     assert refused(wiring, RegisterUser("ada@EXAMPLE.com", "A", "B")) == "EMAIL_TAKEN"
 
 

@@ -32,7 +32,7 @@ from eventkeep.domain.errors import (
     InvalidTransition,
     PaymentMismatch,
     PersonalDataErased,
-    ProductDiscontinued,
+    ProductNotActive,
     StockInsufficient,
     UserAlreadyActive,
     UserNotActive,
@@ -199,7 +199,7 @@ class Shop(RuleBasedStateMachine):
         if not self.product_models[product_id].active:
             refused(
                 lambda: product.change_price(money(cents), currency),
-                (ProductDiscontinued,),
+                (ProductNotActive,),
                 *self.everything(),
             )
         else:
@@ -212,7 +212,7 @@ class Shop(RuleBasedStateMachine):
         product = self.products[data.draw(st.sampled_from(list(self.products)))]
         refused(
             lambda: product.change_price(price, "EUR"),
-            (InvalidInput, ProductDiscontinued),
+            (InvalidInput, ProductNotActive),
             *self.everything(),
         )
 
@@ -222,7 +222,7 @@ class Shop(RuleBasedStateMachine):
         product_id = data.draw(st.sampled_from(list(self.products)))
         product = self.products[product_id]
         if not self.product_models[product_id].active:
-            refused(product.discontinue, (ProductDiscontinued,), *self.everything())
+            refused(product.discontinue, (ProductNotActive,), *self.everything())
         else:
             product.discontinue()
             self.product_models[product_id].active = False
@@ -257,7 +257,7 @@ class Shop(RuleBasedStateMachine):
         if any(quantity < 1 for _, quantity in chosen):
             broken.add(InvalidInput)
         if any(not self.product_models[product_id].active for product_id, _ in chosen):
-            broken.add(ProductDiscontinued)
+            broken.add(ProductNotActive)
         if any(wanted[pid] > self.products[pid].stock for pid in wanted):
             broken.add(StockInsufficient)
 
