@@ -1,33 +1,183 @@
-"""The `eventkeep` command line: serve the API, run the relay and projectors, manage keys."""
+"""The `eventkeep` command line: serve the API, run the relay and projectors, manage keys; the
+`seed`, `bench`, `replay`, `audit` and `backup` commands are loaded only when run (so
+`eventkeep --help` imports neither the benchmarks nor Kafka nor Redis).
 
+Every command gets its parts from the composition root (`eventkeep.bootstrap.build`), and runs
+inside one error boundary (`EventkeepGroup.invoke`): bad settings, or a service that cannot be
+reached, print one line naming the problem and exit 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
 import logging
+import os
 import signal
-from contextlib import closing
-from typing import Annotated, Protocol
+import socket
+from collections.abc import Iterator
+from importlib import import_module
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 
-import psycopg
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 import eventkeep
-from eventkeep.api.bootstrap import (
-    build_key_store,
-    build_projector,
-    build_read_models,
-    build_relay,
-    shop_env,
-)
-from eventkeep.api.settings import Settings
-from eventkeep.bench.cli import bench_app
-from eventkeep.bench.seed_cli import seed
-from eventkeep.eventstore.api_keys import ApiKeyStore, Role
-from eventkeep.eventstore.backup_cli import backup_app
-from eventkeep.replay.cli import audit_app, replay_app
+from eventkeep.bootstrap import SettingsProblem, build
+from eventkeep.eventstore.api_keys import Role
+from eventkeep.settings import Settings
+
+if TYPE_CHECKING:
+    from typer import _click
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
+# The exit status of a command that could not run: bad settings, a service out of reach.
+CANNOT_RUN = 2
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Lazy(NamedTuple):
+    """A command (or group of commands) imported only when it runs."""
+
+    module: str
+    attribute: str
+    help: str
+
+
+LAZY = {
+    "seed": Lazy(
+        "eventkeep.bench.seed_cli",
+        "seed_app",
+        "Write users, products and orders through the event store in bulk.",
+    ),
+    "bench": Lazy(
+        "eventkeep.bench.cli",
+        "bench_app",
+        "Benchmarks: each figure beside its raw baseline from the same run.",
+    ),
+    "replay": Lazy(
+        "eventkeep.replay.cli", "replay_app", "Rebuild projections from the event store."
+    ),
+    "audit": Lazy(
+        "eventkeep.replay.cli", "audit_app", "Read, check, export and import the history."
+    ),
+    "backup": Lazy(
+        "eventkeep.eventstore.backup_cli",
+        "backup_app",
+        "Back up and restore the event store, the read models and the keys.",
+    ),
+}
+
+
+class EventkeepGroup(TyperGroup):
+    """The root group: lazy subcommands, and the command line's one error boundary."""
+
+    _listing = False
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY]
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        lazy = LAZY.get(cmd_name)
+        if lazy is None:
+            return super().get_command(ctx, cmd_name)
+        if self._listing:  # the root's help lists it by its one line, without loading it
+            return TyperCommand(name=cmd_name, help=lazy.help)
+        loaded = typer.main.get_command(getattr(import_module(lazy.module), lazy.attribute))
+        loaded.name = cmd_name
+        return loaded
+
+    def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as error:
+            problem = cannot_run(error)
+            if problem is None:
+                raise
+            err.print(f"[red]eventkeep:[/red] {problem}", highlight=False, soft_wrap=True)
+            raise typer.Exit(CANNOT_RUN) from None
+
+
+def cannot_run(error: BaseException) -> str | None:
+    """One line naming why a command could not run (bad settings, a service out of reach);
+    None when `error` is not such a problem (a bug: its traceback is wanted)."""
+    for cause in _causes(error):
+        if isinstance(cause, ValidationError):
+            return "; ".join(_invalid_setting(problem) for problem in cause.errors())
+        if isinstance(cause, SettingsProblem):
+            return str(cause)
+        kind = type(cause)
+        package = kind.__module__.split(".")[0]
+        if package in ("psycopg", "psycopg_pool") and kind.__name__ in (
+            "OperationalError",
+            "PoolTimeout",
+        ):
+            return f"cannot reach PostgreSQL at {_postgres()}: {_first_line(cause)}"
+        if package == "redis" and kind.__name__ in ("ConnectionError", "TimeoutError"):
+            where = os.environ.get("EVENTKEEP_REDIS_URL", "EVENTKEEP_REDIS_URL")
+            return f"cannot reach Redis at {_without_password(where)}: {_first_line(cause)}"
+        if package == "kafka" and kind.__name__ in (
+            "NoBrokersAvailable",
+            "KafkaConnectionError",
+            "KafkaTimeoutError",
+        ):
+            where = os.environ.get("EVENTKEEP_KAFKA_BOOTSTRAP", "EVENTKEEP_KAFKA_BOOTSTRAP")
+            return f"cannot reach Kafka at {where}: {_first_line(cause)}"
+        if isinstance(cause, PermissionError):
+            return f"cannot use {cause.filename or 'a file'}: permission denied (EVENTKEEP_HOME?)"
+    return None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _invalid_setting(problem: Any) -> str:
+    names = [str(part) for part in problem["loc"]]
+    where = f"EVENTKEEP_{names[0].upper()}" if names else "settings"
+    return f"invalid {where}: {problem['msg']}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _postgres() -> str:
+    url = os.environ.get("EVENTKEEP_POSTGRES_URL")
+    if not url:
+        return "EVENTKEEP_POSTGRES_URL"
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:
+        return "EVENTKEEP_POSTGRES_URL"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}://{rest.rsplit('@', 1)[1]}"
 
 
 def _environment_help() -> str:
@@ -40,6 +190,7 @@ def _environment_help() -> str:
 
 
 app = typer.Typer(
+    cls=EventkeepGroup,
     help="eventkeep: an event-sourced shop engine (CQRS, HTTP API, projections, audit).\n\n"
     "Embedded mode (default) keeps everything in files under EVENTKEEP_HOME; setting "
     "EVENTKEEP_POSTGRES_URL selects the distributed mode.\n\n" + _environment_help(),
@@ -71,26 +222,25 @@ def main(
     """eventkeep: an event-sourced shop engine."""
 
 
-out = Console()
-err = Console(stderr=True)
-
-
 def _settings(**overrides: object) -> Settings:
-    try:
-        return Settings(**{name: value for name, value in overrides.items() if value is not None})
-    except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(map(str, problem["loc"])) or "settings"
-            err.print(f"[red]Invalid {where}:[/red] {problem['msg']}")
-        raise typer.Exit(2) from None
+    """The settings from the environment, with the options given (bad ones: the boundary)."""
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})
 
 
-def _key_store(settings: Settings) -> ApiKeyStore:
-    try:
-        return build_key_store(settings)
-    except psycopg.OperationalError as error:
-        err.print(f"[red]Cannot reach PostgreSQL:[/red] {error}")
-        raise typer.Exit(1) from None
+def _check_port_free(host: str, port: int) -> None:
+    """Binds the port a moment, as the server will, so that a port in use is found before
+    anything changes (a second `serve` must leave the running one's bootstrap key alone)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = "in use" if error.errno == errno.EADDRINUSE else (error.strerror or error)
+            raise SettingsProblem(
+                f"cannot serve on {host}:{port}: {reason} (another eventkeep serve? "
+                "choose another with --port or EVENTKEEP_PORT)"
+            ) from None
 
 
 @app.command()
@@ -115,13 +265,14 @@ def serve(
             "[red]The embedded mode runs one process[/red] (its SQLite store and "
             "in-process projectors are not shared); set EVENTKEEP_POSTGRES_URL for more."
         )
-        raise typer.Exit(2)
+        raise typer.Exit(CANNOT_RUN)
+    _check_port_free(settings.host, settings.port)
     base = f"http://{settings.host}:{settings.port}"
     out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
     out.print(f"API docs: {base}/docs")
     if settings.mode == "embedded":
-        with closing(_key_store(settings)) as store:
-            issued = store.rotate(Role.admin, BOOTSTRAP_KEY_NAME)
+        with build(settings, role="keys") as system:
+            issued = system.keys.rotate(Role.admin, BOOTSTRAP_KEY_NAME)
         out.print("Bootstrap admin key (replaces the previous one):")
         typer.echo(issued.secret_key)
     # An import string, so that each worker process builds its own app from the environment.
@@ -150,18 +301,6 @@ def _run_until_signalled(worker: Worker) -> None:
     worker.run()
 
 
-def _distributed_settings(command: str) -> Settings:
-    settings = _settings()
-    if settings.mode == "embedded" or settings.kafka_bootstrap is None:
-        err.print(
-            f"[red]`eventkeep {command}` belongs to the distributed mode[/red]: set "
-            "EVENTKEEP_POSTGRES_URL and EVENTKEEP_KAFKA_BOOTSTRAP. (In the embedded mode "
-            "`eventkeep serve` projects in-process.)"
-        )
-        raise typer.Exit(2)
-    return settings
-
-
 @app.command()
 def relay() -> None:
     """Publish the event log to Kafka, in position order, until SIGTERM.
@@ -169,18 +308,14 @@ def relay() -> None:
     One relay is active at a time (a PostgreSQL advisory lock); start a second as a standby:
     it takes over when the active one dies. Kafka down: it retries and catches up.
     """
-    from eventkeep.commands.shop import Shop
-
-    settings = _distributed_settings("relay")
-    shop = Shop(env=shop_env(settings))
-    out.print(
-        f"relay: log -> {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
-        f"({settings.topic_partitions} partitions); waits for the lock if another relay runs"
-    )
-    try:
-        _run_until_signalled(build_relay(settings, shop))
-    finally:
-        shop.close()
+    with build(_settings(), role="relay") as system:
+        settings = system.settings
+        worker = system.relay()
+        out.print(
+            f"relay: log -> {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
+            f"({settings.topic_partitions} partitions); waits for the lock if another relay runs"
+        )
+        _run_until_signalled(worker)
 
 
 @app.command()
@@ -190,16 +325,14 @@ def project() -> None:
     Start as many as there are partitions; they share them. Each batch is applied with its
     offsets in one transaction, so a restart neither loses nor doubles anything.
     """
-    settings = _distributed_settings("project")
-    models = build_read_models(settings)
-    out.print(
-        f"projector: {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
-        f"-> read models; group {settings.projector_group}"
-    )
-    try:
-        _run_until_signalled(build_projector(settings, models))
-    finally:
-        models.close()
+    with build(_settings(), role="project") as system:
+        settings = system.settings
+        worker = system.projector()
+        out.print(
+            f"projector: {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
+            f"-> read models; group {settings.projector_group}"
+        )
+        _run_until_signalled(worker)
 
 
 @keys_app.command("create")
@@ -208,8 +341,8 @@ def create_key(
     name: Annotated[str, typer.Option(help="A label, to recognise the key in `keys list`.")] = "",
 ) -> None:
     """Create an API key; the key itself is printed once, alone on the last line."""
-    with closing(_key_store(_settings())) as store:
-        issued = store.create(role, name)
+    with build(_settings(), role="keys") as system:
+        issued = system.keys.create(role, name)
     out.print(
         f"Created {issued.key.role} key [bold]{issued.key.id}[/bold]. "
         "Keep it now: only its hash is stored."
@@ -220,8 +353,8 @@ def create_key(
 @keys_app.command("list")
 def list_keys() -> None:
     """List API keys (ids, roles, names; never the secrets)."""
-    with closing(_key_store(_settings())) as store:
-        keys = store.list()
+    with build(_settings(), role="keys") as system:
+        keys = system.keys.list()
     table = Table("id", "role", "name", "created", "status")
     for key in keys:
         status = "[red]revoked[/red]" if key.revoked else "[green]active[/green]"
@@ -234,16 +367,9 @@ def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id, from `keys list`.")],
 ) -> None:
     """Revoke an API key; running API processes refuse it within a few seconds."""
-    with closing(_key_store(_settings())) as store:
-        revoked = store.revoke(key_id)
+    with build(_settings(), role="keys") as system:
+        revoked = system.keys.revoke(key_id)
     if not revoked:
         err.print(f"No active key with id {key_id}.")
         raise typer.Exit(1)
     out.print(f"Revoked key {key_id}.")
-
-
-app.command("seed")(seed)
-app.add_typer(bench_app, name="bench")
-app.add_typer(replay_app, name="replay")
-app.add_typer(audit_app, name="audit")
-app.add_typer(backup_app, name="backup")

@@ -9,11 +9,11 @@ from typing import Annotated
 import typer
 from psycopg.conninfo import conninfo_to_dict
 
-from eventkeep.api.settings import Settings
 from eventkeep.bench import baselines, command_workloads, store_workloads
 from eventkeep.bench.read_cli import read_path
 from eventkeep.bench.replay_cli import replay_bench
 from eventkeep.bench.report import Figure, Report
+from eventkeep.settings import Settings
 
 bench_app = typer.Typer(help="Benchmarks: each figure beside its raw baseline from the same run.")
 
@@ -133,11 +133,11 @@ def write_path(
         )
     )
     settings = Settings().model_copy(update={"rate_limit": 0})
-    shop, bus, products = command_workloads.fresh_shop(settings, 10_000)
+    system, products = command_workloads.fresh_shop(settings, 10_000)
     try:
-        rate, latency = command_workloads.w1_commands(bus, products, 8, seconds)
+        rate, latency = command_workloads.w1_commands(system.bus, products, 8, seconds)
     finally:
-        shop.close()
+        system.close()
     report.add(
         Figure(
             "W1",

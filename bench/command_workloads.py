@@ -6,17 +6,18 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 
-from eventkeep.api.settings import Settings
 from eventkeep.bench.baselines import run_threads
 from eventkeep.bench.read_workloads import Wrk, admin_key, env_for, process, wait_for_http, wrk
 from eventkeep.bench.report import Histogram
 from eventkeep.bench.seed import Seeder, SeedSizes
+from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.messages import AdjustStock, CommandContext
-from eventkeep.commands.shop import Shop
+from eventkeep.settings import Settings
 
 SHOP_TABLES = (
     "shop_events", "shop_events_claims", "shop_events_idempotency", "shop_events_data_keys",
@@ -25,20 +26,16 @@ SHOP_TABLES = (
 CONTEXT = CommandContext(actor="bench", correlation_id="bench")
 
 
-def fresh_shop(settings: Settings, products: int) -> tuple[Shop, CommandBus, list]:
-    """The shop on emptied tables, with `products` products made by the seeder."""
+def fresh_shop(settings: Settings, products: int) -> tuple[Eventkeep, list[UUID]]:
+    """eventkeep on emptied tables, with `products` products made by the seeder."""
     url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
     with psycopg.connect(url, autocommit=True) as connection:
         for table in SHOP_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
-    from eventkeep.api.bootstrap import shop_env
-
-    shop = Shop(env=shop_env(settings))
-    secret = settings.claim_secret.get_secret_value().encode()  # type: ignore[union-attr]
-    bus = CommandBus(shop, claim_secret=secret)
-    seeder = Seeder(bus, SeedSizes(users=1, products=products, orders=0), seed=5, label="w")
+    system = build(settings, role="bench")
+    seeder = Seeder(system.bus, SeedSizes(users=1, products=products, orders=0), seed=5, label="w")
     seeder.run(lambda phase, done: None)
-    return shop, bus, [product.id for product in seeder.products]
+    return system, [product.id for product in seeder.products]
 
 
 def w1_commands(

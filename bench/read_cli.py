@@ -19,16 +19,15 @@ from uuid import UUID
 import psycopg
 import typer
 
-from eventkeep.api.bootstrap import Handle, build_read_models, shop_env, wire
-from eventkeep.api.settings import Settings
 from eventkeep.bench import read_baselines, read_workloads
 from eventkeep.bench.read_workloads import admin_key, env_for, process, wait_for_http, wait_until
 from eventkeep.bench.report import Figure, Report
 from eventkeep.bench.seed import Seeder, SeedSizes
 from eventkeep.bench.seed_cli import show_progress
-from eventkeep.commands.handlers import CommandBus
+from eventkeep.bootstrap import build
+from eventkeep.commands.handlers import Handle
 from eventkeep.commands.messages import AdjustStock, CommandContext
-from eventkeep.commands.shop import Shop
+from eventkeep.settings import Settings
 
 EVENTKEEP_TABLES = (
     "shop_events",
@@ -77,11 +76,10 @@ def read_path(
     with psycopg.connect(url, autocommit=True) as connection:
         for table in EVENTKEEP_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
-    models = build_read_models(settings)
+    system = build(settings, role="bench")
+    models, shop, bus = system.read_models, system.shop, system.bus
     models.drop()
     models.migrate()
-    shop = Shop(env=shop_env(settings))
-    bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())  # type: ignore[union-attr]
     full = SeedSizes(
         users=max(1, int(100_000 * scale)),
         products=max(1, int(100_000 * scale)),
@@ -137,7 +135,7 @@ def read_path(
 
         show_progress(seeder, full)
         wait_until(lambda: relay_cursor() >= head(), 3600, "the relay")
-        rate, applied = read_workloads.p1_projector_throughput(settings, models, head())
+        rate, applied = read_workloads.p1_projector_throughput(system, head())
         report.add(
             Figure(
                 "P1",
@@ -190,8 +188,7 @@ def read_path(
                     latency=p2,
                 )
             )
-    shop.close()
-    models.close()
+    system.close()
     embedded = _p2_embedded(home / f"embedded-{run}")
     report.add(
         Figure(
@@ -231,14 +228,12 @@ def _p2(
 def _p2_embedded(home: Path) -> dict[str, float]:
     """P2 in the embedded mode: one process, its in-process feed woken by each commit."""
     settings = Settings(home=home, postgres_url=None, claim_secret=None)
-    wiring = wire(settings)
-    try:
-        bus = CommandBus(wiring.shop, claim_secret=b"bench")
+    with build(settings, role="bench") as system:
+        feed = system.feed
+        assert feed is not None  # the embedded mode's
         small = SeedSizes(users=100, products=1000, orders=0)
-        seeder = Seeder(bus, small, seed=1)
+        seeder = Seeder(system.bus, small, seed=1)
         seeder.run(lambda phase, done: None)
         products = [p.id for p in seeder.products]
         time.sleep(1)
-        return _p2(wiring.handle, lambda: wiring.feed.position, products)  # type: ignore[union-attr]
-    finally:
-        wiring.close()
+        return _p2(system.bus.handle, lambda: feed.position, products)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import httpx
 
-from eventkeep.api.bootstrap import build_key_store, build_projector
-from eventkeep.api.settings import Settings
 from eventkeep.bench.report import Histogram
+from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.eventstore.api_keys import Role
 from eventkeep.projections.readmodels import ReadModels
+from eventkeep.settings import Settings
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -51,13 +51,14 @@ def process(command: list[str], env: dict[str, str], log: Path) -> Iterator[subp
 
 
 def p1_projector_throughput(
-    settings: Settings, models: ReadModels, head: int, timeout: float = 3600
+    system: Eventkeep, head: int, timeout: float = 3600
 ) -> tuple[float, int]:
     """One projector, in this process, from offset 0 of topics the relay has filled up to
     `head`, into empty read models; events/s from the first to the last batch."""
+    models = system.read_models
     models.drop()
     models.migrate()
-    projector = build_projector(settings, models)
+    projector = system.projector()
     thread = threading.Thread(target=projector.run, daemon=True)
     thread.start()
     wait_until(lambda: projector.applied > 0, 120, "the projector's first batch")
@@ -230,8 +231,5 @@ def wait_for_http(api: str) -> None:
 
 def admin_key(settings: Settings) -> str:
     """A new admin key in the store `settings` name, for the load generator."""
-    store = build_key_store(settings)
-    try:
-        return store.create(Role.admin, "bench").secret_key
-    finally:
-        store.close()
+    with build(settings, role="bench") as system:
+        return system.keys.create(Role.admin, "bench").secret_key

@@ -17,8 +17,6 @@ from typing import Annotated
 import psycopg
 import typer
 
-from eventkeep.api.bootstrap import build_read_models, shop_env
-from eventkeep.api.settings import Settings
 from eventkeep.bench.read_cli import EVENTKEEP_TABLES
 from eventkeep.bench.read_workloads import (
     admin_key,
@@ -31,8 +29,8 @@ from eventkeep.bench.read_workloads import (
 from eventkeep.bench.report import Figure, Report
 from eventkeep.bench.seed import Seeder, SeedSizes
 from eventkeep.bench.seed_cli import show_progress
-from eventkeep.commands.handlers import CommandBus
-from eventkeep.commands.shop import Shop
+from eventkeep.bootstrap import build
+from eventkeep.settings import Settings
 
 
 def raw_read_rate(url: str) -> tuple[float, int]:
@@ -72,16 +70,14 @@ def replay_bench(
     with psycopg.connect(url, autocommit=True) as connection:
         for table in EVENTKEEP_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
-    models = build_read_models(settings)
+    system = build(settings, role="bench")
+    models = system.read_models
     models.drop()
-    shop = Shop(env=shop_env(settings))
-    secret = settings.claim_secret.get_secret_value().encode()  # type: ignore[union-attr]
     sizes = SeedSizes(
         users=int(20_000 * scale), products=int(20_000 * scale), orders=int(190_000 * scale)
     )
-    show_progress(Seeder(CommandBus(shop, claim_secret=secret), sizes, seed=9), sizes)
-    events = shop.recorder.max_notification_id() or 0
-    shop.close()
+    show_progress(Seeder(system.bus, sizes, seed=9), sizes)
+    events = system.shop.recorder.max_notification_id() or 0
     report = Report()
     raw, rows = raw_read_rate(url)
     baseline = report.add(Figure("B6", f"raw read of the store, {rows:,} rows", raw, "rows/s"))
@@ -151,6 +147,6 @@ def replay_bench(
             passed=api_rss < 300,
         )
     )
-    models.close()
+    system.close()
     report.console.print(report.table())
     report.console.print(f"results: {report.save(results)}")

@@ -18,6 +18,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.ports import EventMetadata, UniqueClaim
 from eventkeep.domain.order import Order
 from eventkeep.domain.ordering import cancel_order, place_order
 from eventkeep.domain.product import Product
@@ -62,6 +63,15 @@ class Seeder:
         self.products: list[Product] = []
         self.events = 0
 
+    def email(self, i: int) -> str:
+        """The email of the `i`-th seeded user."""
+        return f"user{self._label}{i:07d}@seed.example.com"
+
+    def already_seeded(self) -> bool:
+        """Whether the store holds this seeder's users already (its first email is taken)."""
+        claim = self._bus.email_claim(self.email(0), None)
+        return self._bus.store.claim_owner(claim.scope, claim.key) is not None
+
     def run(self, advance: Advance) -> None:
         self._save_in_chunks("users", self._users(), advance)
         self._save_in_chunks("products", self._products(), advance)
@@ -71,7 +81,7 @@ class Seeder:
         rng = self._rng
         for i in range(self._sizes.users):
             user = User.register(
-                f"user{self._label}{i:07d}@seed.example.com",
+                self.email(i),
                 rng.choice(FIRST_NAMES),
                 rng.choice(LAST_NAMES),
             )
@@ -112,8 +122,7 @@ class Seeder:
             for a in aggregates
             if isinstance(a, User) and a.version == 1
         ]
-        recordings = self._bus.shop.save(*aggregates, metadata=_SEEDER, claims=claims)
-        self.events += len(recordings)
+        self._write(aggregates, claims)
         advance(phase, len(aggregates))
 
     def _save_orders(self, advance: Advance) -> None:
@@ -138,12 +147,16 @@ class Seeder:
     def _save_batch(
         self, orders: list[Order], products: dict[UUID, Product], advance: Advance
     ) -> None:
-        recordings = self._bus.shop.save(*orders, *products.values(), metadata=_SEEDER)
-        self.events += len(recordings)
+        self._write([*orders, *products.values()])
         advance("orders", len(orders))
 
+    def _write(self, aggregates: list[Aggregate], claims: list[UniqueClaim] | None = None) -> None:
+        events = sum(len(aggregate.pending_events) for aggregate in aggregates)
+        self._bus.store.save(aggregates, metadata=_SEEDER, claims=claims or ())
+        self.events += events
 
-_SEEDER = {"actor": "seeder", "correlation_id": "seed", "causation_id": None}
+
+_SEEDER = EventMetadata(actor="seeder", correlation_id="seed")
 
 
 def _advance_status(order: Order, products: list[Product], rng: random.Random) -> None:

@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from eventkeep.api.bootstrap import shop_env
-from eventkeep.api.settings import Settings
 from eventkeep.bench.seed import Seeder, SeedSizes
-from eventkeep.commands.handlers import CommandBus
-from eventkeep.commands.shop import Shop
+from eventkeep.bootstrap import build
+from eventkeep.commands.ports import ClaimTakenError
+from eventkeep.settings import Settings
+
+seed_app = typer.Typer()
 
 
+@seed_app.command("seed")
 def seed(
     users: Annotated[int, typer.Option(min=1, help="Users to register.")] = 100_000,
     products: Annotated[int, typer.Option(min=1, help="Products to create.")] = 100_000,
@@ -25,16 +27,26 @@ def seed(
     random_seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
 ) -> None:
     """Write users, products and orders through the event store in bulk (not over HTTP), in
-    the mode the environment selects. Zipf-popular products, fixed seed, progress shown."""
-    settings = Settings()
+    the mode the environment selects. Zipf-popular products, fixed seed, progress shown.
+    A store seeded already is refused (its seeded emails are taken), with nothing written."""
     sizes = SeedSizes(users=users, products=products, orders=orders, per_save=per_save)
-    shop = Shop(env=shop_env(settings))
-    assert settings.claim_secret is not None  # Settings fills or demands it
-    bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())
-    try:
-        show_progress(Seeder(bus, sizes, seed=random_seed), sizes)
-    finally:
-        shop.close()
+    with build(Settings(), role="seed") as system:
+        seeder = Seeder(system.bus, sizes, seed=random_seed)
+        if seeder.already_seeded():
+            _refuse_seeded(seeder)
+        try:
+            show_progress(seeder, sizes)
+        except ClaimTakenError:  # seeded meanwhile by another run
+            _refuse_seeded(seeder)
+
+
+def _refuse_seeded(seeder: Seeder) -> None:
+    typer.echo(
+        f"eventkeep seed: this store is seeded already ({seeder.email(0)} is registered); "
+        "seed an empty one (a new EVENTKEEP_HOME or database).",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 def show_progress(seeder: Seeder, sizes: SeedSizes) -> None:

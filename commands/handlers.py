@@ -16,25 +16,26 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
 
 from eventkeep.commands import messages as m
 from eventkeep.commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
 from eventkeep.commands.ports import (
     ClaimTakenError,
+    EventMetadata,
     IdempotencyKeyUsedError,
     IdempotencyRecord,
+    StreamChangedError,
     UniqueClaim,
+    WriteStore,
 )
-from eventkeep.commands.shop import Shop
 from eventkeep.domain.order import Order
 from eventkeep.domain.ordering import cancel_order, place_order, products_of
 from eventkeep.domain.product import Product
 from eventkeep.domain.user import User, normalize_email
 
 A = TypeVar("A", bound=Aggregate)
+Handle = Callable[[m.Command, m.CommandContext], m.CommandResult]  # what `CommandBus.handle` is
 EMAIL_SCOPE = "user_email"
 
 
@@ -50,8 +51,8 @@ class Decision:
 
 
 class CommandBus:
-    def __init__(self, shop: Shop, claim_secret: bytes, *, attempts: int = 5) -> None:
-        self.shop = shop
+    def __init__(self, store: WriteStore, claim_secret: bytes, *, attempts: int = 5) -> None:
+        self.store = store
         self._claim_secret = claim_secret
         self._attempts = attempts
         self._handlers: dict[type[m.Command], Callable[[Any], Decision]] = {
@@ -90,15 +91,15 @@ class CommandBus:
         key = context.idempotency_key
         if key is not None and (answered := self._answered(key, context)) is not None:
             return answered
-        expects_version = getattr(command, "expected_version", None) is not None
+        expected: int | None = getattr(command, "expected_version", None)
         for attempt in range(self._attempts):
             try:
                 return self._decide_and_save(command, context)
-            except IntegrityError:
-                if expects_version:
+            except StreamChangedError:
+                if expected is not None:
                     raise VersionConflict(
                         "the stream changed since the version given in If-Match",
-                        expected=command.expected_version,  # type: ignore[attr-defined]
+                        expected=expected,
                     ) from None
                 time.sleep(random.uniform(0, 0.002 * 2**attempt))
             except IdempotencyKeyUsedError:
@@ -114,15 +115,14 @@ class CommandBus:
         )
 
     def _answered(self, key: str, context: m.CommandContext) -> m.CommandResult | None:
-        found = self.shop.recorder.find_idempotent(key)  # type: ignore[attr-defined]
+        found = self.store.stored_answer(key)
         if found is None:
             return None
-        request_hash, result = found
-        if request_hash != context.request_hash:
+        if found.request_hash != context.request_hash:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used with another request", idempotency_key=key
             )
-        return result
+        return found.result
 
     def _decide_and_save(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
         decision = self._handlers[type(command)](command)
@@ -137,30 +137,20 @@ class CommandBus:
                 request_hash=context.request_hash or "",
                 result=answer,
             )
-        recordings = self.shop.save(
-            *decision.changed,
-            metadata={
-                "actor": context.actor,
-                "correlation_id": context.correlation_id,
-                "causation_id": context.causation_id,
-            },
+        position = self.store.save(
+            decision.changed,
+            metadata=EventMetadata(context.actor, context.correlation_id, context.causation_id),
             claims=decision.claims,
             idempotency=idempotency,
         )
         return m.CommandResult(
-            id=target.id,
-            version=target.version,
-            position=recordings[-1].notification.id,
-            created=decision.created,
+            id=target.id, version=target.version, position=position, created=decision.created
         )
 
     # --- loading --------------------------------------------------------------------------
 
     def _load(self, kind: type[A], stream_id: UUID, expected_version: int | None = None) -> A:
-        try:
-            aggregate = self.shop.repository.get(stream_id)
-        except AggregateNotFoundError:
-            aggregate = None
+        aggregate = self.store.load(stream_id)
         if not isinstance(aggregate, kind):
             raise NotFound(
                 f"no {kind.__name__.lower()} {stream_id}", kind=kind.__name__, id=str(stream_id)

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from eventkeep.api.settings import Settings
 from eventkeep.eventstore.backup import (
     BackupRefused,
     BackupSettings,
@@ -27,6 +26,7 @@ from eventkeep.eventstore.backup import (
     wait_promoted,
     with_port,
 )
+from eventkeep.settings import Settings
 
 backup_app = typer.Typer(
     help="Back up and restore. Distributed mode: PostgreSQL base backups (pg_basebackup) plus "

@@ -50,6 +50,13 @@ class Append:
 
     @classmethod
     def from_kwargs(cls, events: Sequence[StoredEvent], **kwargs: Any) -> Append:
+        """The append of the library's `insert_events(events, **kwargs)`; a keyword it does not
+        know is refused (the command layer builds a typed Append: `commands.ports`)."""
+        unknown = kwargs.keys() - {"metadata", "claims", "idempotency", "tracking"}
+        if unknown:
+            raise TypeError(
+                f"insert_events got unexpected keyword(s): {', '.join(sorted(unknown))}"
+            )
         return cls(
             events=events,
             metadata=dict(kwargs.get("metadata") or {}),

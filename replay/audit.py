@@ -137,11 +137,13 @@ def export(
 ) -> int:
     """The whole log as JSON Lines in position order, with hashes; as recorded (stored
     schema versions) unless `upcasting`. Streams page by page: memory stays flat."""
-    written = 0
+    written, position = 0, 0
     for event in _log(recorder):
         envelope = to_envelope(event, with_hashes=True)
         out.write(orjson.dumps(upcast(envelope) if upcasting else envelope) + b"\n")
-        written += 1
+        written, position = written + 1, event.id
         if written % PAGE == 0:
-            advance(event.id)
+            advance(position)
+    if written % PAGE:
+        advance(position)  # the last page too: progress ends at the last event
     return written

@@ -4,6 +4,7 @@ import), in the mode the environment selects."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -26,13 +27,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from eventkeep.api.bootstrap import build_read_models, shop_env
-from eventkeep.api.settings import Settings
-from eventkeep.commands.handlers import CommandBus
-from eventkeep.commands.shop import Shop
+from eventkeep.bootstrap import Eventkeep, Role, build
 from eventkeep.replay import audit
 from eventkeep.replay.importer import ImportRefused, check_file, import_file
 from eventkeep.replay.rebuild import PROJECTIONS, Rebuild
+from eventkeep.settings import Settings
 
 replay_app = typer.Typer(help="Rebuild projections from the event store.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read, check, export and import the history.", no_args_is_help=True)
@@ -41,12 +40,10 @@ err = Console(stderr=True)
 
 
 @contextmanager
-def _shop() -> Iterator[Shop]:
-    shop = Shop(env=shop_env(Settings()))
-    try:
-        yield shop
-    finally:
-        shop.close()
+def _built(role: Role = "audit") -> Iterator[Eventkeep]:
+    """eventkeep from the environment's settings (the composition root), closed after."""
+    with build(Settings(), role=role) as system:
+        yield system
 
 
 def _events_bar() -> Progress:
@@ -75,9 +72,7 @@ def rebuild(
     if unknown:
         err.print(f"[red]Unknown projection(s):[/red] {', '.join(sorted(unknown))}")
         raise typer.Exit(2)
-    settings = Settings()
-    models = build_read_models(settings)
-    with _shop() as shop, _events_bar() as bar:
+    with _built("replay") as system, _events_bar() as bar:
         task = bar.add_task("rebuilding", total=None, rate="")
         started: list[float] = []
 
@@ -89,18 +84,15 @@ def rebuild(
             rate = (position - started[0]) / elapsed if elapsed > 0 else 0
             bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
 
-        generation = Rebuild(shop.recorder, models).run(advance)
-    models.close()
+        generation = Rebuild(system.shop.recorder, system.read_models).run(advance)
     out.print(f"Rebuilt and swapped in: read models generation {generation}.")
 
 
 @replay_app.command("status")
 def status() -> None:
     """Where the live read models are, and any rebuild in progress."""
-    models = build_read_models(Settings())
-    with _shop() as shop:
-        state = Rebuild(shop.recorder, models).status()
-    models.close()
+    with _built("replay") as system:
+        state = Rebuild(system.shop.recorder, system.read_models).status()
     table = Table("projection", "position", "head", "lag", "generation", "rebuild")
     table.add_row(
         PROJECTIONS[0],
@@ -116,8 +108,8 @@ def status() -> None:
 @audit_app.command("history")
 def history(stream_id: Annotated[UUID, typer.Argument(help="The stream (entity) id.")]) -> None:
     """Every event of a stream, upcast, with metadata and hashes (JSON Lines)."""
-    with _shop() as shop:
-        events = audit.history(shop, stream_id)
+    with _built() as system:
+        events = audit.history(system.shop, stream_id)
     if not events:
         err.print(f"No stream {stream_id}.")
         raise typer.Exit(1)
@@ -146,8 +138,8 @@ def as_of(
         if moment is None or moment.tzinfo is None:
             err.print(f"--at {at!r} is not an RFC 3339 time with a zone (e.g. 2024-05-01T12:00Z).")
             raise typer.Exit(2)
-    with _shop() as shop:
-        state = audit.state_as_of(shop, stream_id, version=version, at=moment)
+    with _built() as system:
+        state = audit.state_as_of(system.shop, stream_id, version=version, at=moment)
     if state is None:
         err.print(f"Stream {stream_id} did not exist then.")
         raise typer.Exit(1)
@@ -157,10 +149,10 @@ def as_of(
 @audit_app.command("verify")
 def verify() -> None:
     """Walk the hash chain; exit 0 when intact, 1 naming the first altered or missing event."""
-    with _shop() as shop, _events_bar() as bar:
+    with _built() as system, _events_bar() as bar:
         task = bar.add_task("verifying", total=None, rate="")
         verdict = audit.verify(
-            shop.recorder,
+            system.shop.recorder,
             lambda position, head: bar.update(task, completed=position, total=head, rate=""),
         )
     if verdict.intact:
@@ -183,19 +175,28 @@ def export(
     upcast: Annotated[bool, typer.Option(help="Current schema versions, not as recorded.")] = False,
 ) -> None:
     """The whole history in position order, as recorded (or upcast), with hashes."""
-    with _shop() as shop:
-        head = shop.recorder.max_notification_id() or 0
+    with _built() as system:
+        recorder = system.shop.recorder
+        head = recorder.max_notification_id() or 0
         if str(file) == "-":
-            count = audit.export(shop.recorder, sys.stdout.buffer, upcasting=upcast)
+            count = audit.export(recorder, sys.stdout.buffer, upcasting=upcast)
         else:
             with file.open("wb") as target, _events_bar() as bar:
                 task = bar.add_task("exporting", total=head, rate="")
-                count = audit.export(
-                    shop.recorder,
-                    target,
-                    upcasting=upcast,
-                    advance=lambda position: bar.update(task, completed=position),
-                )
+                started = time.perf_counter()
+
+                def advance(position: int) -> None:
+                    elapsed = time.perf_counter() - started
+                    rate = position / elapsed if elapsed > 0 else 0
+                    total = max(head, position)
+                    bar.update(task, completed=position, total=total, rate=f"{rate:,.0f}")
+
+                count = audit.export(recorder, target, upcasting=upcast, advance=advance)
+                # Done: the bar ends full, with the rate of the whole export.
+                elapsed = time.perf_counter() - started
+                rate = count / elapsed if elapsed > 0 else 0
+                done = max(head, bar.tasks[task].completed, 1)
+                bar.update(task, completed=done, total=done, rate=f"{rate:,.0f}")
     err.print(f"Exported {count:,} events.")
 
 
@@ -206,10 +207,9 @@ def import_(
     """Import history in the export format, keeping ids, versions, times, metadata and stored
     schema versions. Every line is checked first: a bad one refuses the file, naming the line
     and the reason, and nothing is written."""
-    settings = Settings()
     size = file.stat().st_size
-    with _shop() as shop:
-        bus = CommandBus(shop, claim_secret=settings.claim_secret.get_secret_value().encode())  # type: ignore[union-attr]
+    with _built() as system:
+        shop, bus = system.shop, system.bus
         bytes_bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

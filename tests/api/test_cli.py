@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
-from eventkeep.api.bootstrap import build_key_store
-from eventkeep.api.settings import Settings
+from eventkeep.bootstrap import build_key_store
 from eventkeep.eventstore.api_keys import Role
+from eventkeep.settings import Settings
 
 runner = CliRunner()
 

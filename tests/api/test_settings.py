@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from eventkeep.api.bootstrap import build_key_store, shop_env
-from eventkeep.api.settings import Settings
+from eventkeep.bootstrap import build_key_store, shop_env
 from eventkeep.eventstore.api_keys import SqliteApiKeyStore
+from eventkeep.settings import Settings
 
 URL = "postgresql://writer:p%40ss%3Aword@db.internal:6543/shop"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import pytest
 
-from eventkeep.api.bootstrap import Wiring
+from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.messages import (
     Command,
     CommandContext,
@@ -17,39 +19,53 @@ from eventkeep.commands.messages import (
     PlaceOrder,
     RegisterUser,
 )
+from eventkeep.commands.ports import WriteStore
 from eventkeep.domain.errors import DomainError
 
 CONTEXT = CommandContext(actor="test", correlation_id="corr-1")
 
 
-def event_count(wiring: Wiring) -> int:
-    return wiring.shop.recorder.max_notification_id() or 0
+@dataclass
+class Writer:
+    """The command bus on one write store, and how a test looks at what it wrote."""
+
+    bus: CommandBus
+    store: WriteStore
+    count: Callable[[], int]  # events in the log
+    history: Callable[[UUID], list[Any]]  # a stream's domain events, in version order
+
+    def handle(self, command: Command, context: CommandContext) -> CommandResult:
+        return self.bus.handle(command, context)
 
 
-def send(wiring: Wiring, command: Command, context: CommandContext = CONTEXT) -> CommandResult:
-    return wiring.handle(command, context)
+def event_count(writer: Writer) -> int:
+    return writer.count()
 
 
-def refused(wiring: Wiring, command: Command, context: CommandContext = CONTEXT) -> str:
+def send(writer: Writer, command: Command, context: CommandContext = CONTEXT) -> CommandResult:
+    return writer.handle(command, context)
+
+
+def refused(writer: Writer, command: Command, context: CommandContext = CONTEXT) -> str:
     """The error code `command` is refused with; asserts that nothing was written."""
-    events = event_count(wiring)
+    events = event_count(writer)
     with pytest.raises(DomainError) as refusal:
-        wiring.handle(command, context)
-    assert event_count(wiring) == events
+        writer.handle(command, context)
+    assert event_count(writer) == events
     return refusal.value.code
 
 
-def register(wiring: Wiring, email: str = "ada@example.com") -> UUID:
-    return send(wiring, RegisterUser(email, "Ada", "Lovelace")).id
+def register(writer: Writer, email: str = "ada@example.com") -> UUID:
+    return send(writer, RegisterUser(email, "Ada", "Lovelace")).id
 
 
 def create_product(
-    wiring: Wiring, stock: int = 10, price: str = "49.90", currency: str = "EUR"
+    writer: Writer, stock: int = 10, price: str = "49.90", currency: str = "EUR"
 ) -> UUID:
     command = CreateProduct(
         "KB-01", "Keyboard", "Mechanical", "peripherals", price, currency, stock
     )
-    return send(wiring, command).id
+    return send(writer, command).id
 
 
 def order(user_id: UUID, *lines: tuple[UUID, int]) -> PlaceOrder:
@@ -58,9 +74,9 @@ def order(user_id: UUID, *lines: tuple[UUID, int]) -> PlaceOrder:
     )
 
 
-def load(wiring: Wiring, stream_id: UUID) -> Any:
-    return wiring.shop.repository.get(stream_id)
+def load(writer: Writer, stream_id: UUID) -> Any:
+    return writer.store.load(stream_id)
 
 
-def stock(wiring: Wiring, product_id: UUID) -> int:
-    return load(wiring, product_id).stock
+def stock(writer: Writer, product_id: UUID) -> int:
+    return load(writer, product_id).stock

@@ -8,19 +8,18 @@ from uuid import UUID
 
 import pytest
 
-from eventkeep.api.bootstrap import Wiring
 from eventkeep.commands.errors import VersionConflict
 from eventkeep.domain.errors import StockInsufficient
-from tests.commands.shopping import create_product, order, register, send, stock
+from tests.commands.shopping import Writer, create_product, order, register, send, stock
 
 CLIENTS = 8
 
 
-def order_until_decided(wiring: Wiring, user_id: UUID, product_id: UUID) -> str:
+def order_until_decided(writer: Writer, user_id: UUID, product_id: UUID) -> str:
     """Places an order for one unit, retrying as a client would while writers conflict."""
     for _ in range(50):
         try:
-            send(wiring, order(user_id, (product_id, 1)))
+            send(writer, order(user_id, (product_id, 1)))
             return "placed"
         except StockInsufficient:
             return "refused"
@@ -30,17 +29,17 @@ def order_until_decided(wiring: Wiring, user_id: UUID, product_id: UUID) -> str:
 
 
 @pytest.mark.parametrize("units", [1, 3, CLIENTS])
-def test_only_the_stock_there_is_can_be_ordered(wiring: Wiring, units: int) -> None:
-    users = [register(wiring, f"client{i}@example.com") for i in range(CLIENTS)]
-    product_id = create_product(wiring, stock=units + 5)
+def test_only_the_stock_there_is_can_be_ordered(writer: Writer, units: int) -> None:
+    users = [register(writer, f"client{i}@example.com") for i in range(CLIENTS)]
+    product_id = create_product(writer, stock=units + 5)
     # Leave only `units` to order: five are already sold to someone else.
-    send(wiring, order(register(wiring, "early@example.com"), (product_id, 5)))
+    send(writer, order(register(writer, "early@example.com"), (product_id, 5)))
     outcomes: list[str] = []
     start = threading.Barrier(CLIENTS)
 
     def client(user_id: UUID) -> None:
         start.wait()
-        outcomes.append(order_until_decided(wiring, user_id, product_id))
+        outcomes.append(order_until_decided(writer, user_id, product_id))
 
     threads = [threading.Thread(target=client, args=(user_id,)) for user_id in users]
     for thread in threads:
@@ -49,17 +48,17 @@ def test_only_the_stock_there_is_can_be_ordered(wiring: Wiring, units: int) -> N
         thread.join(60)
 
     assert sorted(outcomes) == sorted(["placed"] * units + ["refused"] * (CLIENTS - units))
-    assert stock(wiring, product_id) == 0
+    assert stock(writer, product_id) == 0
     # Replayed event by event, the stock never went below zero on the way.
     running = []
-    for event in wiring.shop.repository.event_store.get(product_id):
+    for event in writer.history(product_id):
         delta = {"ProductStockReserved": -1, "ProductStockReleased": 1}.get(type(event).__name__)
         if delta is not None:
             running.append((running[-1] if running else units + 5) + delta * event.quantity)
     assert min(running) >= 0
     reservations = [
         event
-        for event in wiring.shop.repository.event_store.get(product_id)
+        for event in writer.history(product_id)
         if type(event).__name__ == "ProductStockReserved"
     ]
     assert sum(event.quantity for event in reservations) == units + 5

@@ -19,12 +19,13 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
 from eventkeep.api.app import create_app
-from eventkeep.api.bootstrap import Wiring, build_projector, build_relay
-from eventkeep.api.settings import Settings
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.bootstrap import build_projector, build_relay
 from eventkeep.eventstore.api_keys import Role
 from eventkeep.eventstore.relay import STREAM_TYPES
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
+from eventkeep.settings import Settings
 from tests.api.conftest import distributed_settings, distributed_wiring
 from tests.api.shopping import answer, create_product, pay, place_order, register
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env, services

@@ -1,0 +1,251 @@
+"""The composition root: the one place that builds eventkeep from its `Settings`.
+
+`build(settings, role=…)` answers an `Eventkeep` whose parts — the shop application and its
+write port, the command bus, the API key store, the read models, the cache, the embedded feed,
+the query side, the relay and the projector — are each built on first use, for the mode the
+settings select, and closed together by `close()`. Every entry point (the HTTP app, each
+command of the command line, the benchmarks) gets its parts here; nothing else wires them.
+
+Only entry points import this module (it sits at the top of the dependency graph, beside
+`eventkeep.api`): `domain/`, `commands/`, `eventstore/` and `projections/` never do.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING, Literal
+
+from psycopg.conninfo import conninfo_to_dict
+
+from eventkeep.commands.handlers import CommandBus
+from eventkeep.commands.ports import WriteStore
+from eventkeep.commands.shop import Shop
+from eventkeep.eventstore.pii import PII_SECRET
+from eventkeep.eventstore.write_store import ApplicationWriteStore
+from eventkeep.projections.cache import Cache, LocalCache, NoCache
+from eventkeep.projections.queries import PolledProgress, Queries
+from eventkeep.projections.readmodels import ReadModels
+from eventkeep.settings import Settings
+
+if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, nor serve the relay
+    from eventkeep.eventstore.api_keys import ApiKeyStore
+    from eventkeep.eventstore.relay import Relay, RelaySettings
+    from eventkeep.projections.kafka_feed import KafkaProjector
+    from eventkeep.projections.log_feed import LogFeed
+
+# What a process is built for: `relay` and `project` need the distributed mode and Kafka.
+Role = Literal["serve", "relay", "project", "replay", "audit", "seed", "keys", "bench", "test"]
+DISTRIBUTED_ROLES: frozenset[Role] = frozenset({"relay", "project"})
+
+
+class SettingsProblem(Exception):
+    """The settings cannot run this role (one line, for the command line to print)."""
+
+
+def build(settings: Settings, *, role: Role) -> Eventkeep:
+    """eventkeep for `role`, from `settings`; nothing connects before a part is used."""
+    if role in DISTRIBUTED_ROLES and (
+        settings.mode == "embedded" or settings.kafka_bootstrap is None
+    ):
+        raise SettingsProblem(
+            f"`eventkeep {role}` belongs to the distributed mode: set EVENTKEEP_POSTGRES_URL "
+            "and EVENTKEEP_KAFKA_BOOTSTRAP (in the embedded mode `eventkeep serve` projects "
+            "in-process)"
+        )
+    return Eventkeep(settings, role)
+
+
+class Eventkeep:
+    """eventkeep's parts, each built on first use; `close()` closes those that were."""
+
+    def __init__(self, settings: Settings, role: Role) -> None:
+        self.settings = settings
+        self.role = role
+
+    # --- the write side -------------------------------------------------------------------
+
+    @cached_property
+    def shop(self) -> Shop:
+        return Shop(env=shop_env(self.settings))
+
+    @cached_property
+    def store(self) -> WriteStore:
+        """The write port the command bus uses, over the shop and its recorder."""
+        return ApplicationWriteStore(self.shop)
+
+    @cached_property
+    def bus(self) -> CommandBus:
+        return CommandBus(self.store, claim_secret=claim_secret(self.settings))
+
+    @cached_property
+    def keys(self) -> ApiKeyStore:
+        return build_key_store(self.settings)
+
+    # --- the read side --------------------------------------------------------------------
+
+    @cached_property
+    def read_models(self) -> ReadModels:
+        return build_read_models(self.settings)
+
+    @cached_property
+    def cache(self) -> Cache:
+        if self.settings.mode == "embedded":
+            return LocalCache()
+        return build_cache(self.settings)
+
+    @cached_property
+    def feed(self) -> LogFeed | None:
+        """The embedded mode's in-process projector, started; None in the distributed mode
+        (there the `project` processes apply the events)."""
+        if self.settings.mode != "embedded":
+            return None
+        from eventkeep.projections.log_feed import LogFeed
+
+        feed = LogFeed(self.shop.recorder, self.read_models, self.cache)
+        feed.start()
+        return feed
+
+    @cached_property
+    def progress(self) -> PolledProgress | None:
+        """The distributed mode's read-model progress, polled; None in the embedded mode."""
+        if self.settings.mode == "embedded":
+            return None
+        return PolledProgress(self.read_models)
+
+    @cached_property
+    def queries(self) -> Queries:
+        progress = self.feed if self.feed is not None else self.progress
+        assert progress is not None  # one of the two, by mode
+        return Queries(self.read_models, self.cache, progress)
+
+    # --- the distributed mode's processes -------------------------------------------------
+
+    def relay(self) -> Relay:
+        return build_relay(self.settings, self.shop)
+
+    def projector(self) -> KafkaProjector:
+        return build_projector(self.settings, self.read_models)
+
+    # --- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the parts that were built, the readers before what they read."""
+        built = self.__dict__
+        if built.get("feed") is not None:
+            built["feed"].stop()
+        if built.get("progress") is not None:
+            built["progress"].stop()
+        for name in ("read_models", "keys", "shop"):
+            if name in built:
+                built[name].close()
+
+    def __enter__(self) -> Eventkeep:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- the parts, one function each -----------------------------------------------------------
+
+
+def claim_secret(settings: Settings) -> bytes:
+    assert settings.claim_secret is not None  # Settings fills or demands it
+    return settings.claim_secret.get_secret_value().encode()
+
+
+def build_read_models(settings: Settings) -> ReadModels:
+    if settings.postgres_url is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        models = ReadModels.open(sqlite_path=settings.home / "readmodels.db")
+    else:
+        models = ReadModels.open(postgres_url=settings.postgres_url.get_secret_value())
+    models.migrate()
+    return models
+
+
+def build_cache(settings: Settings) -> Cache:
+    """Redis when set; without it, no cache in the distributed mode (see NoCache)."""
+    if settings.redis_url is None:
+        return NoCache()
+    from eventkeep.projections.redis_cache import RedisCache
+
+    return RedisCache(settings.redis_url.get_secret_value())
+
+
+def relay_settings(settings: Settings) -> RelaySettings:
+    from eventkeep.eventstore.relay import RelaySettings
+
+    assert settings.kafka_bootstrap is not None, "checked by build()"
+    return RelaySettings(
+        bootstrap=settings.kafka_bootstrap,
+        topic_prefix=settings.topic_prefix,
+        partitions=settings.topic_partitions,
+    )
+
+
+def build_relay(settings: Settings, shop: Shop) -> Relay:
+    from eventkeep.eventstore.relay import Relay
+
+    assert settings.postgres_url is not None, "checked by build()"
+    return Relay(shop.recorder, settings.postgres_url.get_secret_value(), relay_settings(settings))
+
+
+def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
+    from eventkeep.projections.kafka_feed import KafkaProjector
+
+    return KafkaProjector(
+        models, build_cache(settings), relay_settings(settings), group=settings.projector_group
+    )
+
+
+def build_key_store(settings: Settings) -> ApiKeyStore:
+    from eventkeep.eventstore.api_keys import PostgresApiKeyStore, SqliteApiKeyStore
+
+    if settings.postgres_url is None:
+        return SqliteApiKeyStore(
+            settings.home / "api_keys.db", cache_seconds=settings.key_cache_seconds
+        )
+    return PostgresApiKeyStore(
+        settings.postgres_url.get_secret_value(),
+        cache_seconds=settings.key_cache_seconds,
+        pool_timeout=settings.pool_timeout,
+    )
+
+
+def shop_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing library's environment: persistence module and its connection."""
+    env = {
+        # Stored rows keep the catalog's envelope and are upcast on read.
+        "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
+        # Wraps the per-user keys of personal data (eventstore.pii).
+        PII_SECRET: claim_secret(settings).decode(),
+        # Recently used aggregates stay in memory and are fast-forwarded with the events
+        # stored since (one query instead of snapshot + events); a stale copy cannot win, the
+        # append's version check refuses it and the bus retries on a fresh load.
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+    }
+    if settings.postgres_url is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        return env | {
+            "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
+            "SQLITE_DBNAME": str(settings.home / "events.db"),
+        }
+    url = conninfo_to_dict(settings.postgres_url.get_secret_value())
+    return env | {
+        "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
+        "POSTGRES_DBNAME": str(url.get("dbname", "")),
+        "POSTGRES_HOST": str(url.get("host", "localhost")),
+        "POSTGRES_PORT": str(url.get("port", "5432")),
+        "POSTGRES_USER": str(url.get("user", "")),
+        "POSTGRES_PASSWORD": str(url.get("password", "")),
+        "POSTGRES_POOL_SIZE": str(settings.pool_size),
+        "POSTGRES_CONNECT_TIMEOUT": str(settings.pool_timeout),
+    }

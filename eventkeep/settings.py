@@ -1,0 +1,113 @@
+"""Settings read from the environment (prefix `EVENTKEEP_`); the only input that picks a mode.
+
+Setting `EVENTKEEP_POSTGRES_URL` selects the distributed mode; without it everything lives in
+files under `EVENTKEEP_HOME`. Secrets are `SecretStr` so that a settings object printed or
+logged by accident shows `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Mode = Literal["embedded", "distributed"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTKEEP_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".eventkeep"), description="Folder of the embedded mode's files."
+    )
+    postgres_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:password@host:port/dbname); "
+        "setting it selects the distributed mode.",
+    )
+    kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers.")
+    redis_url: SecretStr | None = Field(default=None, description="Redis URL.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    claim_secret: SecretStr | None = Field(
+        default=None,
+        description="Deployment secret: keys the hash that stores unique values (emails) "
+        "without plaintext and wraps the per-user keys of personal data. Embedded mode: "
+        "generated once into HOME/secret when unset. "
+        "Distributed mode: required, the same in every process.",
+    )
+    pool_size: int = Field(default=10, ge=1, description="PostgreSQL connections per process.")
+    pool_timeout: int = Field(
+        default=5, ge=1, description="Seconds to wait for a PostgreSQL connection before 503."
+    )
+    rate_limit: float = Field(
+        default=1000.0,
+        ge=0,
+        description="Requests per second allowed to each API key (0: no limit); beyond it, 429.",
+    )
+    rate_burst: int = Field(
+        default=2000, ge=1, description="Requests a key may send at once (its burst)."
+    )
+    min_position_wait: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        description="Longest wait for the read models to reach a query's X-Min-Position "
+        "before answering 503 PROJECTION_BEHIND.",
+    )
+    topic_prefix: str = Field(
+        default="eventkeep",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Kafka topics are <prefix>.User, <prefix>.Product, <prefix>.Order.",
+    )
+    topic_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=1000,
+        description="Partitions of each topic when the relay creates it (fixed afterwards: "
+        "more partitions would move streams between them). The most projector processes "
+        "that share the work.",
+    )
+    projector_group: str = Field(
+        default="eventkeep-projectors", description="Kafka consumer group of the projectors."
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified API key is trusted without asking the store again "
+        "(a revocation takes at most this long to reach other processes).",
+    )
+
+    @property
+    def mode(self) -> Mode:
+        return "distributed" if self.postgres_url is not None else "embedded"
+
+    @model_validator(mode="after")
+    def _resolve_claim_secret(self) -> Settings:
+        if self.claim_secret is not None:
+            return self
+        if self.mode == "distributed":
+            # A secret made up per process would hash the same email differently in each.
+            raise ValueError(
+                "EVENTKEEP_CLAIM_SECRET is required when EVENTKEEP_POSTGRES_URL is set"
+            )
+        self.claim_secret = SecretStr(_load_or_create_secret(self.home / "secret"))
+        return self
+
+
+def _load_or_create_secret(path: Path) -> str:
+    """Reads the embedded mode's secret, creating it (mode 0600) on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: when several processes start at once, exactly one writes the secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text(encoding="ascii").strip()
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(value)
+    return value

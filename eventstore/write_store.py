@@ -1,0 +1,122 @@
+"""The command layer's write port (`commands.ports.WriteStore`) over an event-sourced
+application (the shop) and its recorder (PostgreSQL or SQLite).
+
+`save` collects the aggregates' pending events, maps them to stored events with the
+application's mapper and hands the recorder ONE typed `Append` (events, metadata, unique claims,
+idempotency record), so nothing travels as loose keywords through the library. Afterwards it
+does what the library's `Application.save` does after recording: the aggregate cache and the
+snapshots (the shop has no followers to notify).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from eventkeep.commands.ports import (
+    EventMetadata,
+    IdempotencyRecord,
+    StreamChangedError,
+    UniqueClaim,
+)
+from eventkeep.eventstore.group_commit import Append
+
+
+@runtime_checkable
+class CommandRecorder(Protocol):
+    """What this adapter needs of a recorder (both of eventkeep's have it)."""
+
+    def find_idempotent(self, key: str) -> tuple[str, Any] | None: ...
+
+    def claim_owner(self, scope: str, key: str) -> UUID | None: ...
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]: ...
+
+    def max_notification_id(self) -> int | None: ...
+
+
+class ApplicationWriteStore:
+    """`WriteStore` over `application`, whose recorder must be one of eventkeep's."""
+
+    def __init__(self, application: Application[UUID]) -> None:
+        recorder = application.recorder
+        if not isinstance(recorder, CommandRecorder):
+            raise TypeError(f"{type(recorder).__name__} cannot record commands' appends")
+        self._application = application
+        self._recorder: CommandRecorder = recorder
+
+    def load(self, stream_id: UUID) -> Aggregate | None:
+        try:
+            aggregate = self._application.repository.get(stream_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, Aggregate) else None
+
+    def stored_answer(self, idempotency_key: str) -> IdempotencyRecord | None:
+        found = self._recorder.find_idempotent(idempotency_key)
+        if found is None:
+            return None
+        request_hash, answer = found
+        return IdempotencyRecord.from_stored(idempotency_key, request_hash, answer)
+
+    def claim_owner(self, scope: str, key: str) -> UUID | None:
+        return self._recorder.claim_owner(scope, key)
+
+    def save(
+        self,
+        aggregates: Sequence[Aggregate],
+        *,
+        metadata: EventMetadata,
+        claims: Sequence[UniqueClaim] = (),
+        idempotency: IdempotencyRecord | None = None,
+    ) -> int:
+        pending: ProcessingEvent[UUID] = ProcessingEvent()
+        pending.collect_events(*aggregates)
+        mapper = self._application.mapper
+        append = Append(
+            events=[mapper.to_stored_event(event) for event in pending.events],
+            metadata=dict(metadata.as_dict()),
+            claims=tuple(claims),
+            idempotency=idempotency,
+        )
+        try:
+            positions = self._append(append)
+        except IntegrityError as error:
+            raise StreamChangedError(str(error)) from None
+        self._after_recording(pending)
+        if positions:
+            return positions[-1]
+        return self._recorder.max_notification_id() or 0
+
+    def _append(self, append: Append) -> list[int]:
+        typed = getattr(self._recorder, "append", None)
+        if typed is not None:
+            return list(typed(append))
+        # A recorder without the typed entrance yet: its library one, every keyword named.
+        return self._recorder.insert_events(
+            append.events,
+            metadata=append.metadata,
+            claims=append.claims,
+            idempotency=append.idempotency,
+        )
+
+    def _after_recording(self, pending: ProcessingEvent[UUID]) -> None:
+        """The library's `Application.save` after its `_record`: cache, then snapshots."""
+        application = self._application
+        repository = application.repository
+        if repository.cache is not None and not repository.fastforward:
+            for aggregate_id, aggregate in pending.aggregates.items():
+                repository.cache.put(aggregate_id, aggregate)
+        intervals = application.snapshotting_intervals
+        if application.snapshots is None or not intervals:
+            return
+        for event in pending.events:
+            aggregate = pending.aggregates.get(event.originator_id)
+            interval = intervals.get(type(aggregate)) if aggregate is not None else None
+            if interval is not None and event.originator_version % interval == 0:
+                application.take_snapshot(event.originator_id, version=event.originator_version)
