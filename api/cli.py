@@ -267,14 +267,15 @@ def serve(
         )
         raise typer.Exit(CANNOT_RUN)
     _check_port_free(settings.host, settings.port)
-    base = f"http://{settings.host}:{settings.port}"
-    out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
-    out.print(f"API docs: {base}/docs")
-    if settings.mode == "embedded":
-        with build(settings, role="keys") as system:
+    with build(settings, role="serve") as system:
+        system.check()  # a store out of reach: one line here, not a traceback per worker
+        base = f"http://{settings.host}:{settings.port}"
+        out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
+        out.print(f"API docs: {base}/docs")
+        if settings.mode == "embedded":
             issued = system.keys.rotate(Role.admin, BOOTSTRAP_KEY_NAME)
-        out.print("Bootstrap admin key (replaces the previous one):")
-        typer.echo(issued.secret_key)
+            out.print("Bootstrap admin key (replaces the previous one):")
+            typer.echo(issued.secret_key)
     # An import string, so that each worker process builds its own app from the environment.
     uvicorn.run(
         "eventkeep.api.app:create_app",

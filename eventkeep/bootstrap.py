@@ -127,6 +127,12 @@ class Eventkeep:
     def projector(self) -> KafkaProjector:
         return build_projector(self.settings, self.read_models)
 
+    def check(self) -> None:
+        """Reaches the event store and the key store now, so that one out of reach is found
+        before a process starts (the error names it; see `eventkeep.api.cli.cannot_run`)."""
+        self.shop.recorder.max_notification_id()
+        self.keys.list()
+
     # --- closing --------------------------------------------------------------------------
 
     def close(self) -> None:

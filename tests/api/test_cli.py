@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,114 @@ def test_a_bad_setting_is_reported_without_a_traceback(
     assert result.exit_code == 2
     assert "EVENTKEEP_CLAIM_SECRET" in result.output
     assert "Traceback" not in result.output
+
+
+UNREACHABLE = "postgresql://eventkeep:eventkeep@127.0.0.1:1/nowhere"
+
+
+def said(result: Any) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("replay", "status"),
+        ("replay", "rebuild"),
+        ("audit", "verify"),
+        ("audit", "export", "history.jsonl"),
+        ("seed", "--users", "1", "--products", "1", "--orders", "0"),
+        ("keys", "list"),
+        ("keys", "create", "--role", "client"),
+        ("serve",),
+    ],
+    ids=" ".join,
+)
+def test_an_unreachable_postgresql_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    served: list[dict[str, Any]],
+    command: tuple[str, ...],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", UNREACHABLE)
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "test-secret")
+    monkeypatch.setenv("EVENTKEEP_POOL_TIMEOUT", "1")
+    monkeypatch.chdir(tmp_path)
+
+    result = run(*command)
+
+    assert result.exit_code == 2, result.output
+    assert said(result) == [said(result)[0]], result.output
+    assert "cannot reach PostgreSQL at 127.0.0.1:1/nowhere" in result.output
+    assert "Traceback" not in result.output
+    assert served == []
+
+
+@pytest.mark.parametrize("command", [("replay", "status"), ("seed",), ("keys", "list")])
+def test_a_bad_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("EVENTKEEP_POOL_SIZE", "none")
+    result = run(*command)
+    assert result.exit_code == 2
+    assert said(result) == [said(result)[0]], result.output
+    assert "EVENTKEEP_POOL_SIZE" in result.output
+
+
+@pytest.mark.parametrize("command", ["relay", "project"])
+def test_distributed_processes_refuse_the_embedded_mode_in_one_line(command: str) -> None:
+    result = run(command)
+    assert result.exit_code == 2
+    assert said(result) == [said(result)[0]], result.output
+    assert "EVENTKEEP_POSTGRES_URL" in result.output
+
+
+def test_a_second_serve_on_a_busy_port_leaves_the_running_bootstrap_key(
+    served: list[dict[str, Any]],
+) -> None:
+    with socket.socket() as running:  # the first server, still serving on its port
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        port = str(running.getsockname()[1])
+        running.close()
+        first = run("serve", "--port", port)
+        key = first.output.splitlines()[-1]
+        with socket.socket() as listening:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listening.bind(("127.0.0.1", int(port)))
+            listening.listen()
+
+            second = run("serve", "--port", port)
+
+    assert second.exit_code == 2
+    assert said(second) == [said(second)[0]], second.output
+    assert f"cannot serve on 127.0.0.1:{port}" in second.output
+    assert store().verify(key) is not None  # the running server's key still works
+    assert len(served) == 1
+
+
+def test_seed_run_twice_refuses_the_second_time_in_one_line() -> None:
+    sizes = ("--users", "3", "--products", "2", "--orders", "4", "--per-save", "2")
+    first = run("seed", *sizes)
+    assert first.exit_code == 0, first.output
+
+    second = run("seed", *sizes)
+
+    assert second.exit_code == 1
+    assert said(second) == [said(second)[0]], second.output
+    assert "seeded already" in second.output
+    assert "Traceback" not in second.output
+
+
+def test_the_export_bar_ends_full_with_its_rate(tmp_path: Path) -> None:
+    assert run("seed", "--users", "3", "--products", "2", "--orders", "4").exit_code == 0
+    target = tmp_path / "history.jsonl"
+
+    result = run("audit", "export", str(target))
+
+    assert result.exit_code == 0, result.output
+    events = len(target.read_text().splitlines())
+    final = [line for line in said(result) if "exporting" in line][-1]
+    assert f"{events}/{events}" in final
+    rate = final.split(f"{events}/{events}")[1].split("events/s")[0].strip().replace(",", "")
+    assert float(rate) > 0
