@@ -85,8 +85,6 @@ def encode_result(result: CommandResult) -> str:
 
 def decode_result(stored: object) -> CommandResult:
     """A `CommandResult` from its JSON, as text or already parsed (a jsonb column)."""
-    if isinstance(stored, CommandResult):  # a store that still decodes answers itself
-        return stored
     data: Any = orjson.loads(stored) if isinstance(stored, str | bytes) else stored
     if not isinstance(data, Mapping):
         raise ValueError(f"not a stored command result: {stored!r}")

@@ -16,7 +16,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import IntegrityError
 
 from eventkeep.commands.ports import (
     EventMetadata,
@@ -31,11 +31,11 @@ from eventkeep.eventstore.group_commit import Append
 class CommandRecorder(Protocol):
     """What this adapter needs of a recorder (both of eventkeep's have it)."""
 
+    def append(self, append: Append) -> list[int]: ...
+
     def find_idempotent(self, key: str) -> tuple[str, Any] | None: ...
 
     def claim_owner(self, scope: str, key: str) -> UUID | None: ...
-
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> list[int]: ...
 
     def max_notification_id(self) -> int | None: ...
 
@@ -85,25 +85,13 @@ class ApplicationWriteStore:
             idempotency=idempotency,
         )
         try:
-            positions = self._append(append)
+            positions = self._recorder.append(append)
         except IntegrityError as error:
             raise StreamChangedError(str(error)) from None
         self._after_recording(pending)
         if positions:
             return positions[-1]
         return self._recorder.max_notification_id() or 0
-
-    def _append(self, append: Append) -> list[int]:
-        typed = getattr(self._recorder, "append", None)
-        if typed is not None:
-            return list(typed(append))
-        # A recorder without the typed entrance yet: its library one, every keyword named.
-        return self._recorder.insert_events(
-            append.events,
-            metadata=append.metadata,
-            claims=append.claims,
-            idempotency=append.idempotency,
-        )
 
     def _after_recording(self, pending: ProcessingEvent[UUID]) -> None:
         """The library's `Application.save` after its `_record`: cache, then snapshots."""
