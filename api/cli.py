@@ -26,8 +26,8 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 import eventkeep
+from eventkeep.api.keys import Role
 from eventkeep.bootstrap import SettingsProblem, build
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -119,6 +119,8 @@ def cannot_run(error: BaseException) -> str | None:
         if isinstance(cause, SettingsProblem):
             return str(cause)
         kind = type(cause)
+        if kind.__name__ == "SchemaTooNewError":  # eventstore.migrations: a newer release's
+            return str(cause)
         package = kind.__module__.split(".")[0]
         if package in ("psycopg", "psycopg_pool") and kind.__name__ in (
             "OperationalError",
@@ -222,7 +224,7 @@ def main(
     """eventkeep: an event-sourced shop engine."""
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     """The settings from the environment, with the options given (bad ones: the boundary)."""
     return Settings(**{name: value for name, value in overrides.items() if value is not None})
 

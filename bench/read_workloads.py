@@ -199,12 +199,12 @@ def search_paths() -> list[str]:
 
 def env_for(settings: Settings) -> dict[str, str]:
     values = {
-        "EVENTKEEP_POSTGRES_URL": settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+        "EVENTKEEP_POSTGRES_URL": settings.postgres_url.get_secret_value()
         if settings.postgres_url
         else "",
         "EVENTKEEP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
         "EVENTKEEP_REDIS_URL": settings.redis_url.get_secret_value() if settings.redis_url else "",
-        "EVENTKEEP_CLAIM_SECRET": settings.claim_secret.get_secret_value()  # type: ignore[union-attr]
+        "EVENTKEEP_CLAIM_SECRET": settings.claim_secret.get_secret_value()
         if settings.claim_secret
         else "",
         "EVENTKEEP_HOME": str(settings.home),

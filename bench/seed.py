@@ -120,7 +120,7 @@ class Seeder:
         claims = [
             self._bus.email_claim(a.email, a.id)
             for a in aggregates
-            if isinstance(a, User) and a.version == 1
+            if isinstance(a, User) and a.version == 1 and a.email is not None
         ]
         self._write(aggregates, claims)
         advance(phase, len(aggregates))

@@ -21,7 +21,9 @@ from psycopg.conninfo import conninfo_to_dict
 from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
 from eventkeep.commands.shop import Shop
-from eventkeep.eventstore.pii import PII_SECRET
+from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
+from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
+from eventkeep.eventstore.recorder import EventRecorder
 from eventkeep.eventstore.write_store import ApplicationWriteStore
 from eventkeep.projections.cache import Cache, LocalCache, NoCache
 from eventkeep.projections.queries import PolledProgress, Queries
@@ -29,7 +31,7 @@ from eventkeep.projections.readmodels import ReadModels
 from eventkeep.settings import Settings
 
 if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, nor serve the relay
-    from eventkeep.eventstore.api_keys import ApiKeyStore
+    from eventkeep.api.keys import ApiKeyStore
     from eventkeep.eventstore.relay import Relay, RelaySettings
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
@@ -69,6 +71,12 @@ class Eventkeep:
     def shop(self) -> Shop:
         return Shop(env=shop_env(self.settings))
 
+    @property
+    def recorder(self) -> EventRecorder:
+        """The shop's recorder, typed as eventkeep's stores are (the library types it by its
+        base class)."""
+        return event_recorder(self.shop)
+
     @cached_property
     def store(self) -> WriteStore:
         """The write port the command bus uses, over the shop and its recorder."""
@@ -102,7 +110,7 @@ class Eventkeep:
             return None
         from eventkeep.projections.log_feed import LogFeed
 
-        feed = LogFeed(self.shop.recorder, self.read_models, self.cache)
+        feed = LogFeed(self.recorder, self.read_models, self.cache)
         feed.start()
         return feed
 
@@ -130,7 +138,7 @@ class Eventkeep:
     def check(self) -> None:
         """Reaches the event store and the key store now, so that one out of reach is found
         before a process starts (the error names it; see `eventkeep.api.cli.cannot_run`)."""
-        self.shop.recorder.max_notification_id()
+        self.recorder.max_notification_id()
         self.keys.list()
 
     # --- closing --------------------------------------------------------------------------
@@ -196,11 +204,18 @@ def relay_settings(settings: Settings) -> RelaySettings:
     )
 
 
+def event_recorder(shop: Shop) -> EventRecorder:
+    recorder = shop.recorder
+    assert isinstance(recorder, EventRecorder), "shop_env selects eventkeep's stores"
+    return recorder
+
+
 def build_relay(settings: Settings, shop: Shop) -> Relay:
     from eventkeep.eventstore.relay import Relay
 
     assert settings.postgres_url is not None, "checked by build()"
-    return Relay(shop.recorder, settings.postgres_url.get_secret_value(), relay_settings(settings))
+    url = settings.postgres_url.get_secret_value()
+    return Relay(event_recorder(shop), url, relay_settings(settings))
 
 
 def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
@@ -212,7 +227,7 @@ def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
 
 
 def build_key_store(settings: Settings) -> ApiKeyStore:
-    from eventkeep.eventstore.api_keys import PostgresApiKeyStore, SqliteApiKeyStore
+    from eventkeep.api.keys import PostgresApiKeyStore, SqliteApiKeyStore
 
     if settings.postgres_url is None:
         return SqliteApiKeyStore(
@@ -230,8 +245,10 @@ def shop_env(settings: Settings) -> dict[str, str]:
     env = {
         # Stored rows keep the catalog's envelope and are upcast on read.
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
-        # Wraps the per-user keys of personal data (eventstore.pii).
+        # Wraps the per-user keys of personal data (eventstore.pii), and tells the store which
+        # fields are personal and which event erases them.
         PII_SECRET: claim_secret(settings).decode(),
+        **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT).to_env(),
         # Recently used aggregates stay in memory and are fast-forwarded with the events
         # stored since (one query instead of snapshot + events); a stale copy cannot win, the
         # append's version check refuses it and the bus retries on a fresh load.

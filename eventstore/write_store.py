@@ -52,7 +52,7 @@ class ApplicationWriteStore:
 
     def load(self, stream_id: UUID) -> Aggregate | None:
         try:
-            aggregate = self._application.repository.get(stream_id)
+            aggregate: object = self._application.repository.get(stream_id)
         except AggregateNotFoundError:
             return None
         return aggregate if isinstance(aggregate, Aggregate) else None
@@ -104,7 +104,7 @@ class ApplicationWriteStore:
         if application.snapshots is None or not intervals:
             return
         for event in pending.events:
-            aggregate = pending.aggregates.get(event.originator_id)
-            interval = intervals.get(type(aggregate)) if aggregate is not None else None
+            saved = pending.aggregates.get(event.originator_id)
+            interval = intervals.get(type(saved)) if saved is not None else None
             if interval is not None and event.originator_version % interval == 0:
                 application.take_snapshot(event.originator_id, version=event.originator_version)

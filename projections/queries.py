@@ -48,8 +48,11 @@ class PolledProgress:
 class Progress(Protocol):
     """Where the read models are; answered from memory (it is asked on the event loop)."""
 
-    position: int
-    generation: int
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def generation(self) -> int: ...
 
 
 class Queries:

@@ -45,7 +45,7 @@ def state_as_of(
         events = [event for event in events if event.originator_version <= version]
     if not events:
         return None
-    aggregate = shop.repository.get(stream_id, version=events[-1].originator_version)
+    aggregate: object = shop.repository.get(stream_id, version=events[-1].originator_version)
     state = {
         name: _plain(value)
         for name, value in vars(aggregate).items()

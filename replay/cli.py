@@ -43,7 +43,7 @@ err = Console(stderr=True)
 def _built(role: Role = "audit") -> Iterator[Eventkeep]:
     """eventkeep from the environment's settings (the composition root), closed after."""
     with build(Settings(), role=role) as system:
-        system.shop.recorder.max_notification_id()  # out of reach: one line, before any bar
+        system.recorder.max_notification_id()  # out of reach: one line, before any bar
         yield system
 
 
@@ -85,7 +85,7 @@ def rebuild(
             rate = (position - started[0]) / elapsed if elapsed > 0 else 0
             bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
 
-        generation = Rebuild(system.shop.recorder, system.read_models).run(advance)
+        generation = Rebuild(system.recorder, system.read_models).run(advance)
     out.print(f"Rebuilt and swapped in: read models generation {generation}.")
 
 
@@ -93,7 +93,7 @@ def rebuild(
 def status() -> None:
     """Where the live read models are, and any rebuild in progress."""
     with _built("replay") as system:
-        state = Rebuild(system.shop.recorder, system.read_models).status()
+        state = Rebuild(system.recorder, system.read_models).status()
     table = Table("projection", "position", "head", "lag", "generation", "rebuild")
     table.add_row(
         PROJECTIONS[0],

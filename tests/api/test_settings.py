@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from eventkeep.api.keys import SqliteApiKeyStore
 from eventkeep.bootstrap import build_key_store, shop_env
-from eventkeep.eventstore.api_keys import SqliteApiKeyStore
+from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
+from eventkeep.eventstore.pii import PersonalFields
 from eventkeep.settings import Settings
 
 URL = "postgresql://writer:p%40ss%3Aword@db.internal:6543/shop"
@@ -56,6 +58,10 @@ def test_secrets_never_show(tmp_path: Path) -> None:
     assert "s3cret" not in shown
 
 
+# The store is told which fields are personal and which event erases them.
+PERSONAL = PersonalFields(PERSONAL_FIELDS, ERASING_EVENT).to_env()
+
+
 def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home", postgres_url=None, claim_secret=None)
     env = shop_env(settings)
@@ -65,6 +71,7 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": secret,
+        **PERSONAL,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
@@ -86,6 +93,7 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": "s3cret",
+        **PERSONAL,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
