@@ -84,9 +84,24 @@ def b2_hundred_row_transactions(url: str, seconds: float) -> float:
     return rate
 
 
+def datastore_for(
+    params: dict[str, str], *, pool_size: int, max_overflow: int = 0
+) -> PostgresDatastore:
+    """The library's PostgreSQL datastore on the connection `params` name."""
+    return PostgresDatastore(
+        dbname=params["dbname"],
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=params["password"],
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+    )
+
+
 def b3_stock_recorder(params: dict[str, str], threads: int, per_save: int, seconds: float) -> float:
     """B3: the eventsourcing library's stock PostgreSQL recorder (table lock per append)."""
-    datastore = PostgresDatastore(**params, pool_size=threads + 1)
+    datastore = datastore_for(params, pool_size=threads + 1)
     recorder = StockRecorder(datastore, events_table_name="bench_stock_events")
     with datastore.transaction(commit=True) as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_stock_events")

@@ -7,9 +7,7 @@ import threading
 import time
 from uuid import uuid4
 
-from eventsourcing.postgres import PostgresDatastore
-
-from eventkeep.bench.baselines import PAYLOAD, now, run_threads
+from eventkeep.bench.baselines import PAYLOAD, datastore_for, now, run_threads
 from eventkeep.bench.report import Histogram
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 from eventkeep.eventstore.records import RecordedEvent
@@ -18,7 +16,7 @@ TABLE = "bench_events"
 
 
 def fresh_recorder(params: dict[str, str], pool_size: int) -> PostgresApplicationRecorder:
-    datastore = PostgresDatastore(**params, pool_size=pool_size, max_overflow=4)
+    datastore = datastore_for(params, pool_size=pool_size, max_overflow=4)
     with datastore.transaction(commit=True) as cursor:
         for suffix in ("", "_claims", "_idempotency"):
             cursor.execute(f"DROP TABLE IF EXISTS {TABLE}{suffix}")
