@@ -56,9 +56,9 @@ def read_path(
     settings = Settings().model_copy(
         update={"topic_prefix": f"bench{run}", "projector_group": f"bench{run}", "rate_limit": 0}
     )
-    if settings.mode != "distributed" or not settings.kafka_bootstrap or not settings.redis_url:
+    if not settings.postgres_url or not settings.kafka_bootstrap or not settings.redis_url:
         raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL, _KAFKA_BOOTSTRAP and _REDIS_URL")
-    url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+    url = settings.postgres_url.get_secret_value()
     report = Report()
 
     b4 = read_baselines.b4_kafka_produce_consume(settings.kafka_bootstrap, 200_000)

@@ -116,9 +116,9 @@ def wrk(
         ).stdout
     finally:
         os.unlink(script.name)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    rate = float(_wrk_figure(r"Requests/sec:\s+([\d.]+)", output))
     marks = dict(re.findall(r"^P([\d.]+) (\d+)$", output, re.MULTILINE))
-    errors = int(re.search(r"^ERRORS (\d+)$", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    errors = int(_wrk_figure(r"^ERRORS (\d+)$", output))
     if errors:
         raise RuntimeError(f"wrk saw {errors} failed requests:\n{output}")
     latency = {f"p{p}_ms": round(int(us) / 1000, 3) for p, us in marks.items()}
@@ -195,6 +195,13 @@ def search_paths() -> list[str]:
         for category in SEARCH_CATEGORIES
         for sort in ("price", "name")
     ]
+
+
+def _wrk_figure(pattern: str, output: str) -> str:
+    found = re.search(pattern, output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{output}")
+    return found.group(1)
 
 
 def env_for(settings: Settings) -> dict[str, str]:

@@ -64,9 +64,9 @@ def replay_bench(
     if not wipe:
         raise typer.BadParameter("pass --wipe: this benchmark drops eventkeep's tables first")
     settings = Settings().model_copy(update={"rate_limit": 0})
-    if settings.mode != "distributed":
+    if settings.postgres_url is None:
         raise typer.BadParameter("set EVENTKEEP_POSTGRES_URL (see `infra/services env`)")
-    url = settings.postgres_url.get_secret_value()  # type: ignore[union-attr]
+    url = settings.postgres_url.get_secret_value()
     with psycopg.connect(url, autocommit=True) as connection:
         for table in EVENTKEEP_TABLES:
             connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")

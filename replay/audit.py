@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import orjson
@@ -26,11 +26,24 @@ from eventkeep.eventstore.records import LoggedEvent
 PAGE = 5000
 
 
+@runtime_checkable
+class StreamHistories(Protocol):
+    """A recorder that answers a stream's events as logged (both of eventkeep's stores)."""
+
+    def stream_history(self, stream_id: UUID | str) -> list[LoggedEvent]: ...
+
+
+def _stream_history(shop: Application, stream_id: UUID) -> list[LoggedEvent]:
+    recorder = shop.recorder
+    if not isinstance(recorder, StreamHistories):
+        raise TypeError(f"{type(recorder).__name__} keeps no stream histories")
+    return recorder.stream_history(stream_id)
+
+
 def history(shop: Application, stream_id: UUID) -> list[dict[str, Any]]:
     """Every event of the stream, upcast, with its metadata, position and hashes."""
     return [
-        upcast(to_envelope(event, with_hashes=True))
-        for event in shop.recorder.stream_history(stream_id)  # type: ignore[attr-defined]
+        upcast(to_envelope(event, with_hashes=True)) for event in _stream_history(shop, stream_id)
     ]
 
 
@@ -38,7 +51,7 @@ def state_as_of(
     shop: Application, stream_id: UUID, *, version: int | None = None, at: datetime | None = None
 ) -> dict[str, Any] | None:
     """The entity at `version`, or as it was at the moment `at`; None if it did not exist."""
-    events = shop.recorder.stream_history(stream_id)  # type: ignore[attr-defined]
+    events = _stream_history(shop, stream_id)
     if at is not None:
         events = [event for event in events if event.recorded_at <= at]
     if version is not None:
