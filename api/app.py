@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from eventkeep.api import headers
 from eventkeep.api.auth import KeyBeforeBody
@@ -14,7 +14,7 @@ from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
 from eventkeep.api.errors import LastResortErrors, install_error_handlers
 from eventkeep.api.headers import SecurityHeaders
-from eventkeep.api.limits import Limits, RequestLimits
+from eventkeep.api.limits import Limits, RequestLimits, known_query_parameters
 from eventkeep.api.metrics import Metrics, RequestMetrics
 from eventkeep.api.routes import analyst, audit, ops, orders, products, stream, users
 from eventkeep.api.settings import Settings
@@ -40,6 +40,7 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by api/headers.py from the package, under a strict CSP
         redoc_url=None,
+        dependencies=[Depends(known_query_parameters)],
     )
     app.state.wiring = wiring
     app.state.metrics = Metrics()

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventkeep.api.errors import ApiError, error_response
-from eventkeep.eventstore.api_keys import ApiKey, Role
+from eventkeep.api.keys import ApiKey, Role
 
 # auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `eventkeep keys create`.")

@@ -17,10 +17,10 @@ from prometheus_client import Counter
 from eventkeep.api.auth import requires
 from eventkeep.api.bootstrap import Handle
 from eventkeep.api.errors import ApiError
+from eventkeep.api.keys import ApiKey, Role
 from eventkeep.api.schema import CommandAnswer
 from eventkeep.commands.messages import Command, CommandContext
 from eventkeep.domain.errors import DomainError
-from eventkeep.eventstore.api_keys import ApiKey, Role
 
 TraceHeader = Annotated[
     str | None, Header(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
@@ -92,8 +92,13 @@ AdminCommand = Annotated[Dispatch, Depends(dispatcher(Role.admin))]
 
 def expected_version(
     if_match: Annotated[
-        str | None,
-        Header(alias="If-Match", description='The version the change expects: `3` or `"3"`.'),
+        str,  # noqa: RUF013 (not `str | None`: documented as a string, never "null")
+        Header(
+            alias="If-Match",
+            description='The version the change expects: `3` or `"3"` (anything else: 400).',
+            # Documented, not enforced here: a malformed If-Match answers 400, not 422.
+            json_schema_extra={"pattern": _IF_MATCH.pattern},
+        ),
     ] = None,
 ) -> int | None:
     if if_match is None:

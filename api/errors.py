@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventkeep.domain.errors import DomainError
@@ -111,14 +112,27 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response("VALIDATION_FAILED", "The request is not valid.", {"fields": fields})
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     # Raised by routing itself: unknown paths, wrong methods.
     assert isinstance(exc, HTTPException)
     status = HTTPStatus(exc.status_code)
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
         status, status.phrase.upper().replace(" ", "_")
     )
-    return error_response(code, status.phrase, status=status, headers=exc.headers)
+    headers = exc.headers
+    if status == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(code, status.phrase, status=status, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,8 @@
 * A body is at most `max_body_bytes` (413): a larger `Content-Length` is refused before a byte
   is read, and a body without one (chunked) is counted as it streams in and cut off at the
   limit.
-* A query string holds no control characters (400): no NUL reaches a database.
+* A query string holds no control characters (400): no NUL reaches a database; and only the
+  parameters its route declares (422 naming the others): a misspelt filter is never ignored.
 
 The server (uvicorn) has limits of its own on the size of what it buffers; these are the ones
 the API answers in its own error shape, whichever HTTP implementation runs it.
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from fastapi.dependencies.models import Dependant
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventkeep.api.errors import ApiError, error_response
@@ -135,3 +138,36 @@ class RequestLimits:
         except BodyTooLarge:
             if not answered:
                 raise
+
+
+_DECLARED: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def known_query_parameters(connection: HTTPConnection) -> None:
+    """An app-wide dependency: a query parameter the route does not declare is refused."""
+    route = connection.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    declared = _DECLARED.get(id(route))
+    if declared is None:
+        declared = _DECLARED[id(route)] = frozenset(_query_names(dependant))
+    unknown = sorted(set(connection.query_params) - declared)
+    if unknown:
+        raise ApiError(
+            "VALIDATION_FAILED",
+            "The request is not valid.",
+            {
+                "fields": [
+                    {"field": f"query.{name}", "message": "Unknown query parameter"}
+                    for name in unknown
+                ]
+            },
+        )

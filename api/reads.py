@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Request, Response
 
 from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
-from eventkeep.eventstore.api_keys import ApiKey, Role
+from eventkeep.api.keys import ApiKey, Role
 from eventkeep.projections.queries import Queries
 from eventkeep.projections.readmodels import InvalidCursor
 
@@ -27,8 +27,9 @@ def reader(role: Role) -> Callable[..., Awaitable[Queries]]:
         request: Request,
         response: Response,
         _: Annotated[ApiKey, Depends(requires(role))],
+        # `int`, not `int | None`: the header is absent or a number, never "null".
         x_min_position: Annotated[
-            int | None,
+            int,  # noqa: RUF013
             Header(
                 ge=0,
                 le=2**63 - 1,

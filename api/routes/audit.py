@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
+from eventkeep.api.keys import Role
 from eventkeep.api.schema import COMMAND_ERRORS
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.replay import audit
 
 router = APIRouter(

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
+from eventkeep.api.keys import Role
 from eventkeep.api.schema import COMMAND_ERRORS
-from eventkeep.eventstore.api_keys import Role
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
@@ -37,7 +37,10 @@ def readyz(request: Request) -> dict[str, str]:
 @router.get(
     "/metrics",
     dependencies=[Depends(requires(Role.admin))],
-    responses={status: COMMAND_ERRORS[status] for status in (401, 403, 429)},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        **{status: COMMAND_ERRORS[status] for status in (401, 403, 429)},
+    },
 )
 def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry

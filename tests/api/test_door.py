@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from eventkeep.api.keys import Role
 from eventkeep.api.limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import PRODUCT, USER, answer, register
 
 

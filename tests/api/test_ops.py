@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from tests.api.shopping import USER
 
 

@@ -214,3 +214,9 @@ def test_a_well_formed_if_match_is_taken(client: TestClient, if_match: str) -> N
 def test_control_characters_in_a_query_are_4xx(client: TestClient, query: str) -> None:
     response = client.get(f"/v1/products?{query}")
     assert 400 <= response.status_code < 500, response.text
+
+
+def test_an_unknown_query_parameter_is_refused_naming_it(client: TestClient) -> None:
+    response = client.get("/v1/products", params={"sort": "name", "categroy": "x"})
+    assert fields(response) == ["query.categroy"]
+    assert client.get("/v1/products", params={"sort": "name"}).status_code == 200
