@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from eventsourcing.application import Application
 
+from eventkeep.api.keys import ApiKeyStore
 from eventkeep.api.ratelimit import RateLimiter, Unlimited, build_limiter
 from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.commands.handlers import Handle
-from eventkeep.eventstore.api_keys import ApiKeyStore
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
 from eventkeep.settings import Settings

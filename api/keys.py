@@ -1,9 +1,10 @@
-"""API keys, stored hashed, in SQLite (embedded) or PostgreSQL (distributed).
+"""API keys and their roles, stored hashed, in SQLite (embedded) or PostgreSQL (distributed).
 
 A key reads `ek_<id>_<secret>`. Only sha256(secret) is stored: the secret carries 256 random
 bits, so an unsalted hash cannot be reversed and lookups stay a primary-key read by id.
 Verified keys are remembered for a few seconds so that authentication does not cost a query
-per request.
+per request. The table is versioned like the event store's (`eventstore.migrations`): a store
+migrates it when it opens (or, with `migrate=False`, refuses a newer schema and changes nothing).
 """
 
 from __future__ import annotations
@@ -16,15 +17,30 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
+
+from eventkeep.eventstore.migrations import (
+    Migration,
+    PostgresSchemaDatabase,
+    Schema,
+    SchemaDatabase,
+    SchemaStatus,
+    SQLiteSchemaDatabase,
+    check,
+    migrate,
+    quote_identifier,
+    sqlite_connection,
+    status,
+)
 
 
 class Role(StrEnum):
@@ -53,7 +69,6 @@ class IssuedKey:
 
 _KEY_PATTERN = re.compile(r"ek_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
 _CACHE_LIMIT = 10_000
-_SCHEMA_LOCK = 0x656B_6B65_7973  # "ekkeys": the advisory lock id of this table's creation
 
 # Portable SQL (SQLite >= 3.35 and PostgreSQL); `%s` placeholders, rewritten for sqlite3.
 _CREATE_TABLE = """
@@ -65,6 +80,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at TEXT NOT NULL,
     revoked BOOLEAN NOT NULL DEFAULT FALSE
 )"""
+KEY_STORE_SCHEMA = Schema(
+    "api_keys",
+    (Migration(1, "api keys, stored hashed", postgres=(_CREATE_TABLE,), sqlite=(_CREATE_TABLE,)),),
+    anchor=quote_identifier("api_keys"),
+)
 _COLUMNS = "id, role, name, created_at, revoked"
 _INSERT = (
     "INSERT INTO api_keys (id, secret_hash, role, name, created_at, revoked) "
@@ -142,6 +162,26 @@ class ApiKeyStore(ABC):
     def close(self) -> None:  # noqa: B027 - only pooled stores hold something to release
         pass
 
+    def migrate_schema(self) -> list[Migration]:
+        """Applies the key table's missing migrations; returns those applied."""
+        with self._schema_database() as database:
+            return migrate(database, KEY_STORE_SCHEMA)
+
+    def schema_status(self) -> SchemaStatus:
+        with self._schema_database() as database:
+            return status(database, KEY_STORE_SCHEMA)
+
+    def _open_schema(self, *, migrating: bool) -> None:
+        with self._schema_database() as database:
+            if migrating:
+                migrate(database, KEY_STORE_SCHEMA)
+            else:
+                check(database, KEY_STORE_SCHEMA)
+
+    @abstractmethod
+    def _schema_database(self) -> AbstractContextManager[SchemaDatabase]:
+        """A connection of its own for schema changes."""
+
     def _issue(self, role: Role, name: str, *, replace_named: bool) -> IssuedKey:
         key = ApiKey(secrets.token_hex(8), Role(role), name, datetime.now(UTC), revoked=False)
         secret = secrets.token_urlsafe(32)
@@ -164,11 +204,16 @@ class ApiKeyStore(ABC):
 
 
 class SqliteApiKeyStore(ApiKeyStore):
-    def __init__(self, path: Path, cache_seconds: float = 5.0) -> None:
+    def __init__(self, path: Path, cache_seconds: float = 5.0, *, migrate: bool = True) -> None:
         super().__init__(cache_seconds)
         self._path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._run([(_CREATE_TABLE, ())])
+        self._open_schema(migrating=migrate)
+
+    @contextmanager
+    def _schema_database(self) -> Iterator[SchemaDatabase]:
+        with closing(sqlite_connection(str(self._path))) as connection:
+            yield SQLiteSchemaDatabase(connection)
 
     def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
         # A connection per call: sqlite3 connections are bound to a thread, and requests
@@ -182,9 +227,15 @@ class SqliteApiKeyStore(ApiKeyStore):
 
 class PostgresApiKeyStore(ApiKeyStore):
     def __init__(
-        self, conninfo: str, cache_seconds: float = 5.0, pool_timeout: float = 5.0
+        self,
+        conninfo: str,
+        cache_seconds: float = 5.0,
+        pool_timeout: float = 5.0,
+        *,
+        migrate: bool = True,
     ) -> None:
         super().__init__(cache_seconds)
+        self._conninfo, self._connect_timeout = conninfo, max(1, round(pool_timeout))
         # Two connections: the cache answers most checks, so only cold keys reach the pool.
         self._pool = ConnectionPool(
             conninfo,
@@ -194,9 +245,18 @@ class PostgresApiKeyStore(ApiKeyStore):
             open=True,
             name="eventkeep-api-keys",
         )
-        # CREATE TABLE IF NOT EXISTS is not safe against itself in PostgreSQL: API processes
-        # starting together would collide on the catalog without this lock.
-        self._run([("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,)), (_CREATE_TABLE, ())])
+        try:
+            self._open_schema(migrating=migrate)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    @contextmanager
+    def _schema_database(self) -> Iterator[SchemaDatabase]:
+        with psycopg.connect(
+            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout
+        ) as connection:
+            yield PostgresSchemaDatabase(connection)
 
     def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
         with self._pool.connection() as connection:

@@ -255,13 +255,13 @@ def _current(
     )
     if not rows:
         return 0, None
-    version, applied_at = int(rows[0][0]), datetime.fromisoformat(rows[0][1])
-    if refuse:
-        refuse_newer(schema, version)
     if not _exists(database, run, schema.anchor):
         if refuse:  # migrating: start again
             run(f"DELETE FROM {VERSION_TABLE} WHERE component = %s", (schema.component,))
         return 0, None
+    version, applied_at = int(rows[0][0]), datetime.fromisoformat(rows[0][1])
+    if refuse:
+        refuse_newer(schema, version)
     return version, applied_at
 
 

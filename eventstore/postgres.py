@@ -207,7 +207,7 @@ class PostgresApplicationRecorder(EventRecorder, PostgresRecorder, ApplicationRe
         )
 
     def create_table(self) -> None:
-        self.migrate()
+        self.migrate_schema()
         super().create_table()
 
 

@@ -31,11 +31,14 @@ from eventsourcing.persistence import (
 from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
 from eventkeep.eventstore.hashchain import GENESIS
 from eventkeep.eventstore.migrations import (
+    Migration,
     Schema,
     SchemaDatabase,
+    SchemaStatus,
     check,
     event_store_schema,
     migrate,
+    status,
 )
 from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
 from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
@@ -172,10 +175,15 @@ class EventRecorder:
 
     # --- schema --------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Brings the store's tables to this code's schema version (see `migrations`)."""
+    def migrate_schema(self) -> list[Migration]:
+        """Brings the store's tables to this code's schema version (see `migrations`);
+        returns the migrations applied."""
         with self.sql.schema_database() as database:
-            migrate(database, self.schema)
+            return migrate(database, self.schema)
+
+    def schema_status(self) -> SchemaStatus:
+        with self.sql.schema_database() as database:
+            return status(database, self.schema)
 
     def check_schema(self) -> None:
         """Refuses a schema newer than this code (`SchemaTooNewError`); changes nothing."""

@@ -12,8 +12,9 @@ process are woken after each commit; triggers refuse UPDATE and DELETE on the lo
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -151,7 +152,7 @@ class SQLiteApplicationRecorder(EventRecorder, SQLiteRecorder, ApplicationRecord
         self._init_events(SQLiteDialect(datastore), events_table_name)
 
     def create_table(self) -> None:
-        self.migrate()
+        self.migrate_schema()
         super().create_table()  # the library's: the tracking table of a process recorder
 
 
@@ -170,6 +171,28 @@ class SQLiteFactory(RecorderFactory, library_sqlite.SQLiteFactory):
 
     application_recorder_class = SQLiteApplicationRecorder
     process_recorder_class = SQLiteProcessRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        pool = self.datastore.pool
+        if not pool.is_sqlite_memory_mode:
+            _use_wal(pool.db_name, timeout=float(pool.lock_timeout or 30))
+
+
+def _use_wal(db_name: str, timeout: float) -> None:
+    """Puts the database in WAL mode before the library's pool opens it. The library switches
+    a new file itself, but that switch does not wait for a busy database: processes opening
+    one new file together failed with "database is locked"."""
+    deadline = time.monotonic() + timeout
+    with closing(sqlite3.connect(db_name, uri=True, timeout=timeout)) as connection:
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 Factory = SQLiteFactory

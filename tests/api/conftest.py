@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
+from eventkeep.api.keys import ApiKeyStore, Role
 from eventkeep.bootstrap import build_projector, build_relay
-from eventkeep.eventstore.api_keys import ApiKeyStore, Role
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.settings import Settings
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env

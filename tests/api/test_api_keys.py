@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eventkeep.eventstore.api_keys import (
+from eventkeep.api.keys import (
     ApiKeyStore,
     PostgresApiKeyStore,
     Role,

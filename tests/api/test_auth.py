@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from eventkeep.eventstore.api_keys import ApiKeyStore, Role
+from eventkeep.api.keys import ApiKeyStore, Role
 from tests.api.shopping import USER
 
 Bearer = Callable[[Role], dict[str, str]]

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from tests.api.shopping import answer, create_product, place_order, register
 
 

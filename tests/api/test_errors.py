@@ -16,7 +16,7 @@ from psycopg_pool import PoolTimeout
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from tests.api.shopping import PRODUCT, USER, create_product, place_order, register
 
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
 from eventkeep.commands.messages import Command, CommandContext, CommandResult
-from eventkeep.eventstore.api_keys import Role
 from tests.api.shopping import USER, answer, register
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from eventkeep.projections.redis_cache import RedisCache
 from tests.api.shopping import USER, answer, create_product, pay, place_order, register
 

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
 from eventkeep.api.ratelimit import LocalLimiter, RateLimiter, RedisLimiter
-from eventkeep.eventstore.api_keys import Role
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
+from eventkeep.api.keys import Role
 from eventkeep.api.settings import Settings
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.replay import audit
 from tests.api.shopping import create_product, register

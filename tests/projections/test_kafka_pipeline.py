@@ -20,8 +20,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
 from eventkeep.bootstrap import build_projector, build_relay
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.eventstore.relay import STREAM_TYPES
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from eventkeep.replay.audit import verify
 from tests.api.shopping import answer, create_product
 from tests.conftest_services import POSTGRES_URL, require_env
