@@ -27,6 +27,8 @@ from typer.core import TyperCommand, TyperGroup
 
 import eventkeep
 from eventkeep.api.keys import Role
+from eventkeep.api.private_files import private_umask, restrict, write_private
+from eventkeep.api.redaction import log_config
 from eventkeep.bootstrap import SettingsProblem, build
 from eventkeep.settings import Settings
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from typer import _click
 
 BOOTSTRAP_KEY_NAME = "bootstrap"
+BOOTSTRAP_KEY_FILE = "bootstrap-admin-key"  # under EVENTKEEP_HOME, mode 0600
 # The exit status of a command that could not run: bad settings, a service out of reach.
 CANNOT_RUN = 2
 
@@ -222,6 +225,7 @@ def main(
     ] = False,
 ) -> None:
     """eventkeep: an event-sourced shop engine."""
+    private_umask()  # every file a command creates (stores, exports, keys) is 0600
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -259,7 +263,8 @@ def serve(
 ) -> None:
     """Serve the HTTP API; stops cleanly on SIGTERM or Ctrl-C.
 
-    In embedded mode it prints a fresh bootstrap admin key, revoking the previous one.
+    In embedded mode it writes a fresh bootstrap admin key (revoking the previous one) to
+    EVENTKEEP_HOME/bootstrap-admin-key, mode 0600, and prints that file's path, never the key.
     """
     settings = _settings(host=host, port=port)
     if settings.mode == "embedded" and workers != 1:
@@ -275,9 +280,12 @@ def serve(
         out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
         out.print(f"API docs: {base}/docs")
         if settings.mode == "embedded":
+            restrict(settings.home)  # what an older version left readable to others
             issued = system.keys.rotate(Role.admin, BOOTSTRAP_KEY_NAME)
-            out.print("Bootstrap admin key (replaces the previous one):")
-            typer.echo(issued.secret_key)
+            # Never printed: terminals, CI logs and process supervisors keep stdout.
+            path = write_private(settings.home / BOOTSTRAP_KEY_FILE, issued.secret_key + "\n")
+            out.print("Bootstrap admin key (replaces the previous one) written, mode 0600, to:")
+            typer.echo(str(path.resolve()))
     # An import string, so that each worker process builds its own app from the environment.
     uvicorn.run(
         "eventkeep.api.app:create_app",
@@ -287,6 +295,8 @@ def serve(
         workers=workers,
         timeout_graceful_shutdown=10,
         access_log=False,  # /metrics counts requests; a log line each costs throughput
+        log_config=log_config(),  # every line filtered: no API key or secret in the log
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 
 

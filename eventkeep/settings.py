@@ -81,6 +81,18 @@ class Settings(BaseSettings):
         description="How long a verified API key is trusted without asking the store again "
         "(a revocation takes at most this long to reach other processes).",
     )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body, in bytes: a larger one is refused with 413 before "
+        "it is read (a larger Content-Length at once, a chunked body when it passes the limit).",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        description="Largest request line and headers together, in bytes: beyond it, 431 "
+        "(the server stops buffering an unfinished head at this size too).",
+    )
 
     @property
     def mode(self) -> Mode:

@@ -37,11 +37,20 @@ def _matches(event: LoggedEvent, types: set[str], stream_id: UUID | None) -> boo
     return not types or event.topic in types or event.stream_type in types
 
 
-def _api_key(websocket: WebSocket, access_token: str | None) -> str | None:
+SUBPROTOCOL = "eventkeep"
+KEY_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def _api_key(websocket: WebSocket) -> str | None:
+    """The key from `Authorization: Bearer <key>`, or from a `bearer.<key>` subprotocol (what
+    a browser can send); never from the URL, which servers and proxies write to their logs."""
     header = websocket.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return access_token
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith(KEY_SUBPROTOCOL_PREFIX):
+            return offered.removeprefix(KEY_SUBPROTOCOL_PREFIX)
+    return None
 
 
 @router.websocket("/v1/stream")
@@ -49,14 +58,25 @@ async def stream(
     websocket: WebSocket,
     types: Annotated[str, Query(description="Comma-separated event or stream types.")] = "",
     stream_id: Annotated[UUID | None, Query(description="Only this stream's events.")] = None,
-    from_position: Annotated[int, Query(ge=0, description="Send events after this.")] = 0,
-    access_token: Annotated[str | None, Query(description="The API key, if no header.")] = None,
+    from_position: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Send events after this.")
+    ] = 0,
+    access_token: Annotated[
+        str | None, Query(description="Refused: a key in the URL ends up in logs.")
+    ] = None,
 ) -> None:
-    presented = _api_key(websocket, access_token)
+    if access_token is not None:
+        await websocket.close(
+            code=CLOSE_UNAUTHENTICATED,
+            reason="send the key as Authorization: Bearer or subprotocol bearer.<key>",
+        )
+        return
+    presented = _api_key(websocket)
     if presented is None or websocket.app.state.wiring.keys.verify(presented) is None:
         await websocket.close(code=CLOSE_UNAUTHENTICATED, reason="unknown or missing API key")
         return
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     follower = LogFollower(
         websocket.app.state.wiring.shop.recorder,
         from_position,

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
+from eventkeep.api.keys import Role
 from eventkeep.bootstrap import build_key_store
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.settings import Settings
 
 runner = CliRunner()
@@ -85,6 +85,15 @@ def test_help_explains_each_command(command: tuple[str, ...], says: list[str]) -
         assert words in result.output
 
 
+def bootstrap_key(result: Any) -> str:
+    """The key serve wrote to the 0600 file whose path it printed (never the key itself)."""
+    path = Path(result.output.splitlines()[-1])
+    assert path.stat().st_mode & 0o777 == 0o600
+    key = path.read_text().strip()
+    assert key.startswith("ek_") and key not in result.output
+    return key
+
+
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
@@ -97,10 +106,10 @@ def test_serve_prints_urls_and_a_fresh_bootstrap_admin_key(served: list[dict[str
     assert first.exit_code == 0, first.output
     assert "http://127.0.0.1:8123" in first.output
     assert "http://127.0.0.1:8123/docs" in first.output
-    first_key = first.output.splitlines()[-1]
+    first_key = bootstrap_key(first)
     assert store().verify(first_key).role == Role.admin
 
-    second_key = run("serve").output.splitlines()[-1]
+    second_key = bootstrap_key(run("serve"))
 
     assert store().verify(first_key) is None
     assert store().verify(second_key) is not None
@@ -196,7 +205,7 @@ def test_a_second_serve_on_a_busy_port_leaves_the_running_bootstrap_key(
         port = str(running.getsockname()[1])
         running.close()
         first = run("serve", "--port", port)
-        key = first.output.splitlines()[-1]
+        key = bootstrap_key(first)
         with socket.socket() as listening:
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listening.bind(("127.0.0.1", int(port)))

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from eventkeep.eventstore.api_keys import Role
+from eventkeep.api.keys import Role
 from tests.api.shopping import create_product, register
 
 ENVELOPE_FIELDS = {
@@ -87,10 +87,35 @@ def test_connecting_needs_a_known_key(anonymous: TestClient, credentials: str) -
     assert closed.value.code == 4401
 
 
-def test_a_key_may_come_as_a_query_parameter(
+def test_a_key_may_come_as_a_subprotocol(
     anonymous: TestClient, client: TestClient, bearer: Callable[[Role], dict[str, str]]
 ) -> None:
     user = register(client)
     key = bearer(Role.client)["Authorization"].removeprefix("Bearer ")
-    with anonymous.websocket_connect(f"/v1/stream?access_token={key}") as socket:
+    with anonymous.websocket_connect(
+        "/v1/stream", subprotocols=["eventkeep", f"bearer.{key}"]
+    ) as socket:
+        assert socket.accepted_subprotocol == "eventkeep"
         assert receive(socket, 1)[0]["stream_id"] == user["id"]
+
+
+def test_a_key_in_the_url_is_refused(
+    anonymous: TestClient, bearer: Callable[[Role], dict[str, str]]
+) -> None:
+    key = bearer(Role.client)["Authorization"].removeprefix("Bearer ")
+    with (
+        pytest.raises(WebSocketDisconnect) as closed,
+        anonymous.websocket_connect(f"/v1/stream?access_token={key}") as socket,
+    ):
+        socket.receive_text()
+    assert closed.value.code == 4401
+    assert "Authorization" in closed.value.reason
+
+
+def test_a_position_beyond_64_bits_closes_without_a_traceback(client: TestClient) -> None:
+    with (
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect("/v1/stream?from_position=9223372036854775808") as socket,
+    ):
+        socket.receive_text()
+    assert closed.value.code == 1008
