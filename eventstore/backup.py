@@ -65,6 +65,12 @@ class BackupSettings(BaseSettings):
         description="Folder the PostgreSQL server's archive_command copies WAL segments into "
         "(infra/services: .state/postgres/wal-archive); a restore reads WAL from it.",
     )
+    wal_stream: Path | None = Field(
+        default=None,
+        description="Folder pg_receivewal streams WAL into (infra/services with "
+        "EVENTKEEP_PG_WAL_STREAM=sync|async); a restore reads from it after the archive, the "
+        "segment still being written (.partial) last.",
+    )
     pg_bin: Path | None = Field(
         default=None,
         description="Folder of the PostgreSQL client programs (pg_basebackup, pg_ctl); "
@@ -347,14 +353,16 @@ def restore_postgres_backup(
     wal_archive: Path | None,
     target: datetime | None,
     port: int | None = None,
+    wal_stream: Path | None = None,
 ) -> Path:
     """Unpacks a base backup into the fresh `data_dir` and writes the recovery settings: WAL
     from `wal_archive` (without one, only the WAL inside the backup: its end point), up to
     `target` or to the end of the archive, then promote. Answers the data directory."""
     if data_dir.exists() and any(data_dir.iterdir()):
         raise BackupRefused(f"{data_dir} is not empty: restore into a fresh data directory")
-    if wal_archive is not None and not wal_archive.is_dir():
-        raise BackupRefused(f"the WAL archive {wal_archive} does not exist")
+    for folder_of_wal in (wal_archive, wal_stream):
+        if folder_of_wal is not None and not folder_of_wal.is_dir():
+            raise BackupRefused(f"the WAL folder {folder_of_wal} does not exist")
     folder = root / info.name
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
@@ -371,10 +379,18 @@ def restore_postgres_backup(
         f"# Written by eventkeep backup restore ({info.name}) at {_stamp(_now())}.",
         "recovery_target_action = 'promote'",
         "recovery_target_timeline = 'latest'",
+        # The lost server's synchronous standby (a WAL stream) is not attached to this one:
+        # waiting for it would hang every commit. Attach a new stream, then set it again.
+        "synchronous_standby_names = ''",
     ]
-    if wal_archive is not None:
-        archive = str(wal_archive.resolve()).replace("'", "''")
-        settings.append(f'restore_command = \'cp "{archive}/%f" "%p"\'')
+    sources = [f"{_quoted(wal_archive)}/%f"] if wal_archive is not None else []
+    if wal_stream is not None:
+        # The streamed copy of the segment the server was writing when it was lost: all its
+        # acknowledged commits when the stream was synchronous.
+        sources += [f"{_quoted(wal_stream)}/%f", f"{_quoted(wal_stream)}/%f.partial"]
+    if sources:
+        copies = " || ".join(f'cp "{source}" "%p"' for source in sources)
+        settings.append(f"restore_command = '{copies}'")
     if target is not None:
         settings.append(f"recovery_target_time = '{target.isoformat()}'")
     if port is not None:
@@ -390,6 +406,11 @@ def restore_postgres_backup(
         for path in [data_dir, *data_dir.rglob("*")]:
             os.lchown(path, owner.pw_uid, owner.pw_gid)
     return data_dir
+
+
+def _quoted(folder: Path) -> str:
+    """A folder for a restore_command: absolute, quotes doubled for the configuration file."""
+    return str(folder.resolve()).replace("'", "''")
 
 
 def start_command(pg_ctl: str, data_dir: Path, log: Path) -> list[str]:

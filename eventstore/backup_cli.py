@@ -126,9 +126,10 @@ def restore(
     """Restore a backup.
 
     Distributed: unpacks the chosen base backup into --data-dir and writes the recovery
-    settings (restore_command from EVENTKEEP_WAL_ARCHIVE, recovery_target_time for a time,
-    promote at the end); --start starts it and waits until recovery is done. Then point
-    EVENTKEEP_POSTGRES_URL at it and run `eventkeep audit verify`.
+    settings (restore_command from EVENTKEEP_WAL_ARCHIVE, then EVENTKEEP_WAL_STREAM when
+    set; recovery_target_time for a time; promote at the end); --start starts it and waits
+    until recovery is done. Then point EVENTKEEP_POSTGRES_URL at it and run
+    `eventkeep audit verify`.
 
     Embedded: stop the server, then restore; the files go back under EVENTKEEP_HOME.
     """
@@ -144,7 +145,9 @@ def restore(
             raise BackupRefused("--data-dir is required in the distributed mode")
         target = None if to in ("latest", info.name) else parse_time(to)
         began = time.monotonic()
-        restore_postgres_backup(info, root, data_dir, backups.wal_archive, target, port)
+        restore_postgres_backup(
+            info, root, data_dir, backups.wal_archive, target, port, backups.wal_stream
+        )
         log = data_dir.parent / f"{data_dir.name}.log"
         command = " ".join(start_command(pg_program(backups, "pg_ctl"), data_dir, log))
         upto = "the end of the WAL archive" if target is None else target.isoformat()

@@ -25,6 +25,8 @@ PG_BIN = Path(
     or max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
 )
 PASSWORD = "drill"
+# pg_receivewal's replication slot and application name, as infra/services names them.
+STREAM = "eventkeep_wal_stream"
 
 
 def free_port() -> int:
@@ -56,6 +58,7 @@ class Cluster:
     base: Path
     port: int
     archive_timeout: int
+    receiver: subprocess.Popen[bytes] | None = None  # pg_receivewal, when streaming
 
     @property
     def data(self) -> Path:
@@ -64,6 +67,10 @@ class Cluster:
     @property
     def archive(self) -> Path:
         return self.base / "wal-archive"
+
+    @property
+    def stream(self) -> Path:
+        return self.base / "wal-stream"
 
     @property
     def sockets(self) -> Path:
@@ -78,7 +85,7 @@ class Cluster:
         return f"postgresql://eventkeep:{PASSWORD}@127.0.0.1:{self.port}/eventkeep"
 
     @classmethod
-    def create(cls, archive_timeout: int) -> Cluster:
+    def create(cls, archive_timeout: int, *, synchronous_stream: bool = False) -> Cluster:
         # /tmp itself, not pytest's tmp_path: the postgres user must be able to reach it.
         base = Path(tempfile.mkdtemp(prefix="eventkeep-drill-"))
         os.chmod(base, 0o711)
@@ -108,7 +115,52 @@ class Cluster:
             f"CREATE ROLE eventkeep LOGIN SUPERUSER PASSWORD '{PASSWORD}'",
             "CREATE DATABASE eventkeep OWNER eventkeep",
         )
+        if synchronous_stream:
+            cluster.start_stream()
         return cluster
+
+    def start_stream(self) -> None:
+        """pg_receivewal --synchronous into `stream` through a replication slot, then made the
+        synchronous standby: a commit is acknowledged only once the stream has flushed it (what
+        infra/services does with EVENTKEEP_PG_WAL_STREAM=sync)."""
+        self.stream.mkdir(mode=0o700, exist_ok=True)
+        chown_postgres(self.stream)
+        conninfo = f"host={self.sockets} port={self.port} user=postgres application_name={STREAM}"
+        receivewal = PG_BIN / "pg_receivewal"
+        self._run(receivewal, "--create-slot", "--if-not-exists", "--slot", STREAM, "-d", conninfo)
+        owner = _owner()
+        log = (self.base / "pg_receivewal.log").open("ab")
+        self.receiver = subprocess.Popen(
+            [str(receivewal), "-D", str(self.stream), "--slot", STREAM, "--synchronous",
+             "-d", conninfo],
+            cwd="/", stdout=log, stderr=log,
+            user=owner.pw_uid if owner else None, group=owner.pw_gid if owner else None,
+            extra_groups=[] if owner else None,
+        )  # fmt: skip
+        self._wait_replication("streaming", "state")
+        self.psql(f"ALTER SYSTEM SET synchronous_standby_names = '{STREAM}'")
+        self.psql("SELECT pg_reload_conf()")
+        self._wait_replication("sync", "sync_state")
+
+    def _wait_replication(self, wanted: str, column: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with psycopg.connect(
+                host=str(self.sockets), port=self.port, user="postgres", dbname="postgres"
+            ) as connection:
+                row = connection.execute(
+                    f"SELECT {column} FROM pg_stat_replication WHERE application_name = %s",
+                    (STREAM,),
+                ).fetchone()
+            if row is not None and row[0] == wanted:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"pg_receivewal did not reach {column} = {wanted}")
+
+    def kill_stream(self) -> None:
+        if self.receiver is not None:
+            self.receiver.kill()
+            self.receiver.wait(10)
 
     def _run(self, *command: str | Path) -> None:
         done = subprocess.run(as_postgres(*command), cwd="/", capture_output=True, text=True)
@@ -164,5 +216,6 @@ class Cluster:
         )  # fmt: skip
 
     def destroy(self) -> None:
+        self.kill_stream()
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)

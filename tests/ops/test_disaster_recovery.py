@@ -33,8 +33,8 @@ from typer.testing import CliRunner
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
+from eventkeep.api.keys import Role
 from eventkeep.api.settings import Settings
-from eventkeep.eventstore.api_keys import Role
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.replay import audit
 from tests.api.shopping import register
@@ -48,8 +48,19 @@ runner = CliRunner()
 Ack = tuple[str, int, int]  # stream id, version, position the command answered
 
 
+@pytest.fixture(params=["archive", "synchronous-stream"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """The shipped settings (WAL archive), and with EVENTKEEP_PG_WAL_STREAM=sync's addition:
+    pg_receivewal --synchronous as the synchronous standby."""
+    built = Cluster.create(
+        archive_timeout=ARCHIVE_TIMEOUT, synchronous_stream=request.param == "synchronous-stream"
+    )
+    yield built
+    built.destroy()
+
+
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def archiving_cluster() -> Iterator[Cluster]:
     built = Cluster.create(archive_timeout=ARCHIVE_TIMEOUT)
     yield built
     built.destroy()
@@ -62,12 +73,15 @@ def settings(url: str, home: Path) -> Settings:
 
 
 def environment(url: str, cluster: Cluster, backups: Path) -> dict[str, str]:
-    return {
+    env = {
         "EVENTKEEP_POSTGRES_URL": url,
         "EVENTKEEP_CLAIM_SECRET": CLAIM_SECRET,
         "EVENTKEEP_BACKUP_DIR": str(backups),
         "EVENTKEEP_WAL_ARCHIVE": str(cluster.archive),
     }
+    if cluster.receiver is not None:
+        env["EVENTKEEP_WAL_STREAM"] = str(cluster.stream)
+    return env
 
 
 def invoke(app: Any, args: list[str], env: dict[str, str]) -> str:
@@ -124,10 +138,14 @@ def test_drill_restore_to_latest_and_to_a_point_in_time(cluster: Cluster, tmp_pa
         tail = commands(client, "tail", 30)
         cluster.kill()
         tail_seconds = time.monotonic() - tail_began
+    # The stream's copy lives on (another machine, in production); its writer is gone too.
+    streamed = cluster.receiver is not None
+    cluster.kill_stream()
     wiring.close()
     shutil.rmtree(cluster.data)
-    print(f"\ndrill: {len(first) + len(second) + len(tail)} commands acknowledged; server killed, "
-          f"data directory removed; restoring {name}")  # fmt: skip
+    mode = "synchronous WAL stream + archive" if streamed else "WAL archive"
+    print(f"\ndrill ({mode}): {len(first) + len(second) + len(tail)} commands acknowledged; "
+          f"server killed, data directory removed; restoring {name}")  # fmt: skip
 
     began = time.monotonic()
     restore = ["restore", "--to", "latest", "--data-dir", str(cluster.data), "--start"]
@@ -144,6 +162,8 @@ def test_drill_restore_to_latest_and_to_a_point_in_time(cluster: Cluster, tmp_pa
     )
     assert lost(first, store) == []
     assert lost(second, store) == []
+    if streamed:
+        assert tail_lost == []  # RPO 0: nothing acknowledged is lost
     # What was lost is the log's end, never a hole: positions stay contiguous.
     assert sorted(store) == list(range(1, len(store) + 1))
 
@@ -169,8 +189,9 @@ def test_drill_restore_to_latest_and_to_a_point_in_time(cluster: Cluster, tmp_pa
 
 
 def test_restore_refuses_a_data_directory_that_is_not_empty(
-    cluster: Cluster, tmp_path: Path
+    archiving_cluster: Cluster, tmp_path: Path
 ) -> None:
+    cluster = archiving_cluster
     env = environment(cluster.url, cluster, tmp_path / "backups")
     invoke(backup_app, ["create"], env)
     refused = runner.invoke(backup_app, ["restore", "--data-dir", str(cluster.data)], env=env)
