@@ -9,6 +9,7 @@ migrates it when it opens (or, with `migrate=False`, refuses a newer schema and 
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import re
@@ -122,7 +123,7 @@ class ApiKeyStore(ABC):
         """Issues a key named `name` and revokes the earlier keys of that name, atomically."""
         return self._issue(role, name, replace_named=True)
 
-    def list(self) -> list[ApiKey]:
+    def list(self) -> builtins.list[ApiKey]:
         return [_row_to_key(row) for row in self._run([(_SELECT_ALL, ())])]
 
     def revoke(self, key_id: str) -> bool:
@@ -162,7 +163,7 @@ class ApiKeyStore(ABC):
     def close(self) -> None:  # noqa: B027 - only pooled stores hold something to release
         pass
 
-    def migrate_schema(self) -> list[Migration]:
+    def migrate_schema(self) -> builtins.list[Migration]:
         """Applies the key table's missing migrations; returns those applied."""
         with self._schema_database() as database:
             return migrate(database, KEY_STORE_SCHEMA)
@@ -185,7 +186,7 @@ class ApiKeyStore(ABC):
     def _issue(self, role: Role, name: str, *, replace_named: bool) -> IssuedKey:
         key = ApiKey(secrets.token_hex(8), Role(role), name, datetime.now(UTC), revoked=False)
         secret = secrets.token_urlsafe(32)
-        statements: list[Statement] = [(_REVOKE_NAMED, (name,))] if replace_named else []
+        statements: builtins.list[Statement] = [(_REVOKE_NAMED, (name,))] if replace_named else []
         statements.append(
             (_INSERT, (key.id, _sha256(secret), key.role.value, name, key.created_at.isoformat()))
         )
@@ -199,7 +200,7 @@ class ApiKeyStore(ABC):
             self._cache.clear()
 
     @abstractmethod
-    def _run(self, statements: list[Statement]) -> list[tuple[Any, ...]]:
+    def _run(self, statements: builtins.list[Statement]) -> builtins.list[tuple[Any, ...]]:
         """Runs the statements in one transaction; returns the last one's rows."""
 
 

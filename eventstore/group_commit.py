@@ -182,7 +182,7 @@ def _row(
         )
     else:  # a plain library event: its topic is all we know of its type
         stream_type, schema_version, recorded_at = "", 1, now
-    fields = {
+    fields: dict[str, Any] = {
         "position": position,
         "stream_id": event.originator_id,
         "stream_type": stream_type,

@@ -73,6 +73,6 @@ class EnvelopeMapper(Mapper[UUID]):
         state["timestamp"] = stored_event.recorded_at
         if stored_event.originator_version == 1:
             state["originator_topic"] = get_topic(STREAM_TYPES[stored_event.stream_type])
-        domain_event = object.__new__(event_class)
+        domain_event: DomainEventProtocol[UUID] = object.__new__(event_class)
         object.__setattr__(domain_event, "__dict__", state)
         return domain_event

@@ -109,8 +109,9 @@ class PostgresDialect:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._batch_connection is None or self._batch_connection.closed:
             pool = self._datastore.pool
-            kwargs = {k: v for k, v in pool.kwargs.items() if k != "row_factory"}
-            self._batch_connection = psycopg.connect(pool.conninfo, **kwargs)
+            pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
+            kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+            self._batch_connection = psycopg.connect(cast(str, pool.conninfo), **kwargs)
         return self._batch_connection
 
 
@@ -234,8 +235,9 @@ class PostgresProcessRecorder(
 class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
     """The library's factory, making this module's recorders (see `RecorderFactory`)."""
 
-    application_recorder_class = PostgresApplicationRecorder
-    process_recorder_class = PostgresProcessRecorder
+    # The library types these as its own recorder classes; ours share only its base.
+    application_recorder_class = cast(Any, PostgresApplicationRecorder)
+    process_recorder_class = cast(Any, PostgresProcessRecorder)
 
 
 Factory = PostgresFactory

@@ -306,7 +306,10 @@ class EventRecorder:
         return rows[0]["request_hash"], self.sql.json(rows[0]["result"])
 
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[Any]:
-        subscription = self.subscription_class(self, gt=gt, topics=topics)
+        # Concrete recorders are ApplicationRecorders too (this class is their mixin).
+        subscription = self.subscription_class(
+            cast(ApplicationRecorder, self), gt=gt, topics=topics
+        )
         self.wake_after_commit(subscription)
         return subscription
 

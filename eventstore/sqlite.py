@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -169,8 +169,9 @@ class SQLiteProcessRecorder(
 class SQLiteFactory(RecorderFactory, library_sqlite.SQLiteFactory):
     """The library's factory, making this module's recorders (see `RecorderFactory`)."""
 
-    application_recorder_class = SQLiteApplicationRecorder
-    process_recorder_class = SQLiteProcessRecorder
+    # The library types these as its own recorder classes; ours share only its base.
+    application_recorder_class = cast(Any, SQLiteApplicationRecorder)
+    process_recorder_class = cast(Any, SQLiteProcessRecorder)
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
