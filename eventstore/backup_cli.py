@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,8 @@ backup_app = typer.Typer(
     "the server's WAL archive, restored to the latest archived WAL or a point in time. "
     "Embedded mode: online copies of the SQLite files under EVENTKEEP_HOME.\n\n"
     "Settings: EVENTKEEP_BACKUP_DIR (default HOME/backups), EVENTKEEP_WAL_ARCHIVE (the folder "
-    "the server's archive_command fills; infra/services exports it), EVENTKEEP_PG_BIN.",
+    "the server's archive_command fills; infra/services exports it), EVENTKEEP_WAL_STREAM "
+    "(pg_receivewal's folder, when WAL is streamed too), EVENTKEEP_PG_BIN.",
     no_args_is_help=True,
 )
 out = Console()
@@ -44,7 +46,9 @@ def _settings() -> Settings:
     """The mode's settings. Backups never use the claim secret: a placeholder keeps Settings
     from demanding one (distributed) or writing a new one into an empty home (embedded), which
     would then stand in the way of the restore."""
-    return Settings(claim_secret=os.environ.get("EVENTKEEP_CLAIM_SECRET") or "unused-by-backups")
+    # Backups copy bytes and never use the secret: any strong value will do when none is set.
+    unused = secrets.token_urlsafe(32)
+    return Settings(claim_secret=os.environ.get("EVENTKEEP_CLAIM_SECRET") or unused)
 
 
 def _refused(error: BackupRefused) -> typer.Exit:
