@@ -42,7 +42,7 @@ from tests.ops.cluster import Cluster, free_port
 
 ARCHIVE_TIMEOUT = 2  # seconds; the shipped file says 60
 SETTLE = ARCHIVE_TIMEOUT * 2 + 2  # archive_timeout, the archiver's copy, and slack
-CLAIM_SECRET = "drill-claim-secret"
+CLAIM_SECRET = "drill-claim-secret-7Hq2Vx9Lm3Rt8Kb1Zw5N"
 runner = CliRunner()
 
 Ack = tuple[str, int, int]  # stream id, version, position the command answered
