@@ -375,6 +375,38 @@ def list_keys() -> None:
     out.print(table)
 
 
+@keys_app.command("rotate-secret")
+def rotate_secret() -> None:
+    """Re-wrap every user's data key and re-key every email claim under a new deployment
+    secret; every event stays readable. Stop every other eventkeep process first.
+
+    The new secret comes from EVENTKEEP_NEW_CLAIM_SECRET (at least 32 random bytes). Embedded:
+    when unset, a fresh one is made; it replaces HOME/secret once the store has committed.
+    Distributed: required; set it as EVENTKEEP_CLAIM_SECRET in every process afterwards.
+    """
+    from eventkeep.secret_rotation import (
+        NEW_SECRET_VARIABLE,
+        CannotRotate,
+        rotate_deployment,
+    )
+
+    settings = _settings()
+    try:
+        rotated = rotate_deployment(settings, os.environ.get(NEW_SECRET_VARIABLE) or None)
+    except CannotRotate as problem:
+        err.print(f"[red]Cannot rotate the secret:[/red] {problem}")
+        raise typer.Exit(CANNOT_RUN) from None
+    out.print(
+        f"Re-wrapped {rotated.data_keys} data keys and re-keyed {rotated.email_claims} email "
+        "claims under the new secret."
+    )
+    if settings.mode == "distributed":
+        out.print(
+            f"Now set EVENTKEEP_CLAIM_SECRET to the value of {NEW_SECRET_VARIABLE} in every "
+            "process before starting them again."
+        )
+
+
 @keys_app.command("revoke")
 def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id, from `keys list`.")],

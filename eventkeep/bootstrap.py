@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
 from eventkeep.commands.shop import Shop
+from eventkeep.deployment_secret import email_claim_key
 from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
 from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
 from eventkeep.eventstore.recorder import EventRecorder
@@ -84,7 +85,8 @@ class Eventkeep:
 
     @cached_property
     def bus(self) -> CommandBus:
-        return CommandBus(self.store, claim_secret=claim_secret(self.settings))
+        # The claims' HMAC key is derived from the secret, never the secret itself.
+        return CommandBus(self.store, claim_secret=email_claim_key(claim_secret(self.settings)))
 
     @cached_property
     def keys(self) -> ApiKeyStore:

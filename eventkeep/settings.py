@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventkeep.deployment_secret import check as check_secret
+
 Mode = Literal["embedded", "distributed"]
 
 
@@ -35,8 +37,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     claim_secret: SecretStr | None = Field(
         default=None,
-        description="Deployment secret: keys the hash that stores unique values (emails) "
-        "without plaintext and wraps the per-user keys of personal data. Embedded mode: "
+        description="Deployment secret, at least 32 random bytes (e.g. `secrets.token_urlsafe(32)`"
+        "): the keys of the hash that stores unique values (emails) without plaintext and of "
+        "the wrapping of the per-user keys of personal data are derived from it. Embedded mode: "
         "generated once into HOME/secret when unset. "
         "Distributed mode: required, the same in every process.",
     )
@@ -101,13 +104,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_claim_secret(self) -> Settings:
         if self.claim_secret is not None:
+            check_secret(self.claim_secret.get_secret_value())
             return self
         if self.mode == "distributed":
             # A secret made up per process would hash the same email differently in each.
             raise ValueError(
                 "EVENTKEEP_CLAIM_SECRET is required when EVENTKEEP_POSTGRES_URL is set"
             )
-        self.claim_secret = SecretStr(_load_or_create_secret(self.home / "secret"))
+        path = self.home / "secret"
+        self.claim_secret = SecretStr(check_secret(_load_or_create_secret(path), str(path)))
         return self
 
 

@@ -21,6 +21,8 @@ from eventkeep.settings import Settings
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
 from tests.eventstore.stores import drop_postgres_tables
 
+# A deployment secret must hold 32 random bytes (eventkeep.deployment_secret).
+TEST_SECRET = "test-secret-9f3Kq2xV7mZ1bR8tL4wN6yH0"
 SHOP_TABLES = ("shop_events", "shop_events_claims", "shop_events_idempotency", "api_keys")
 
 
@@ -30,7 +32,7 @@ def embedded_settings(home: Path) -> Settings:
 
 
 def distributed_settings(home: Path) -> Settings:
-    return Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret="test-secret")
+    return Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret=TEST_SECRET)
 
 
 def embedded_wiring(home: Path) -> Wiring:

@@ -164,7 +164,7 @@ def test_an_unreachable_postgresql_is_one_line_and_exit_2(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", UNREACHABLE)
-    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "test-secret")
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "test-secret-9f3Kq2xV7mZ1bR8tL4wN6yH0")
     monkeypatch.setenv("EVENTKEEP_POOL_TIMEOUT", "1")
     monkeypatch.chdir(tmp_path)
 

@@ -14,6 +14,7 @@ from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
 from eventkeep.eventstore.pii import PersonalFields
 from eventkeep.settings import Settings
 
+SECRET = "s3cret-0123456789abcdefghijklmnopqrstu"  # 32 random bytes or more
 URL = "postgresql://writer:p%40ss%3Aword@db.internal:6543/shop"
 
 
@@ -39,7 +40,7 @@ def test_settings_come_from_eventkeep_variables(
     monkeypatch.setenv("EVENTKEEP_HOME", str(tmp_path))
     monkeypatch.setenv("EVENTKEEP_PORT", "9100")
     monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", URL)
-    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "s3cret")
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", SECRET)
     settings = Settings()
     assert (settings.home, settings.port, settings.mode) == (tmp_path, 9100, "distributed")
     assert not (tmp_path / "secret").exists()
@@ -52,10 +53,10 @@ def test_distributed_mode_demands_a_shared_claim_secret(monkeypatch: pytest.Monk
 
 
 def test_secrets_never_show(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, postgres_url=URL, claim_secret="s3cret")
+    settings = Settings(home=tmp_path, postgres_url=URL, claim_secret=SECRET)
     shown = f"{settings!r} {settings} {settings.model_dump_json()}"
     assert "p%40ss" not in shown
-    assert "s3cret" not in shown
+    assert SECRET not in shown
 
 
 # The store is told which fields are personal and which event erases them.
@@ -81,7 +82,12 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
 
 
 def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, postgres_url=URL, claim_secret="s3cret", pool_size=7)
+    settings = Settings(
+        home=tmp_path,
+        postgres_url=URL,
+        claim_secret=SECRET,
+        pool_size=7,
+    )
     assert shop_env(settings) == {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": "shop",
@@ -92,7 +98,7 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_POOL_SIZE": "7",
         "POSTGRES_CONNECT_TIMEOUT": "5",
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
-        "PII_SECRET": "s3cret",
+        "PII_SECRET": SECRET,
         **PERSONAL,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",

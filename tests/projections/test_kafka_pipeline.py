@@ -163,7 +163,7 @@ def process_env(settings: Settings) -> dict[str, str]:
     return os.environ | {
         "EVENTKEEP_POSTGRES_URL": require_env(POSTGRES_URL),
         "EVENTKEEP_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
-        "EVENTKEEP_CLAIM_SECRET": "test-secret",
+        "EVENTKEEP_CLAIM_SECRET": "test-secret-9f3Kq2xV7mZ1bR8tL4wN6yH0",
         "EVENTKEEP_HOME": str(settings.home),
         "EVENTKEEP_TOPIC_PREFIX": settings.topic_prefix,
         "EVENTKEEP_TOPIC_PARTITIONS": str(settings.topic_partitions),
