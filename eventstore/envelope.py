@@ -15,11 +15,11 @@ def to_envelope(event: LoggedEvent, *, with_hashes: bool = False) -> dict[str, A
     """The event as recorded (its stored schema version); run `domain.upcasters.upcast` on
     the result for the current schema."""
     envelope: dict[str, Any] = {
-        "position": event.id,
+        "position": event.position,
         "stream_id": str(event.originator_id),
         "stream_type": event.stream_type,
         "stream_version": event.originator_version,
-        "event_type": event.topic,
+        "event_type": event.event_type,
         "schema_version": event.schema_version,
         "recorded_at": rfc3339(event),
         "data": orjson.loads(event.state),

@@ -17,6 +17,8 @@ from uuid import UUID
 
 import orjson
 
+from eventkeep.eventstore.records import LoggedEvent
+
 GENESIS = bytes(32)
 
 
@@ -59,16 +61,16 @@ def event_hash(
 _PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
 
 
-def recomputed_hash(event: Any, prev_hash: bytes) -> bytes:
-    """The hash a logged event (`eventstore.records.LoggedEvent`, stored bytes) must carry
-    after `prev_hash`: what verification compares with the stored one."""
+def recomputed_hash(event: LoggedEvent, prev_hash: bytes) -> bytes:
+    """The hash a logged event (as stored: not decrypted) must carry after `prev_hash`: what
+    verification compares with the stored one."""
     return event_hash(
         prev_hash,
-        position=event.id,
+        position=event.position,
         stream_id=event.originator_id,
         stream_type=event.stream_type,
         stream_version=event.originator_version,
-        event_type=event.topic,
+        event_type=event.event_type,
         schema_version=event.schema_version,
         recorded_at=event.recorded_at,
         data=event.state,

@@ -30,6 +30,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from eventkeep.domain.catalog import STREAM_TYPES  # the one spelling: "User", "Product", …
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
@@ -38,7 +39,6 @@ from eventkeep.eventstore.records import LoggedEvent
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = "eventkeep relay"
-STREAM_TYPES = ("User", "Product", "Order")
 # A message with this header is no event: `{"watermark": P}` says every event of this
 # partition at or below position P came before it.
 WATERMARK_HEADER = "watermark"
@@ -63,7 +63,7 @@ def message_of(event: LoggedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]
     headers = [
         ("event_type", envelope["event_type"].encode()),
         ("schema_version", str(envelope["schema_version"]).encode()),
-        ("position", str(event.id).encode()),
+        ("position", str(event.position).encode()),
     ]
     return str(event.originator_id).encode(), orjson.dumps(envelope), headers
 

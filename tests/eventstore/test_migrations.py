@@ -251,6 +251,7 @@ def db_cli(
 ) -> Iterator[Callable[..., Any]]:
     monkeypatch.setenv("EVENTKEEP_HOME", str(tmp_path))
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", "a-test-claim-secret-of-more-than-32-bytes")
     tables = ("shop_events", "shop_events_claims", "shop_events_idempotency")
     if request.param == "embedded":
         monkeypatch.delenv("EVENTKEEP_POSTGRES_URL", raising=False)
