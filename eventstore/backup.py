@@ -170,6 +170,51 @@ def choose_backup(root: Path, to: str) -> BackupInfo:
     return usable[-1]
 
 
+WAL_SEGMENT_BYTES = 16 * 1024 * 1024  # PostgreSQL's default (initdb --wal-segsize)
+
+
+def first_wal_file(info: BackupInfo, segment_bytes: int = WAL_SEGMENT_BYTES) -> str:
+    """The name of the WAL segment that holds a base backup's start: the oldest one a restore
+    of this backup reads."""
+    if info.wal_start is None or info.timeline is None:
+        raise BackupRefused(f"{info.name} is not a PostgreSQL base backup")
+    high, low = (int(part, 16) for part in info.wal_start.split("/"))
+    segment = ((high << 32) | low) // segment_bytes
+    per_id = 0x1_0000_0000 // segment_bytes
+    return f"{info.timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
+
+
+def prune_backups(
+    root: Path, keep: int, wal_archive: Path | None, settings: BackupSettings
+) -> tuple[list[BackupInfo], str | None]:
+    """Removes all but the newest `keep` backups and, when `wal_archive` is given, the archived
+    WAL older than what the oldest kept base backup needs (`pg_archivecleanup`). Answers the
+    removed backups and the first WAL file kept."""
+    if keep < 1:
+        raise BackupRefused("keep at least one backup: the WAL archive is useless without one")
+    backups = list_backups(root)
+    removed, kept = backups[:-keep], backups[-keep:]
+    for info in removed:
+        shutil.rmtree(root / info.name)
+    if wal_archive is None or not kept or kept[0].mode != "distributed":
+        return removed, None
+    oldest_needed = first_wal_file(kept[0])
+    done = subprocess.run(
+        [pg_program(settings, "pg_archivecleanup"), str(wal_archive), oldest_needed],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BackupRefused(f"pg_archivecleanup failed: {done.stderr.strip()}")
+    # pg_archivecleanup leaves the small backup history files; older ones describe removed
+    # backups. (Names compare without their timeline, as pg_archivecleanup compares them.)
+    for history in wal_archive.glob("*.backup"):
+        if history.name[8:24] < oldest_needed[8:]:
+            history.unlink()
+    return removed, oldest_needed
+
+
 def parse_time(text: str) -> datetime:
     """An RFC 3339 time with its zone (a time without one is ambiguous and refused)."""
     try:

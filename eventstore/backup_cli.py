@@ -20,6 +20,7 @@ from eventkeep.eventstore.backup import (
     list_backups,
     parse_time,
     pg_program,
+    prune_backups,
     restore_postgres_backup,
     restore_sqlite_backup,
     start_command,
@@ -168,3 +169,22 @@ def restore(
         )
     except BackupRefused as error:
         raise _refused(error) from None
+
+
+@backup_app.command("prune")
+def prune(
+    keep: Annotated[int, typer.Option(min=1, help="How many of the newest backups to keep.")] = 2,
+) -> None:
+    """Remove all but the newest --keep backups and, in the distributed mode, the archived WAL
+    that only older backups needed (pg_archivecleanup on EVENTKEEP_WAL_ARCHIVE). Point-in-time
+    restores then reach back to the oldest kept backup."""
+    settings, backups = _settings(), BackupSettings()
+    root = backups.folder(settings.home)
+    try:
+        removed, first_kept = prune_backups(root, keep, backups.wal_archive, backups)
+    except BackupRefused as error:
+        raise _refused(error) from None
+    for info in removed:
+        out.print(f"Removed backup {info.name}.")
+    if first_kept is not None:
+        out.print(f"WAL archive: kept {first_kept} and later.")

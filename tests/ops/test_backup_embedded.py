@@ -4,6 +4,7 @@ server writes, put back into an empty home, holds exactly what was acknowledged 
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,11 @@ def test_a_time_picks_the_newest_backup_finished_by_then(environment: Path) -> N
     assert no_zone.exit_code == 1
     assert "needs a zone" in no_zone.output
     assert finished.endswith("Z")
+    time.sleep(1.1)  # backup folders are named by the second
+    second = backup("create").strip().splitlines()[-1]
+    pruned = backup("prune", "--keep", "1")
+    assert f"Removed backup {first}" in pruned
+    assert first not in backup("list")
+    assert second in backup("list")
+    refused = runner.invoke(backup_app, ["prune", "--keep", "0"])
+    assert refused.exit_code != 0

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -35,6 +36,7 @@ from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.keys import Role
 from eventkeep.api.settings import Settings
+from eventkeep.eventstore.backup import first_wal_file, list_backups
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.replay import audit
 from tests.api.shopping import register
@@ -200,3 +202,29 @@ def test_restore_refuses_a_data_directory_that_is_not_empty(
     missing = runner.invoke(backup_app, ["restore"], env=env)
     assert missing.exit_code == 1
     assert "--data-dir is required" in missing.output
+
+
+def test_prune_keeps_the_newest_backups_and_the_wal_they_need(
+    archiving_cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster = archiving_cluster
+    env = environment(cluster.url, cluster, tmp_path / "backups")
+    names = []
+    for _ in range(3):
+        names.append(invoke(backup_app, ["create"], env).strip().splitlines()[-1])
+        time.sleep(1.1)  # backup folders are named by the second
+    kept = next(info for info in list_backups(tmp_path / "backups") if info.name == names[1])
+    with psycopg.connect(cluster.url, autocommit=True) as connection:
+        row = connection.execute("SELECT pg_walfile_name(%s::pg_lsn)", (kept.wal_start,))
+        needed = row.fetchone()
+    assert needed is not None
+    assert first_wal_file(kept) == needed[0]
+    archived_before = sorted(path.name for path in cluster.archive.iterdir())
+    assert any(name[:24] < needed[0] for name in archived_before)
+
+    output = invoke(backup_app, ["prune", "--keep", "2"], env)
+    assert f"Removed backup {names[0]}" in output
+    assert [info.name for info in list_backups(tmp_path / "backups")] == names[1:]
+    archived = sorted(path.name for path in cluster.archive.iterdir())
+    assert archived and all(name[8:24] >= needed[0][8:] for name in archived if len(name) >= 24)
+    assert needed[0] in archived
