@@ -459,6 +459,14 @@ class _BatchTransaction:
         r._write_tracking(batch, plan.tracking)
 
 
+class _NoRows:
+    def fetchall(self) -> list[Any]:
+        return []
+
+
+_NO_ROWS = _NoRows()
+
+
 def _select(
     batch: BatchSQL,
     sql: Dialect,
@@ -468,6 +476,8 @@ def _select(
     values: Sequence[Sequence[Any]],
 ) -> Rows:
     """`columns` of the rows whose leading columns equal one of `values`."""
+    if not values:
+        return _NO_ROWS
     keys = columns.split(", ")[: len(types)]
     wanted, params = sql.one_of(keys, types, values)
     return batch.query(f"SELECT {columns} FROM {table} WHERE {wanted}", params)

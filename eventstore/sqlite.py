@@ -57,8 +57,11 @@ class SQLiteDialect:
         params = [self.value(v, t) for row in values for v, t in zip(row, types, strict=True)]
         if len(columns) == 1:
             return f"{columns[0]} IN ({', '.join(['%s'] * len(values))})", params
+        # Through a subquery: `(a, b) IN (VALUES …)` scans the table, this searches its index.
         row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        return f"({', '.join(columns)}) IN (VALUES {', '.join([row] * len(values))})", params
+        names = ", ".join(f"column{n}" for n in range(1, len(columns) + 1))
+        rows = ", ".join([row] * len(values))
+        return f"({', '.join(columns)}) IN (SELECT {names} FROM (VALUES {rows}))", params
 
     def value(self, value: Any, type: ColumnType) -> Any:
         if type == "uuid":
