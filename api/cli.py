@@ -69,6 +69,11 @@ LAZY = {
     "audit": Lazy(
         "eventkeep.replay.cli", "audit_app", "Read, check, export and import the history."
     ),
+    "db": Lazy(
+        "eventkeep.api.db_cli",
+        "db_app",
+        "The database schema of the event store and the key store: versions, migrations.",
+    ),
     "backup": Lazy(
         "eventkeep.eventstore.backup_cli",
         "backup_app",
