@@ -235,6 +235,11 @@ def _is_sqlite(path: Path) -> bool:
         return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
+def _read_only(path: Path) -> str:
+    """A read-only SQLite URI for `path` (percent-encoded: a '?' or '#' in it stays a name)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
 def _home_files(home: Path) -> tuple[list[Path], list[Path]]:
     """The SQLite databases (read models first, the event log last) and the other plain files
     (the deployment secret) directly under `home`."""
@@ -259,7 +264,7 @@ def create_sqlite_backup(home: Path, root: Path) -> BackupInfo:
         target_path = folder / source_path.name
         target_path.touch(mode=0o600)
         with (
-            closing(sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)) as source,
+            closing(sqlite3.connect(_read_only(source_path), uri=True)) as source,
             closing(sqlite3.connect(target_path)) as target,
         ):
             source.execute("PRAGMA busy_timeout = 10000")
@@ -301,7 +306,7 @@ def restore_sqlite_backup(info: BackupInfo, root: Path, home: Path, *, force: bo
         if not target_path.exists():
             target_path.touch(mode=0o600)
         with (
-            closing(sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)) as source,
+            closing(sqlite3.connect(_read_only(source_path), uri=True)) as source,
             closing(sqlite3.connect(target_path, timeout=10)) as target,
         ):
             source.backup(target, pages=-1)
