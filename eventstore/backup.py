@@ -243,7 +243,8 @@ def _read_only(path: Path) -> str:
 def _home_files(home: Path) -> tuple[list[Path], list[Path]]:
     """The SQLite databases (read models first, the event log last) and the other plain files
     (the deployment secret) directly under `home`."""
-    databases, others = [], []
+    databases: list[Path] = []
+    others: list[Path] = []
     for path in sorted(home.iterdir()):
         if not path.is_file() or path.name.endswith(SQLITE_SIDE_FILES):
             continue
