@@ -39,6 +39,7 @@ from eventkeep.api.settings import Settings
 from eventkeep.eventstore.backup import first_wal_file, list_backups
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.replay import audit
+from eventkeep.replay.cli import audit_app
 from tests.api.shopping import register
 from tests.ops.cluster import Cluster, free_port
 
@@ -168,6 +169,7 @@ def test_drill_restore_to_latest_and_to_a_point_in_time(cluster: Cluster, tmp_pa
         assert tail_lost == []  # RPO 0: nothing acknowledged is lost
     # What was lost is the log's end, never a hole: positions stay contiguous.
     assert sorted(store) == list(range(1, len(store) + 1))
+    assert "Intact" in invoke(audit_app, ["verify"], env)  # `eventkeep audit verify`
 
     restored = wire(settings(cluster.url, tmp_path / "home"))
     with client_of(restored) as client:
