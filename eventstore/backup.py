@@ -381,6 +381,24 @@ def create_postgres_backup(url: str, root: Path, settings: BackupSettings) -> Ba
     return info
 
 
+def archiving_problem(url: str) -> str | None:
+    """Why the server at `url` does not archive WAL, if it does not: its base backups then
+    restore only to their own end point."""
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as connection:
+        mode = connection.execute("SHOW archive_mode").fetchone()
+        command = connection.execute("SHOW archive_command").fetchone()
+        failed = connection.execute(
+            "SELECT failed_count, last_failed_wal, last_archived_wal FROM pg_stat_archiver"
+        ).fetchone()
+    if mode is None or mode[0] == "off":
+        return "archive_mode is off"
+    if command is None or command[0] in ("", "(disabled)"):
+        return "archive_command is empty"
+    if failed is not None and failed[0] and (failed[2] is None or failed[1] > failed[2]):
+        return f"archiving fails (last failed segment {failed[1]}; see the server log)"
+    return None
+
+
 def _unpack(archive: Path, into: Path) -> None:
     opener = gzip.open if archive.suffix == ".gz" else open
     with opener(archive, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:

@@ -14,6 +14,7 @@ from rich.console import Console
 from eventkeep.eventstore.backup import (
     BackupRefused,
     BackupSettings,
+    archiving_problem,
     choose_backup,
     create_postgres_backup,
     create_sqlite_backup,
@@ -72,6 +73,13 @@ def create() -> None:
         raise _refused(error) from None
     wal = f", WAL from {info.wal_start}" if info.wal_start else ""
     err.print(f"Backup {info.name}: {info.size:,} bytes in {root / info.name}{wal}.")
+    if settings.postgres_url is not None:
+        problem = archiving_problem(settings.postgres_url.get_secret_value())
+        if problem is not None:
+            err.print(
+                f"[yellow]Warning:[/yellow] {problem} on this server: the backup restores only "
+                "to its own end point, not to later times (see docs/operations.md)."
+            )
     typer.echo(info.name)
 
 
@@ -155,7 +163,12 @@ def restore(
         )
         log = data_dir.parent / f"{data_dir.name}.log"
         command = " ".join(start_command(pg_program(backups, "pg_ctl"), data_dir, log))
-        upto = "the end of the WAL archive" if target is None else target.isoformat()
+        if target is not None:
+            upto = target.isoformat()
+        elif backups.wal_archive is None and backups.wal_stream is None:
+            upto = "the backup's end (EVENTKEEP_WAL_ARCHIVE is not set: no later WAL)"
+        else:
+            upto = "the end of the archived (and streamed) WAL"
         out.print(f"Restored base backup {info.name} into {data_dir}; recovery replays to {upto}.")
         if not start:
             out.print(f"Start it with:\n  {command}")
