@@ -295,3 +295,6 @@ def test_db_migrate_refuses_a_newer_schema_in_one_line(db_cli: Callable[..., Any
     assert refused.exit_code == 2
     [line] = refused.output.strip().splitlines()
     assert "api_keys" in line and "version 2" in line
+
+    shown = db_cli("status")
+    assert shown.exit_code == 0 and "newer than code" in shown.output
