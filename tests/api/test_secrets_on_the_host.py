@@ -182,3 +182,23 @@ def test_no_key_or_secret_in_the_output_and_every_file_private(server: Server, h
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_an_export_is_written_for_its_owner_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from eventkeep.api import cli
+
+    monkeypatch.setenv("EVENTKEEP_HOME", str(tmp_path / "home"))
+    for name in ("EVENTKEEP_POSTGRES_URL", "EVENTKEEP_CLAIM_SECRET", "EVENTKEEP_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    previous = os.umask(0o022)  # as a shell would start it
+    try:
+        result = CliRunner().invoke(cli.app, ["audit", "export", str(tmp_path / "out.jsonl")])
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
