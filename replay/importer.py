@@ -14,19 +14,35 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
 
+from eventkeep.domain.bounds import (
+    MAX_ORDER_TOTAL,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_STOCK,
+    MAX_STOCK_DELTA,
+    forbidden_character,
+)
 from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
 from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
+from eventkeep.domain.user import normalize_email
 from eventkeep.eventstore.group_commit import UniqueClaim
 from eventkeep.eventstore.records import RecordedEvent
 
 MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
 MONEY_FIELDS = ("price", "total", "amount", "unit_price")
+# The domain's bounds (domain/bounds.py): an imported event may not hold what the read models
+# cannot, any more than a command may.
+MONEY_BOUNDS = {"price": MAX_PRICE, "unit_price": MAX_PRICE, "total": MAX_ORDER_TOTAL,
+                "amount": MAX_ORDER_TOTAL}  # fmt: skip
+COUNT_BOUNDS = {"stock": (0, MAX_STOCK), "delta": (-MAX_STOCK_DELTA, MAX_STOCK_DELTA),
+                "quantity": (1, MAX_QUANTITY * 100)}  # fmt: skip
 METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
 APPEND_SIZE = 1000  # events per append, when they share their metadata
 
@@ -53,7 +69,7 @@ class Checker:
     recorder: Any  # the store's application recorder
     claim: Claim
     versions: dict[str, int] = field(default_factory=dict)
-    emails: dict[str, str] = field(default_factory=dict)  # lower-case email -> its stream
+    emails: dict[str, str] = field(default_factory=dict)  # normalised email -> its stream
 
     def check(self, number: int, text: bytes) -> dict[str, Any]:
         def refuse(reason: str) -> ImportRefused:
@@ -132,13 +148,30 @@ class Checker:
         for amount in amounts:
             if not (isinstance(amount, str) and MONEY.match(amount)):
                 raise refuse(f"bad money amount {amount!r} (a decimal string like 12.50)")
+        Checker._check_bounds(data, refuse)
+
+    @staticmethod
+    def _check_bounds(data: dict[str, Any], refuse: Callable) -> None:
+        values = [(name, data[name]) for name in data]
+        values += [(name, v) for line in data.get("lines", ()) for name, v in line.items()]
+        for name, value in values:
+            if name in MONEY_BOUNDS and Decimal(value) > MONEY_BOUNDS[name]:
+                raise refuse(f"{name} {value} is above {MONEY_BOUNDS[name]}")
+            if name in COUNT_BOUNDS:
+                low, high = COUNT_BOUNDS[name]
+                if not (isinstance(value, int) and not isinstance(value, bool)):
+                    raise refuse(f"{name} {value!r} is not a whole number")
+                if not low <= value <= high:
+                    raise refuse(f"{name} {value} is outside {low}..{high}")
+            if isinstance(value, str) and (char := forbidden_character(value, multiline=True)):
+                raise refuse(f"{name} holds a control character (U+{ord(char):04X})")
 
     def _check_email(self, stream_id: str, email: Any, refuse: Callable) -> None:
         if email is None:
             return
         if not isinstance(email, str):
             raise refuse("email is not a string")
-        owner = self.emails.setdefault(email.strip().lower(), stream_id)
+        owner = self.emails.setdefault(normalize_email(email), stream_id)
         if owner != stream_id:
             raise refuse(f"email {email!r} already belongs to stream {owner}")
         claim = self.claim(email, None)
