@@ -1,61 +1,74 @@
 """What every query shares: the role it needs, read-your-writes, and the position header.
 
-A client that wrote passes the command's `position` as `X-Min-Position`; the query waits, at
-most EVENTKEEP_MIN_POSITION_WAIT seconds, for the read models to reach it, and answers 503
-PROJECTION_BEHIND (with Retry-After) rather than an answer that misses its own write. Every
-answer says in `X-Projection-Position` how far the read models were when it was read.
+A route reads one read model, through that read model's queries (`UserReads`, …); it never
+touches tables. A client that wrote passes the command's `position` as `X-Min-Position`; the
+query waits, at most EVENTKEEP_MIN_POSITION_WAIT seconds, for THE READ MODEL IT READS to reach
+it, and answers 503 PROJECTION_BEHIND (with Retry-After) rather than an answer that misses its
+own write. Every answer says in `X-Projection-Position` how far that read model was when it
+was read.
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the closure's annotations.
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 
 from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
 from eventkeep.api.keys import ApiKey, Role
+from eventkeep.projections.cursors import InvalidCursor
+from eventkeep.projections.daily_sales import SalesQueries
+from eventkeep.projections.orders import OrderQueries
+from eventkeep.projections.products import ProductQueries
 from eventkeep.projections.queries import Queries
-from eventkeep.projections.readmodels import InvalidCursor
+from eventkeep.projections.users import UserQueries
 
 POSITION_HEADER = "X-Projection-Position"
 
 
-def reader(role: Role) -> Callable[..., Awaitable[Queries]]:
+def reader(role: Role, name: str | None) -> Callable[..., Awaitable[Any]]:
+    """The queries of the read model `name` (None: all of them), once it reached the
+    request's X-Min-Position."""
+
     async def read_side(
         request: Request,
         response: Response,
         _: Annotated[ApiKey, Depends(requires(role))],
-        # `int`, not `int | None`: the header is absent or a number, never "null".
+        # `int`, not `int | None`: the header is absent (0: no wait) or a number, never "null".
         x_min_position: Annotated[
-            int,  # noqa: RUF013
+            int,
             Header(
                 ge=0,
                 le=2**63 - 1,
-                description="Answer only once the read models include this position.",
+                description="Answer only once the read model read includes this position.",
             ),
-        ] = None,
-    ) -> Queries:
+        ] = 0,
+    ) -> Any:
         wiring = request.app.state.wiring
         queries: Queries = wiring.queries
-        wanted = x_min_position or 0
-        reached = await queries.reach(wanted, wiring.min_position_wait if wanted else 0)
+        wanted = x_min_position
+        reached = await queries.reach(wanted, wiring.min_position_wait if wanted else 0, name)
         if reached < wanted:
             raise ApiError(
                 "PROJECTION_BEHIND",
-                "The read models have not reached X-Min-Position yet; retry shortly.",
-                {"min_position": wanted, "projection_position": reached},
+                f"{f'The {name} read model has' if name else 'The read models have'} not"
+                " reached X-Min-Position yet; retry shortly.",
+                {"min_position": wanted, "projection_position": reached, "projection": name},
                 headers={"Retry-After": "1", POSITION_HEADER: str(reached)},
             )
         response.headers[POSITION_HEADER] = str(reached)
-        return queries
+        return queries if name is None else queries.of(name)
 
     return read_side
 
 
-ClientReads = Annotated[Queries, Depends(reader(Role.client))]
-AnalystReads = Annotated[Queries, Depends(reader(Role.analyst))]
+UserReads = Annotated[UserQueries, Depends(reader(Role.client, "users"))]
+ProductReads = Annotated[ProductQueries, Depends(reader(Role.client, "products"))]
+OrderReads = Annotated[OrderQueries, Depends(reader(Role.client, "orders"))]
+SalesReads = Annotated[SalesQueries, Depends(reader(Role.analyst, "daily_sales"))]
+AllReads = Annotated[Queries, Depends(reader(Role.analyst, None))]
 
 
 def found(row: dict | None, what: str, row_id: object) -> dict:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from eventkeep.projections.readmodels import Change
+from eventkeep.projections.readmodel import Change
 
 Row = dict[str, Any]
 

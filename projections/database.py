@@ -44,6 +44,8 @@ class Database(Protocol):
 
     def table_exists(self, cursor: Any, name: str) -> bool: ...
 
+    def columns(self, cursor: Any, table: str) -> set[str]: ...
+
     def insert_rows(
         self,
         cursor: Any,
@@ -58,13 +60,23 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-# The read models' integer columns; every other column is text.
+# Integer columns of the built-in read models; another column is an integer column when its
+# values are integers (so a new read model needs nothing here), else text.
 _ARRAY_TYPES = {
     name: "bigint[]"
     for name in (
         "version", "price_cents", "stock", "total_cents", "units", "revenue_cents", "value",
     )
 }  # fmt: skip
+
+
+def _array_type(column: str, values: Sequence[Any]) -> str:
+    if column in _ARRAY_TYPES:
+        return _ARRAY_TYPES[column]
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "bigint[]"
+    return "text[]"
 
 
 class PostgresDatabase:
@@ -84,12 +96,12 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         with self._pool.connection() as connection, connection.transaction():
-            yield connection.cursor()
+            yield connection.cursor(row_factory=dict_row)
 
     @contextmanager
     def reading(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         with self._pool.connection() as connection:
-            yield connection.cursor()
+            yield connection.cursor(row_factory=dict_row)
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(%b)", [list(values)]
@@ -97,6 +109,14 @@ class PostgresDatabase:
     def table_exists(self, cursor: Any, name: str) -> bool:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL AS found", (name,))
         return bool(cursor.fetchone()["found"])
+
+    def columns(self, cursor: Any, table: str) -> set[str]:
+        cursor.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+        return {row["column_name"] for row in cursor.fetchall()}
 
     def insert_rows(
         self,
@@ -108,10 +128,14 @@ class PostgresDatabase:
     ) -> None:
         """One statement for all rows, a column array each (`unnest`): one round trip and
         one plan, where a row per statement costs a round trip each."""
-        arrays = ", ".join(f"%b::{_ARRAY_TYPES.get(column, 'text[]')}" for column in columns)
+        by_column = [list(values) for values in zip(*rows, strict=True)]
+        arrays = ", ".join(
+            f"%b::{_array_type(column, values)}"
+            for column, values in zip(columns, by_column, strict=True)
+        )
         cursor.execute(
             f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {conflict}",
-            [list(values) for values in zip(*rows, strict=True)],
+            by_column,
         )
 
     def close(self) -> None:
@@ -186,6 +210,10 @@ class SqliteDatabase:
     def table_exists(self, cursor: Any, name: str) -> bool:
         cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = %s", (name,))
         return cursor.fetchone() is not None
+
+    def columns(self, cursor: Any, table: str) -> set[str]:
+        cursor.execute(f"PRAGMA table_info({table})")
+        return {row["name"] for row in cursor.fetchall()}
 
     def insert_rows(
         self,

@@ -47,9 +47,12 @@ class _StartFromStoredOffsets(ConsumerRebalanceListener):
         pass
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        progress = self._models.progress()
+        """Each partition from the earliest offset any read model stored for it (the others
+        skip what they already hold, by stream version)."""
+        progress = self._models.progress_by_name().values()
         for partition in assigned:
-            offset = progress.get(offset_key(partition))
+            key = offset_key(partition)
+            offset = min((p[key] for p in progress if key in p), default=None)
             if offset is None:
                 self._consumer.seek_to_beginning(partition)
             else:

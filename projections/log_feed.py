@@ -1,8 +1,9 @@
 """The embedded mode's feed: the projectors follow the SQLite log in-process.
 
-The same read models and the same fold as the Kafka feed; only the transport differs. The
-feed's progress is one key, `log`, the last position applied, stored with the rows. The feed
-also tells queries where the read models are (`position`, `generation`).
+The same read models and the same apply methods as the Kafka feed; only the transport differs.
+The feed's progress is one key per read model, `log`, the last position applied, stored with
+the rows. The feed also tells queries where each read model is (`position_of`, all of them
+applied together, and `generation_of`, each read model's tables).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.projections.cache import Cache
-from eventkeep.projections.readmodels import GENERATION, ReadModels
+from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,27 @@ class LogFeed:
         self._cache = cache
         self._follower = LogFollower(
             global_log,
-            models.progress().get("log", 0),
+            min((p.get(LOG, 0) for p in models.progress_by_name().values()), default=0),
             batch_size=batch_size,
             poll_interval=poll_interval,
         )
         self._thread: threading.Thread | None = None
-        self.generation = 0  # of the tables (see ReadModels.swap_in)
+        self._generations: dict[str, int] = {}  # of each read model's tables (see swap_in)
 
     @property
     def position(self) -> int:
-        """Every event up to here is applied."""
+        """Every event up to here is applied, to every read model."""
         return self._follower.position
+
+    def position_of(self, name: str) -> int:
+        return self._follower.position
+
+    def generation_of(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    def _read_generations(self) -> None:
+        progress = self._models.progress_by_name()
+        self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
 
     def start(self) -> None:
         self._follower.signal  # noqa: B018  (registered for commits before the first read)
@@ -57,14 +68,14 @@ class LogFeed:
             self._thread.join(10)
 
     def _apply(self, events: list[LoggedEvent]) -> None:
-        self.generation = self._models.progress().get(GENERATION, 0)
+        self._read_generations()
         envelopes = [upcast(to_envelope(event)) for event in events]
-        changes = self._models.apply(envelopes, {"log": events[-1].id})
+        changes = self._models.apply(envelopes, {LOG: events[-1].id})
         self._cache.forget(changes)
         self._follower.advance_to(events[-1].id)
 
     def _idle(self) -> None:
-        self.generation = self._models.progress().get(GENERATION, 0)
+        self._read_generations()
         self._cache.forget(())  # tombstones a cache outage held back
 
     def _run(self) -> None:

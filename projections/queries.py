@@ -1,4 +1,5 @@
-"""The query side as the API sees it: read models behind the cache, and how far they are."""
+"""The query side as the API sees it: each read model's queries behind the cache, and how far
+each read model is."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import asyncio
 import contextlib
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
-from eventkeep.projections.cache import Cache, Row
+from eventkeep.projections.cache import Cache
+from eventkeep.projections.readmodel import Progress, ReadModelQueries
 from eventkeep.projections.readmodels import GENERATION, ReadModels, position_of
+from eventkeep.projections.registry import READ_MODELS
 
 
 class PolledProgress:
-    """The read models' position and generation, re-read every `interval` seconds by a
-    thread of its own.
+    """Each read model's position and generation, re-read every `interval` seconds by a
+    thread of its own (one query for all of them).
 
     Every query asks for them; answering from memory keeps that off the request path (a
     position a few milliseconds old is still a true lower bound). A failed read keeps the
@@ -26,11 +27,22 @@ class PolledProgress:
     def __init__(self, models: ReadModels, interval: float = 0.01) -> None:
         self._models = models
         self._interval = interval
-        self.position = 0
-        self.generation = 0
+        self._positions: dict[str, int] = {}
+        self._generations: dict[str, int] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="position", daemon=True)
         self._thread.start()
+
+    def position_of(self, name: str) -> int:
+        return self._positions.get(name, 0)
+
+    def generation_of(self, name: str) -> int:
+        return self._generations.get(name, 0)
+
+    @property
+    def position(self) -> int:
+        """Where every read model is."""
+        return min(self._positions.values(), default=0)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -39,65 +51,60 @@ class PolledProgress:
     def _poll(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):  # the store is down: queries say so
-                progress = self._models.progress()
-                self.position = position_of(progress)
-                self.generation = progress.get(GENERATION, 0)
+                progress = self._models.progress_by_name()
+                self._positions = {name: position_of(p) for name, p in progress.items()}
+                self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
             self._stopping.wait(self._interval)
 
 
-class Progress(Protocol):
-    """Where the read models are; answered from memory (it is asked on the event loop)."""
-
-    @property
-    def position(self) -> int: ...
-
-    @property
-    def generation(self) -> int: ...
-
-
 class Queries:
+    """Every read model's queries (`of(name)`), over one cache and one source of progress."""
+
     def __init__(self, models: ReadModels, cache: Cache, progress: Progress) -> None:
         self.models = models
         self.cache = cache
         self.progress = progress
+        self._queries = {
+            name: READ_MODELS[name].queries(model, self) for name, model in models.models.items()
+        }
 
-    def position(self) -> int:
-        return self.progress.position
+    def of(self, name: str) -> ReadModelQueries:
+        """The queries of the read model `name` (its module's subclass)."""
+        return self._queries[name]
 
-    async def get_async(self, kind: str, row_id: str) -> Row | None:
-        """By id, cache first; a miss is read from the read model (in a thread) and offered
-        to the cache. The generation is read first: a row read after a swap may be cached
-        under the old one, never an old row under the new one."""
-        generation = self.progress.generation
-        row = await self.cache.get_async(kind, row_id, generation)
-        if row is None:
-            row = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
-        return row
+    @property
+    def names(self) -> list[str]:
+        return list(self._queries)
 
-    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> Row | None:
-        row = self.models.get(kind, row_id)
-        if row is not None:
-            self.cache.fill(kind, row, generation)
-        return row
+    def position(self, name: str | None = None) -> int:
+        """Where the read model `name` is; without a name, where all of them are."""
+        if name is not None:
+            return self.progress.position_of(name)
+        return min((self.progress.position_of(n) for n in self._queries), default=0)
 
-    async def reach(self, position: int, timeout: float) -> int:
-        """Waits up to `timeout` seconds for the read models to reach `position`; returns
-        where they are (below `position` when the wait ran out)."""
+    async def reach(self, position: int, timeout: float, name: str | None = None) -> int:
+        """Waits up to `timeout` seconds for the read model `name` (or all of them) to reach
+        `position`; returns where it is (below `position` when the wait ran out)."""
         deadline = time.monotonic() + timeout
         while True:
-            reached = self.position()
+            reached = self.position(name)
             if reached >= position or time.monotonic() >= deadline:
                 return reached
             await asyncio.sleep(0.002)
 
-    def status(self, head: int) -> dict[str, Any]:
-        """Position and lag, for `GET /v1/projections`."""
-        progress = self.models.progress()
-        position = self.models.position()
-        return {
-            "name": "read_models",
-            "position": position,
-            "head": head,
-            "lag": max(0, head - position),
-            "progress": progress,
-        }
+    def status(self, head: int) -> list[dict[str, Any]]:
+        """Each read model's position, lag and generation, for `GET /v1/projections`."""
+        answer = []
+        for name, progress in self.models.progress_by_name().items():
+            position = position_of(progress)
+            answer.append(
+                {
+                    "name": name,
+                    "position": position,
+                    "head": head,
+                    "lag": max(0, head - position),
+                    "generation": progress.get(GENERATION, 0),
+                    "progress": progress,
+                }
+            )
+        return answer

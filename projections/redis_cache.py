@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from eventkeep.projections.cache import Row
-from eventkeep.projections.readmodels import Change
+from eventkeep.projections.readmodel import Change
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +112,11 @@ class RedisCache:
             self._pending.clear()
 
 
-def _row(value: bytes | None) -> Row | None:
+def _row(value: bytes | str | None) -> Row | None:
     """The row of an entry; None for no entry or a tombstone."""
     if not value:
         return None
+    if isinstance(value, str):  # a client made to decode answers
+        value = value.encode()
     _, _, body = value.partition(b"|")
     return orjson.loads(body) if body else None

@@ -64,7 +64,8 @@ def rebuild(
         list[str] | None, typer.Argument(help=f"Projections to rebuild: {', '.join(PROJECTIONS)}.")
     ] = None,
 ) -> None:
-    """Rebuild read models from the event store beside the live ones, then swap them in.
+    """Rebuild the named read models (none named: all) from the event store beside the live
+    ones, then swap them in; the others are not touched.
 
     Queries keep answering from the live tables meanwhile; the live projector continues from
     the swap point. Interrupted, it resumes where it stopped when run again.
@@ -85,24 +86,26 @@ def rebuild(
             rate = (position - started[0]) / elapsed if elapsed > 0 else 0
             bar.update(task, completed=position, total=head, rate=f"{rate:,.0f}")
 
-        generation = Rebuild(system.recorder, system.read_models).run(advance)
-    out.print(f"Rebuilt and swapped in: read models generation {generation}.")
+        generations = Rebuild(system.recorder, system.read_models, names).run(advance)
+    rebuilt = ", ".join(f"{name} (generation {g})" for name, g in generations.items())
+    out.print(f"Rebuilt and swapped in: {rebuilt}.")
 
 
 @replay_app.command("status")
 def status() -> None:
-    """Where the live read models are, and any rebuild in progress."""
+    """Where each live read model is, and any rebuild of it in progress."""
     with _built("replay") as system:
-        state = Rebuild(system.recorder, system.read_models).status()
+        states = Rebuild(system.recorder, system.read_models).status()
     table = Table("projection", "position", "head", "lag", "generation", "rebuild")
-    table.add_row(
-        PROJECTIONS[0],
-        str(state.live_position),
-        str(state.head),
-        str(max(0, state.head - state.live_position)),
-        str(state.live_generation),
-        f"at {state.rebuild_position}" if state.rebuilding else "none",
-    )
+    for state in states:
+        table.add_row(
+            state.name,
+            str(state.position),
+            str(state.head),
+            str(state.lag),
+            str(state.generation),
+            f"at {state.rebuild_position}" if state.rebuilding else "none",
+        )
     out.print(table)
 
 

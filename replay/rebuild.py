@@ -1,11 +1,11 @@
 """Rebuilding read models from the event store (not Kafka: it keeps no full history), every
 event through the one upcaster chain.
 
-A zero-downtime rebuild (`Rebuild`) fills tables of its own prefix beside the live ones while
-queries go on reading the live tables, then swaps them in atomically
-(`ReadModels.swap_in`): the live projector continues from the swap point with no gap and no
-duplicate. The rebuild's tables keep their progress, so a rebuild that crashed resumes where
-it stopped when run again.
+A zero-downtime rebuild (`Rebuild`) of some read models (by name) or all fills tables of its
+own prefix beside the live ones while queries go on reading the live tables, then swaps them
+in atomically (`ReadModels.swap_in`): the live projector continues from the swap point with no
+gap and no duplicate, and the read models not named are not touched. The rebuild's tables keep
+their progress, so a rebuild that crashed resumes where it stopped when run again.
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
-from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels, position_of
+from eventkeep.projections.registry import READ_MODELS
 
 REBUILD_PREFIX = "rebuild_"
 BATCH = 5000  # events per read and per read-model transaction
-PROJECTIONS = ("read_models",)  # users, products, orders, sales: one fold, one progress
+PROJECTIONS = tuple(READ_MODELS)  # the names `eventkeep replay rebuild` takes
 
 Advance = Callable[[int, int], None]  # (position reached, log head)
 
@@ -80,43 +81,70 @@ def apply_log(
     position = after
     for page in pages(global_log, after, batch_size):
         position = page[-1]["position"]
-        models.apply(page, {"log": position})
+        models.apply(page, {LOG: position})
         advance(position)
     return position
 
 
 @dataclass(frozen=True)
 class RebuildStatus:
-    live_position: int
-    live_generation: int
+    """Where one live read model is, and any rebuild of it in progress."""
+
+    name: str
+    position: int
+    generation: int
     head: int
     rebuilding: bool
     rebuild_position: int
 
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
 
 class Rebuild:
-    def __init__(self, global_log: GlobalLog, live: ReadModels, *, batch_size: int = BATCH):
+    """Rebuilds the read models `names` (default: all) of `live` from the log."""
+
+    def __init__(
+        self,
+        global_log: GlobalLog,
+        live: ReadModels,
+        names: Iterable[str] | None = None,
+        *,
+        batch_size: int = BATCH,
+    ) -> None:
         self._log = global_log
         self._live = live
-        self._target = ReadModels(live.db, REBUILD_PREFIX)
+        self._target = ReadModels(live.db, REBUILD_PREFIX, names or live.names)
         self._batch_size = batch_size
 
-    def status(self) -> RebuildStatus:
-        progress = self._live.progress()
-        rebuilding = self._target_exists()
-        return RebuildStatus(
-            live_position=self._live.position(),
-            live_generation=progress.get("generation", 0),
-            head=self._log.max_notification_id() or 0,  # type: ignore[attr-defined]
-            rebuilding=rebuilding,
-            rebuild_position=self._target.progress().get("log", 0) if rebuilding else 0,
-        )
+    def status(self) -> list[RebuildStatus]:
+        """Every live read model (not only those this rebuild names)."""
+        head = self._log.max_notification_id() or 0  # type: ignore[attr-defined]
+        live = self._live.progress_by_name()
+        others = ReadModels(self._live.db, REBUILD_PREFIX, self._live.names)
+        with self._live.db.reading() as cursor:
+            building = {name for name, model in others.models.items() if model.exists(cursor)}
+        rebuilt = others.progress_by_name() if building else {}
+        return [
+            RebuildStatus(
+                name=name,
+                position=position_of(progress),
+                generation=progress.get(GENERATION, 0),
+                head=head,
+                rebuilding=name in building,
+                rebuild_position=rebuilt.get(name, {}).get(LOG, 0),
+            )
+            for name, progress in live.items()
+        ]
 
-    def run(self, advance: Advance = lambda position, head: None) -> int:
-        """Catches up fresh tables with the log, then swaps them in; returns the generation."""
+    def run(self, advance: Advance = lambda position, head: None) -> dict[str, int]:
+        """Catches up fresh tables with the log, then swaps them in; returns the new
+        generation of each read model rebuilt."""
         # A tag of its own per build: index names outlive the renames of the swap.
         self._target.migrate(tag=f"rb{time.time_ns()}_")
-        start = self._target.progress().get("log", 0)  # where a crashed rebuild stopped
+        # Where a crashed rebuild stopped (each read model skips what it already holds).
+        start = min(p.get(LOG, 0) for p in self._target.progress_by_name().values())
         head = self._log.max_notification_id() or 0  # type: ignore[attr-defined]
         advance(start, head)
         reached = apply_log(
@@ -132,11 +160,7 @@ class Rebuild:
             follower = LogFollower(self._log, reached, batch_size=self._batch_size)
             for events in follower.batches(live=False, until=furthest):
                 envelopes = [upcast(to_envelope(event)) for event in events]
-                self._target.apply_in(cursor, envelopes, {"log": events[-1].id})
+                self._target.apply_in(cursor, envelopes, {LOG: events[-1].id})
                 follower.advance_to(events[-1].id)
 
         return self._live.swap_in(self._target, catch_up)
-
-    def _target_exists(self) -> bool:
-        with self._live.db.reading() as cursor:
-            return self._live.db.table_exists(cursor, self._target.table("progress"))

@@ -9,7 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Request
 
 from eventkeep.api.errors import ApiError
-from eventkeep.api.reads import AnalystReads
+from eventkeep.api.reads import AllReads, SalesReads
 from eventkeep.api.schema import COMMAND_ERRORS
 
 router = APIRouter(prefix="/v1", tags=["analyst"], responses=COMMAND_ERRORS)
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["analyst"], responses=COMMAND_ERRORS)
 
 @router.get("/stats/sales")
 def sales(
-    reads: AnalystReads,
+    daily_sales: SalesReads,
     start: Annotated[date, Query(alias="from", description="First day (UTC), inclusive.")],
     end: Annotated[date, Query(alias="to", description="Last day (UTC), inclusive.")],
     product_id: UUID | None = None,
@@ -28,7 +28,7 @@ def sales(
         raise ApiError(
             "VALIDATION_FAILED", "`to` is before `from`.", {"from": str(start), "to": str(end)}
         )
-    items = reads.models.sales(
+    items = daily_sales.sales(
         start=start.isoformat(),
         end=end.isoformat(),
         product_id=None if product_id is None else str(product_id),
@@ -37,7 +37,8 @@ def sales(
 
 
 @router.get("/projections")
-def projections(reads: AnalystReads, request: Request) -> dict[str, Any]:
-    """Each projection's position, the log's head, and the lag between them (in events)."""
+def projections(reads: AllReads, request: Request) -> dict[str, Any]:
+    """Each projection's position, the log's head, the lag between them (in events), and the
+    generation of its tables (how many rebuilds were swapped in; 0: never)."""
     head = request.app.state.wiring.shop.recorder.max_notification_id() or 0
-    return {"projections": [reads.status(head)]}
+    return {"projections": reads.status(head)}

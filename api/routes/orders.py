@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import Field
 
 from eventkeep.api.dispatch import ClientCommand, IfMatch
-from eventkeep.api.reads import ClientReads, found
+from eventkeep.api.reads import OrderReads, found
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Amount,
@@ -89,5 +89,5 @@ def cancel_order(
 
 
 @router.get("/{order_id}")
-async def get_order(order_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(await reads.get_async("order", str(order_id)), "order", order_id)
+async def get_order(order_id: UUID, orders: OrderReads) -> dict[str, Any]:
+    return found(await orders.get_async(str(order_id)), "order", order_id)

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from eventkeep.api.dispatch import ClientCommand, IfMatch
-from eventkeep.api.reads import ClientReads, found, page
+from eventkeep.api.reads import ProductReads, found, page
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -92,13 +92,13 @@ def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand)
 
 
 @router.get("/{product_id}")
-async def get_product(product_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(await reads.get_async("product", str(product_id)), "product", product_id)
+async def get_product(product_id: UUID, products: ProductReads) -> dict[str, Any]:
+    return found(await products.get_async(str(product_id)), "product", product_id)
 
 
 @router.get("")
 def search_products(
-    reads: ClientReads,
+    products: ProductReads,
     q: Annotated[
         str | None, Query(max_length=200, description="Words of name or description.")
     ] = None,
@@ -111,7 +111,7 @@ def search_products(
 ) -> dict[str, Any]:
     """Full-text search with filters, a page at a time (`next_cursor` for the next)."""
     return page(
-        lambda: reads.models.search_products(
+        lambda: products.search(
             q=q,
             category=category,
             min_price=min_price,

@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from eventkeep.api.dispatch import AdminCommand, ClientCommand, IfMatch
-from eventkeep.api.reads import ClientReads, found, page
+from eventkeep.api.reads import OrderReads, UserReads, found, page
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -75,14 +75,14 @@ def erase_personal_data(user_id: UUID, version: IfMatch, send: AdminCommand) -> 
 
 
 @router.get("/{user_id}")
-async def get_user(user_id: UUID, reads: ClientReads) -> dict[str, Any]:
-    return found(await reads.get_async("user", str(user_id)), "user", user_id)
+async def get_user(user_id: UUID, users: UserReads) -> dict[str, Any]:
+    return found(await users.get_async(str(user_id)), "user", user_id)
 
 
 @router.get("")
-def find_user(email: Annotated[Email, Query()], reads: ClientReads) -> dict[str, Any]:
+def find_user(email: Annotated[Email, Query()], users: UserReads) -> dict[str, Any]:
     """The user with this email (case-insensitive)."""
-    return found(reads.models.user_by_email(normalize_email(email)), "user with email", email)
+    return found(users.by_email(normalize_email(email)), "user with email", email)
 
 
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
@@ -91,12 +91,10 @@ OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
 @router.get("/{user_id}/orders")
 def orders_of_user(
     user_id: UUID,
-    reads: ClientReads,
+    orders: OrderReads,
     status: OrderStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """The user's orders, newest first, a page at a time (`next_cursor` for the next)."""
-    return page(
-        lambda: reads.models.orders_of_user(str(user_id), status=status, cursor=cursor, limit=limit)
-    )
+    return page(lambda: orders.of_user(str(user_id), status=status, cursor=cursor, limit=limit))

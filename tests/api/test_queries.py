@@ -168,9 +168,12 @@ def test_projections_report_position_and_lag(
         "/v1/projections", headers={**bearer(Role.analyst), **after(user["position"])}
     )
     assert response.status_code == 200, response.text
-    [projection] = response.json()["projections"]
-    assert projection["position"] >= user["position"]
-    assert projection["lag"] == projection["head"] - projection["position"] >= 0
+    projections = response.json()["projections"]
+    assert [p["name"] for p in projections] == ["users", "products", "orders", "daily_sales"]
+    for projection in projections:
+        assert projection["position"] >= user["position"]
+        assert projection["lag"] == projection["head"] - projection["position"] >= 0
+        assert projection["generation"] >= 0
 
 
 def test_the_cache_never_answers_older_than_the_read_model(client: TestClient) -> None:
@@ -201,3 +204,31 @@ def test_queries_answer_from_the_read_model_when_redis_is_down(
     product = create_product(client)
     shown = get(client, f"/v1/products/{product['id']}", product["position"])
     assert (shown["id"], shown["price"]) == (product["id"], "49.90")
+
+
+class OneBehind:
+    """Progress where one read model lags far behind the others."""
+
+    def __init__(self, real: Any, behind: str) -> None:
+        self._real = real
+        self._behind = behind
+
+    def position_of(self, name: str) -> int:
+        return 0 if name == self._behind else self._real.position_of(name)
+
+    def generation_of(self, name: str) -> int:
+        return self._real.generation_of(name)
+
+
+def test_a_query_waits_only_for_the_read_model_it_reads(client: TestClient, wiring: Wiring) -> None:
+    user = register(client)
+    get(client, f"/v1/users/{user['id']}", user["position"])  # every read model is there
+    wiring.queries.progress = OneBehind(wiring.queries.progress, "products")
+    wiring.min_position_wait = 0.2
+
+    assert get(client, f"/v1/users/{user['id']}", user["position"])["id"] == user["id"]
+    assert get(client, f"/v1/users/{user['id']}/orders", user["position"])["items"] == []
+    behind = client.get("/v1/products", headers=after(user["position"]))
+    assert behind.status_code == 503
+    assert behind.json()["error"]["details"]["projection"] == "products"
+    assert behind.headers["X-Projection-Position"] == "0"

@@ -27,6 +27,7 @@ from eventkeep.domain.ordering import cancel_order, place_order
 from eventkeep.domain.product import Product
 from eventkeep.domain.user import User
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
+from eventkeep.projections.daily_sales import SalesQueries
 from eventkeep.projections.readmodels import ReadModels
 from tests.conftest_services import POSTGRES_URL, require_env
 
@@ -110,14 +111,14 @@ def test_the_largest_accepted_values_fit_every_column(
 
     models.apply(log.events, {"log": log.position})
 
-    shown = models.get("product", str(item.id))
+    shown = models["products"].get(str(item.id))
     assert shown is not None
     assert Decimal(shown["price"]) == price
     assert shown["stock"] == item.stock
     for order in orders:
-        row = models.get("order", str(order.id))
+        row = models["orders"].get(str(order.id))
         assert row is not None and Decimal(row["total"]) == order.total <= MAX_ORDER_TOTAL
-    (sale,) = models.sales(start=DAY, end=DAY, product_id=str(item.id))
+    (sale,) = SalesQueries(models["daily_sales"]).sales(start=DAY, end=DAY, product_id=str(item.id))
     assert sale["units"] == units * paid_orders
     assert Decimal(sale["revenue"]) == sum(order.total for order in orders)
 
@@ -132,5 +133,5 @@ def test_the_top_stock_with_open_reservations_given_back_fits(models: ReadModels
     log.record(buyer, item, order)
     models.apply(log.events, {"log": log.position})
     assert item.stock == MAX_STOCK + MAX_QUANTITY * MAX_LINES
-    shown = models.get("product", str(item.id))
+    shown = models["products"].get(str(item.id))
     assert shown is not None and shown["stock"] == item.stock

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from eventkeep.projections.cache import Cache, LocalCache
-from eventkeep.projections.readmodels import Change
+from eventkeep.projections.readmodel import Change
 from eventkeep.projections.redis_cache import RedisCache
 
 

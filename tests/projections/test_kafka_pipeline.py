@@ -122,7 +122,7 @@ def rebuilt(wiring: Wiring) -> dict[str, list[dict[str, Any]]]:
 def assert_equal_to_rebuild(wiring: Wiring) -> None:
     wait_until_projected(wiring)
     live = wiring.queries.models.dump()
-    assert live["orders"] and live["sales"]
+    assert live["orders"] and live["daily_sales"]
     assert live == rebuilt(wiring)
 
 

@@ -39,8 +39,14 @@ def test_import_verify_rebuild_export_and_as_of(home: Path) -> None:
     assert verified.exit_code == 0 and "Intact: 859 events" in verified.output
     rebuilt = run("replay", "rebuild")
     assert rebuilt.exit_code == 0, rebuilt.output
-    status = run("replay", "status")
-    assert "read_models" in status.output and "859" in status.output
+    status = run("replay", "status").output
+    for name in ("users", "products", "orders", "daily_sales"):
+        [row] = [line for line in status.splitlines() if f" {name} " in line]
+        assert "859" in row and "none" in row  # at the head, no rebuild left behind
+
+    only = run("replay", "rebuild", "products")
+    assert only.exit_code == 0 and "products (generation" in only.output, only.output
+    assert "users" not in only.output
 
     exported = home / "out.jsonl"
     assert run("audit", "export", str(exported), "--upcast").exit_code == 0

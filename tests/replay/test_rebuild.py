@@ -1,6 +1,8 @@
 """A rebuild runs beside the live read models while queries keep answering and commands keep
 flowing, is swapped in atomically, and the live feed continues from the swap point with no gap
-and no duplicate; an interrupted rebuild resumes where it stopped."""
+and no duplicate; an interrupted rebuild resumes where it stopped; one read model is rebuilt
+alone, the others untouched; a read model added as one module and one registration is built
+from the log and queried."""
 
 from __future__ import annotations
 
@@ -13,7 +15,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
+from eventkeep.projections.queries import Queries
+from eventkeep.projections.readmodel import Envelope, ReadModel, ReadModelQueries, Row, applies
 from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.registry import READ_MODELS, Registered
 from eventkeep.replay.rebuild import Rebuild, rebuild
 from tests.api.shopping import answer, create_product
 
@@ -94,13 +100,94 @@ def test_an_interrupted_rebuild_resumes_where_it_stopped(
 
     with pytest.raises(KeyboardInterrupt):
         job.run(crash_after_two_batches)
-    status = job.status()
+    [status] = [s for s in job.status() if s.name == "products"]
     assert status.rebuilding and status.rebuild_position == seen[-1] > 0
 
     resumed: list[int] = []
     job.run(lambda position, head: resumed.append(position))
     assert resumed[0] == seen[-1]  # not from the start
-    assert not job.status().rebuilding
+    assert not any(s.rebuilding for s in job.status())
     wait_until_projected(wiring)
     shown = client.get(f"/v1/products/{product['id']}").json()
     assert shown["stock"] == 10 + 30
+
+
+def test_rebuilding_one_read_model_swaps_in_only_that_one(
+    wiring: Wiring, client: TestClient, bearer: Any
+) -> None:
+    products = [create_product(client, sku=f"P-{n}")["id"] for n in range(5)]
+    for product_id in products:
+        adjust(client, product_id, 1)
+    wait_until_projected(wiring)
+    models = wiring.queries.models
+    before = models.progress_by_name()
+    users_before = models.dump()["users"]
+
+    generations = Rebuild(wiring.shop.recorder, models, ["products"], batch_size=3).run()
+
+    assert list(generations) == ["products"]
+    after = models.progress_by_name()
+    assert after["products"]["generation"] == generations["products"] > 0
+    for name in ("users", "orders", "daily_sales"):  # untouched
+        assert after[name].get("generation", 0) == before[name].get("generation", 0)
+    assert models.dump()["users"] == users_before
+    adjust(client, products[0], 5)  # the live feed goes on into the swapped-in tables
+    wait_until_projected(wiring)
+    assert models.dump() == rebuilt_from_scratch(wiring)
+    assert client.get(f"/v1/products/{products[0]}").json()["stock"] == 10 + 1 + 5
+
+    listed = client.get("/v1/projections", headers=bearer(Role.analyst)).json()["projections"]
+    shown = {p["name"]: p["generation"] for p in listed}
+    assert shown["products"] == generations["products"]
+    assert shown["users"] == before["users"].get("generation", 0)
+
+
+class Stock(ReadModel):
+    """A read model added as docs/replay.md shows: units moved per product."""
+
+    name = "stock_moves"
+    stream_type = "Product"
+    columns = ("id", "version", "moves", "updated_at")
+
+    def schema(self, tag: str) -> list[str]:
+        return [
+            f"CREATE TABLE {self.table()} (id text PRIMARY KEY, version bigint NOT NULL,"
+            " moves bigint NOT NULL, updated_at text NOT NULL)"
+        ]
+
+    @applies("ProductCreated")
+    def created(self, _: Row | None, event: Envelope) -> Row:
+        return {"moves": 0}
+
+    @applies("ProductStockAdjusted")
+    def adjusted(self, row: Row | None, event: Envelope) -> Row | None:
+        return None if row is None else row | {"moves": row["moves"] + 1}
+
+
+class StockQueries(ReadModelQueries):
+    model: Stock
+
+    def moves(self, product_id: str) -> int | None:
+        row = self.model.get(product_id)
+        return None if row is None else row["moves"]
+
+
+def test_a_read_model_added_by_one_module_and_one_registration_is_built_and_queried(
+    wiring: Wiring, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product = create_product(client)
+    for _ in range(3):
+        adjust(client, product["id"], 1)
+    wait_until_projected(wiring)
+    monkeypatch.setitem(READ_MODELS, "stock_moves", Registered(Stock, StockQueries))
+
+    models = ReadModels(wiring.queries.models.db, wiring.queries.models.prefix)
+    models.migrate()
+    try:
+        Rebuild(wiring.shop.recorder, models, ["stock_moves"]).run()
+        queries = Queries(models, wiring.queries.cache, wiring.queries.progress)
+        stock = queries.of("stock_moves")
+        assert isinstance(stock, StockQueries) and stock.moves(product["id"]) == 3
+        assert models.position("stock_moves") == wiring.shop.recorder.max_notification_id()
+    finally:
+        ReadModels(models.db, models.prefix, ["stock_moves"]).drop()

@@ -1,0 +1,163 @@
+"""Products by id, and searched: full text over name and description (PostgreSQL tsvector,
+SQLite FTS5), filters by category and price, four sorts, keyset pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eventkeep.projections.readmodel import (
+    Envelope,
+    ReadModel,
+    ReadModelQueries,
+    Row,
+    applies,
+    to_cents,
+)
+
+SORTS = {
+    "name": ("name", "asc"),
+    "price": ("price_cents", "asc"),
+    "-price": ("price_cents", "desc"),
+    "newest": ("created_at", "desc"),
+}
+
+
+class Products(ReadModel):
+    name = "products"
+    stream_type = "Product"
+    cache_kind = "product"
+    columns = (
+        "id", "version", "sku", "name", "description", "category", "price_cents", "currency",
+        "stock", "status", "created_at", "updated_at",
+    )  # fmt: skip
+
+    def schema(self, tag: str) -> list[str]:
+        t = self.table()
+        postgres = self.db.kind == "postgres"
+        search = (
+            ", search tsvector GENERATED ALWAYS AS (to_tsvector('english',"
+            " coalesce(name, '') || ' ' || coalesce(description, ''))) STORED"
+            if postgres
+            else ""
+        )
+        statements = [
+            f"CREATE TABLE {t} (id text PRIMARY KEY, version bigint NOT NULL,"
+            " sku text NOT NULL, name text NOT NULL, description text NOT NULL,"
+            " category text NOT NULL, price_cents bigint NOT NULL, currency text NOT NULL,"
+            " stock bigint NOT NULL, status text NOT NULL, created_at text NOT NULL,"
+            f" updated_at text NOT NULL{search})",
+            f"CREATE INDEX {tag}products_name ON {t} (name, id)",
+            f"CREATE INDEX {tag}products_price ON {t} (price_cents, id)",
+            f"CREATE INDEX {tag}products_newest ON {t} (created_at, id)",
+            f"CREATE INDEX {tag}products_category ON {t} (category, price_cents, id)",
+        ]
+        if postgres:
+            return [*statements, f"CREATE INDEX {tag}products_search ON {t} USING gin (search)"]
+        fts = self.table("products_fts")  # an FTS5 index of the products, kept by triggers
+        return [
+            *statements,
+            f"CREATE VIRTUAL TABLE {fts} USING fts5(name, description,"
+            " tokenize='porter unicode61')",
+            f"CREATE TRIGGER {tag}products_ai AFTER INSERT ON {t} BEGIN"
+            f" INSERT INTO {fts} (rowid, name, description)"
+            " VALUES (new.rowid, new.name, new.description); END",
+            f"CREATE TRIGGER {tag}products_au AFTER UPDATE ON {t} BEGIN"
+            f" UPDATE {fts} SET name = new.name, description = new.description"
+            " WHERE rowid = old.rowid; END",
+        ]
+
+    def tables(self) -> tuple[str, ...]:
+        return (self.name, "products_fts") if self.db.kind == "sqlite" else (self.name,)
+
+    @applies("ProductCreated")
+    def created(self, _: Row | None, event: Envelope) -> Row:
+        data = event["data"]
+        return {
+            "sku": data["sku"],
+            "name": data["name"],
+            "description": data["description"],
+            "category": data["category"],
+            "price_cents": to_cents(data["price"]),
+            "currency": data["currency"],
+            "stock": data["stock"],
+            "status": "active",
+            "created_at": event["recorded_at"],
+        }
+
+    @applies("ProductRenamed")
+    def renamed(self, row: Row | None, event: Envelope) -> Row | None:
+        data = event["data"]
+        return None if row is None else row | {k: data[k] for k in ("name", "description")}
+
+    @applies("ProductPriceChanged")
+    def price_changed(self, row: Row | None, event: Envelope) -> Row | None:
+        data = event["data"]
+        if row is None:
+            return None
+        return row | {"price_cents": to_cents(data["price"]), "currency": data["currency"]}
+
+    @applies("ProductStockAdjusted")
+    def stock_adjusted(self, row: Row | None, event: Envelope) -> Row | None:
+        return _stock_moved(row, event, +1)
+
+    @applies("ProductStockReserved")
+    def stock_reserved(self, row: Row | None, event: Envelope) -> Row | None:
+        return _stock_moved(row, event, -1)
+
+    @applies("ProductStockReleased")
+    def stock_released(self, row: Row | None, event: Envelope) -> Row | None:
+        return _stock_moved(row, event, +1)
+
+    @applies("ProductDiscontinued")
+    def discontinued(self, row: Row | None, _: Envelope) -> Row | None:
+        return None if row is None else row | {"status": "discontinued"}
+
+
+def _stock_moved(row: Row | None, event: Envelope, sign: int) -> Row | None:
+    if row is None:
+        return None
+    data = event["data"]
+    delta = data["delta"] if "delta" in data else data["quantity"]
+    return row | {"stock": row["stock"] + sign * delta}
+
+
+class ProductQueries(ReadModelQueries):
+    model: Products
+
+    def search(
+        self,
+        *,
+        q: str | None = None,
+        category: str | None = None,
+        min_price: str | None = None,
+        max_price: str | None = None,
+        sort: str = "name",
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        where: list[str] = ["true"]
+        params: list[Any] = []
+        if q and (match := self._text_match(q)) is not None:
+            where.append(match[0])
+            params.append(match[1])
+        if category is not None:
+            where.append("category = %s")
+            params.append(category)
+        if min_price is not None:
+            where.append("price_cents >= %s")
+            params.append(to_cents(min_price))
+        if max_price is not None:
+            where.append("price_cents <= %s")
+            params.append(to_cents(max_price))
+        column, direction = SORTS[sort]
+        return self.model.page(where, params, column, direction, cursor, limit)
+
+    def _text_match(self, q: str) -> tuple[str, str] | None:
+        if self.model.db.kind == "postgres":
+            return "search @@ websearch_to_tsquery('english', %s)", q
+        words = [w for w in "".join(c if c.isalnum() else " " for c in q).split() if w]
+        if not words:
+            return None
+        match = " ".join(f'"{word}"' for word in words)
+        fts = self.model.table("products_fts")
+        return f"rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH %s)", match

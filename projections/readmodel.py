@@ -1,0 +1,297 @@
+"""What every read model is made of: a projection with one apply method per event type
+(Marten's `Apply`), the tables it owns, its progress and its cache namespace, and the query
+side's by-id read through the cache.
+
+A read model follows the streams of one type (`stream_type`) and keeps one row per stream in
+its main table. A batch is applied in the caller's transaction: the rows the batch touches are
+loaded, each event whose stream version is above the row's is folded in by its apply method,
+and the changed rows written back. A redelivered event (Kafka after a crash, a relay re-send)
+is at or below the row's version and changes nothing. An event of the stream type with no
+apply method still moves the row's version on, so `version` is always the stream's.
+
+Tables are named `<prefix><name>`: a rebuild fills tables of another prefix beside the live
+ones and swaps them in (`projections/readmodels.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+
+from eventkeep.projections.cursors import decode_cursor, encode_cursor
+from eventkeep.projections.database import Database
+
+if TYPE_CHECKING:
+    from eventkeep.projections.cache import Cache
+
+Row = dict[str, Any]
+Envelope = Mapping[str, Any]
+Apply = Callable[[Any, "Row | None", Envelope], "Row | None"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A read-model row a batch changed, for the cache to forget after the commit: in the
+    read model's cache namespace (`kind`) and the generation of the tables it was written to
+    (each swapped-in rebuild is a new one)."""
+
+    kind: str
+    id: str
+    version: int
+    generation: int = 0
+
+
+def applies(event_type: str) -> Callable[[Apply], Apply]:
+    """Marks a read model's method as the one that applies `event_type`."""
+
+    def mark(method: Apply) -> Apply:
+        method.applies_to = event_type  # type: ignore[attr-defined]  # read by __init_subclass__
+        return method
+
+    return mark
+
+
+@dataclass
+class Batch:
+    """The rows one batch reads and writes, by stream id, and which of them changed."""
+
+    rows: dict[str, Row] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)
+    extra: dict[Any, Any] = field(default_factory=dict)  # a read model's own effects
+
+
+class ReadModel:
+    """One read model. Subclasses say `name`, `stream_type`, their main table's `columns` and
+    `schema()`, and define `@applies("EventType")` methods `(row, event) -> row`: `row` is
+    the stream's current row (None before the first event) and the answer its new one (None:
+    nothing shown changes)."""
+
+    name: ClassVar[str]  # the registry's and the command line's name of it
+    stream_type: ClassVar[str]  # "User", "Product", "Order"
+    columns: ClassVar[tuple[str, ...]]  # of its main table, a row per stream
+    row_table: ClassVar[str | None] = None  # that table's name, when it is not `name`
+    json_columns: ClassVar[frozenset[str]] = frozenset()  # stored as JSON text
+    cache_kind: ClassVar[str | None] = None  # cache namespace of by-id reads; None: not cached
+    appliers: ClassVar[dict[str, Apply]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.appliers = {
+            method.applies_to: method
+            for klass in reversed(cls.__mro__)
+            for method in vars(klass).values()
+            if hasattr(method, "applies_to")
+        }
+
+    def __init__(self, database: Database, prefix: str) -> None:
+        self.db = database
+        self.prefix = prefix
+
+    def table(self, name: str | None = None) -> str:
+        """A table of this read model with its prefix; by default its main table."""
+        return f"{self.prefix}{name or self.row_table or self.name}"
+
+    # --- tables ----------------------------------------------------------------------------
+
+    def schema(self, tag: str) -> list[str]:
+        """CREATE statements of its tables (`self.table(…)`), indexes and triggers named after
+        `tag`: index and trigger names outlive the renames of a swap, so each build of the
+        tables gets its own tag."""
+        raise NotImplementedError
+
+    def tables(self) -> tuple[str, ...]:
+        """The names (without prefix) of every table it owns: renamed together in a swap."""
+        return (self.row_table or self.name,)
+
+    def exists(self, cursor: Any) -> bool:
+        return self.db.table_exists(cursor, self.table())
+
+    def dump(self, cursor: Any) -> dict[str, list[Row]]:
+        """Every row of its tables, in key order: to compare two builds."""
+        cursor.execute(f"SELECT * FROM {self.table()} ORDER BY id")
+        return {self.row_table or self.name: [self.decoded(row) for row in cursor.fetchall()]}
+
+    # --- applying --------------------------------------------------------------------------
+
+    def apply_in(self, cursor: Any, events: Sequence[Envelope], generation: int) -> list[Change]:
+        """Applies the events of its stream type, in the caller's transaction; the changed
+        rows, for the cache (in the namespace and `generation` of its tables)."""
+        mine = [e for e in events if e["stream_type"] == self.stream_type]
+        if not mine:
+            return []
+        batch = Batch(rows=self._load(cursor, sorted({e["stream_id"] for e in mine})))
+        for event in mine:
+            stream_id, version = event["stream_id"], event["stream_version"]
+            current = batch.rows.get(stream_id)
+            if version <= (current["version"] if current else 0):
+                continue  # already applied: a redelivery
+            updated = self.apply_event(batch, current, event)
+            if updated is None:
+                if current is None:
+                    continue
+                updated = current | {"version": version}  # nothing shown changed
+            else:
+                updated |= {"id": stream_id, "version": version, "updated_at": event["recorded_at"]}
+            batch.rows[stream_id] = updated
+            batch.changed[stream_id] = version
+        self.write(cursor, batch)
+        if self.cache_kind is None:
+            return []
+        return [Change(self.cache_kind, i, v, generation) for i, v in batch.changed.items()]
+
+    def apply_event(self, batch: Batch, row: Row | None, event: Envelope) -> Row | None:
+        """Calls the event's apply method (a read model with effects beyond its rows, like
+        daily sales, extends this)."""
+        method = self.appliers.get(event["event_type"])
+        return None if method is None else method(self, row, event)
+
+    def _load(self, cursor: Any, stream_ids: list[str]) -> dict[str, Row]:
+        where, params = self.db.in_list("id", stream_ids)
+        cursor.execute(f"SELECT * FROM {self.table()} WHERE {where}", params)
+        return {row["id"]: self.decoded(row) for row in cursor.fetchall()}
+
+    def write(self, cursor: Any, batch: Batch) -> None:
+        """Writes the changed rows back (one statement)."""
+        changed = [batch.rows[row_id] for row_id in batch.changed]
+        if changed:
+            self.db.insert_rows(
+                cursor,
+                self.table(),
+                self.columns,
+                [self.encoded(row) for row in changed],
+                on_conflict_replace(self.columns, ("id",)),
+            )
+
+    def encoded(self, row: Row) -> tuple[Any, ...]:
+        return tuple(
+            orjson.dumps(row[c]).decode() if c in self.json_columns else row.get(c)
+            for c in self.columns
+        )
+
+    def decoded(self, row: Row) -> Row:
+        for column in self.json_columns:
+            if isinstance(row.get(column), str):
+                row[column] = orjson.loads(row[column])
+        row.pop("search", None)
+        return row
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, row_id: str) -> Row | None:
+        with self.db.reading() as cursor:
+            cursor.execute(f"SELECT * FROM {self.table()} WHERE id = %s", (row_id,))
+            row = cursor.fetchone()
+        return None if row is None else shown(self.decoded(row))
+
+    def page(
+        self,
+        where: list[str],
+        params: list[Any],
+        column: str,
+        direction: str,
+        cursor: str | None,
+        limit: int,
+        table: str | None = None,
+    ) -> tuple[list[Row], str | None]:
+        """Keyset pagination on (column, id): stable under concurrent writes, no OFFSET."""
+        if cursor is not None:
+            after = decode_cursor(cursor, column)
+            where.append(f"({column}, id) {'>' if direction == 'asc' else '<'} (%s, %s)")
+            params.extend(after)
+        order = f"{column} {direction}, id {direction}"
+        with self.db.reading() as db:
+            db.execute(
+                f"SELECT * FROM {table or self.table()} WHERE {' AND '.join(where)}"
+                f" ORDER BY {order} LIMIT %s",
+                [*params, limit + 1],
+            )
+            rows = [self.decoded(row) for row in db.fetchall()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more else None
+        return [shown(row) for row in rows], next_cursor
+
+
+class Progress(Protocol):
+    """Where each read model is; answered from memory (it is asked on the event loop)."""
+
+    def position_of(self, name: str) -> int: ...
+
+    def generation_of(self, name: str) -> int: ...
+
+
+class ReadModelQueries:
+    """The query side of one read model: how far it is, and by-id reads through the cache.
+    Each read model's module extends it with its own queries; they read its tables only.
+    Without a `side` (the cache and progress of the API's `Queries`), only those queries
+    work: by-id reads and positions need it."""
+
+    def __init__(self, model: ReadModel, side: QuerySide | None = None) -> None:
+        self.model = model
+        self._given_side = side
+
+    @property
+    def _side(self) -> QuerySide:
+        assert self._given_side is not None, "by-id reads and positions need the query side"
+        return self._given_side
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def position(self) -> int:
+        return self._side.progress.position_of(self.model.name)
+
+    async def get_async(self, row_id: str) -> Row | None:
+        """By id, cache first; a miss is read from the read model (in a thread) and offered
+        to the cache. The generation is read first: a row read after a swap may be cached
+        under the old one, never an old row under the new one."""
+        kind = self.model.cache_kind
+        if kind is None:
+            return await run_in_threadpool(self.model.get, row_id)
+        generation = self._side.progress.generation_of(self.model.name)
+        row = await self._side.cache.get_async(kind, row_id, generation)
+        if row is None:
+            row = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
+        return row
+
+    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> Row | None:
+        row = self.model.get(row_id)
+        if row is not None:
+            self._side.cache.fill(kind, row, generation)
+        return row
+
+
+class QuerySide(Protocol):
+    cache: Cache
+    progress: Progress
+
+
+# --- rows --------------------------------------------------------------------------------
+
+
+def to_cents(amount: str) -> int:
+    return int(Decimal(amount).scaleb(2))
+
+
+def from_cents(cents: int) -> str:
+    return str(Decimal(cents).scaleb(-2))
+
+
+def shown(row: Row) -> Row:
+    """A row as the query API answers it: money as decimal strings."""
+    answer = {k: v for k, v in row.items() if k not in ("search", "updated_at")}
+    for cents in ("price_cents", "total_cents"):
+        if cents in answer:
+            answer[cents.removesuffix("_cents")] = from_cents(answer.pop(cents))
+    return answer
+
+
+def on_conflict_replace(columns: Sequence[str], key: Sequence[str]) -> str:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
