@@ -24,8 +24,12 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     """Builds the app on `config`: settings (read from the environment when None) are wired
     here and closed at shutdown; a ready wiring stays its caller's to close."""
     owned = not isinstance(config, Wiring)
-    settings = None if isinstance(config, Wiring) else config or Settings()
-    wiring = config if isinstance(config, Wiring) else wire(settings)
+    settings: Settings | None = None
+    if isinstance(config, Wiring):
+        wiring = config
+    else:
+        settings = config or Settings()
+        wiring = wire(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

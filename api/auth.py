@@ -3,7 +3,7 @@
 # No `from __future__ import annotations`: FastAPI must evaluate the closure's annotations.
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -47,7 +47,7 @@ async def authenticated(
     return key
 
 
-def requires(role: Role) -> Callable[[ApiKey], ApiKey]:
+def requires(role: Role) -> Callable[[ApiKey], Awaitable[ApiKey]]:
     """A dependency that admits keys of `role`, and admin keys."""
 
     async def check(key: Annotated[ApiKey, Depends(authenticated)]) -> ApiKey:

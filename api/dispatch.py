@@ -99,7 +99,7 @@ def expected_version(
             # Documented, not enforced here: a malformed If-Match answers 400, not 422.
             json_schema_extra={"pattern": _IF_MATCH.pattern},
         ),
-    ] = None,
+    ] = None,  # type: ignore[assignment]
 ) -> int | None:
     if if_match is None:
         return None

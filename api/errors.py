@@ -119,7 +119,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(
         status, status.phrase.upper().replace(" ", "_")
     )
-    headers = exc.headers
+    headers = dict(exc.headers or {})
     if status == 405:
         headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return error_response(code, status.phrase, status=status, headers=headers)

@@ -36,7 +36,8 @@ def reader(role: Role, name: str | None) -> Callable[..., Awaitable[Any]]:
         request: Request,
         response: Response,
         _: Annotated[ApiKey, Depends(requires(role))],
-        # `int`, not `int | None`: the header is absent (0: no wait) or a number, never "null".
+        # `int`, not `int | None`: the header is absent (0: no wait) or a number, never "null"
+        # (the OpenAPI description says so, and schemathesis holds the API to it).
         x_min_position: Annotated[
             int,
             Header(

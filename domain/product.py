@@ -34,7 +34,7 @@ class Product(Aggregate):
     @staticmethod
     def upcast_v1_v2(state: dict[str, object]) -> None:
         cents = state.pop("price_cents")
-        state["price"] = (Decimal(cents) / 100).quantize(Decimal("0.01"))
+        state["price"] = (Decimal(str(cents)) / 100).quantize(Decimal("0.01"))
         state["currency"] = "USD"
 
     class ProductCreated(Aggregate.Created):
