@@ -140,9 +140,6 @@ class RequestLimits:
                 raise
 
 
-_DECLARED: dict[int, frozenset[str]] = {}
-
-
 def _query_names(dependant: Dependant) -> set[str]:
     names = {param.alias for param in dependant.query_params}
     for sub in dependant.dependencies:
@@ -154,11 +151,12 @@ async def known_query_parameters(connection: HTTPConnection) -> None:
     """An app-wide dependency: a query parameter the route does not declare is refused."""
     route = connection.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if route is None or dependant is None:
         return
-    declared = _DECLARED.get(id(route))
-    if declared is None:
-        declared = _DECLARED[id(route)] = frozenset(_query_names(dependant))
+    declared = getattr(route, "declared_query_parameters", None)
+    if declared is None:  # worked out once per route, kept on it
+        declared = frozenset(_query_names(dependant))
+        route.declared_query_parameters = declared
     unknown = sorted(set(connection.query_params) - declared)
     if unknown:
         raise ApiError(
