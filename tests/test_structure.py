@@ -69,3 +69,32 @@ def test_the_help_loads_neither_the_benchmarks_nor_kafka_nor_redis() -> None:
     )
     assert "serve" in run.stdout  # the help was printed
     assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+
+
+WIRED_ONLY_BY_THE_ROOT = {
+    "Shop", "CommandBus", "ApplicationWriteStore", "LogFeed", "Relay", "KafkaProjector"
+}  # fmt: skip
+ROOT = REPO / "eventkeep" / "bootstrap.py"
+PACKAGE = ["eventkeep", *FORBIDDEN]
+
+
+def constructed(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        (node.lineno, node.func.id)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in WIRED_ONLY_BY_THE_ROOT
+    ]
+
+
+def test_only_the_composition_root_builds_the_application() -> None:
+    elsewhere = [
+        f"{path.relative_to(REPO)}:{line} builds {name}"
+        for folder in [*PACKAGE, "api"]
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if path != ROOT
+        for line, name in constructed(path)
+    ]
+    assert elsewhere == []
