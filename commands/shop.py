@@ -1,5 +1,5 @@
 """The event-sourced application of the shop; its persistence is chosen by the environment
-it is given (`api/bootstrap.py`)."""
+it is given (the composition root, `eventkeep/bootstrap.py`)."""
 
 from __future__ import annotations
 
