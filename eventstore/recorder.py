@@ -519,19 +519,22 @@ class DataKeys:
 class RecorderFactory:
     """The library factory's additions, for both stores: recorders whose schema is migrated
     (or, with `CREATE_TABLE=n`, checked), with personal data sealed when the environment has a
-    secret and names the personal fields, and whose committers close with the factory."""
+    secret and names the personal fields, and whose committers close with the factory.
+
+    A mixin placed before the library's factory class (`PostgresFactory`, `SQLiteFactory`):
+    its `super()` calls reach that class, which the type checker cannot see from here."""
 
     env: Any
 
     def __init__(self, env: Any) -> None:
-        super().__init__(env)  # type: ignore[call-arg]  # the library factory, next in the MRO
+        super().__init__(env)  # type: ignore[call-arg]  # the library factory (see the class)
         self._made: list[EventRecorder] = []
 
     def application_recorder(self) -> ApplicationRecorder:
-        return self._keep(super().application_recorder())  # type: ignore[misc]
+        return self._keep(super().application_recorder())  # type: ignore[misc]  # the library factory's
 
     def process_recorder(self) -> ProcessRecorder:
-        return self._keep(super().process_recorder())  # type: ignore[misc]
+        return self._keep(super().process_recorder())  # type: ignore[misc]  # the library factory's
 
     def _keep(self, made: R) -> R:
         recorder = cast(EventRecorder, made)
@@ -544,9 +547,9 @@ class RecorderFactory:
         return made
 
     def env_create_table(self) -> bool:
-        return bool(super().env_create_table())  # type: ignore[misc]
+        return bool(super().env_create_table())  # type: ignore[misc]  # the library factory's
 
     def close(self) -> None:
         for recorder in self._made:
             recorder.close()
-        super().close()  # type: ignore[misc]
+        super().close()  # type: ignore[misc]  # the library factory's
