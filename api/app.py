@@ -8,7 +8,7 @@ from importlib.metadata import version
 
 from fastapi import Depends, FastAPI
 
-from eventkeep.api import headers
+from eventkeep.api import graphql, headers
 from eventkeep.api.auth import KeyBeforeBody
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
@@ -51,6 +51,7 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (users, products, orders, analyst, audit, stream, ops, headers):
         app.include_router(module.router)
+    app.include_router(graphql.router)  # product queries; commands stay REST
     # The last added runs first: metrics see every answer, with its correlation id, even
     # the 500s that LastResortErrors makes of unexpected exceptions.
     app.add_middleware(LastResortErrors)

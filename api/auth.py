@@ -47,14 +47,15 @@ async def authenticated(
     return key
 
 
-def requires(role: Role) -> Callable[[ApiKey], Awaitable[ApiKey]]:
-    """A dependency that admits keys of `role`, and admin keys."""
+def requires(role: Role, *others: Role) -> Callable[[ApiKey], Awaitable[ApiKey]]:
+    """A dependency that admits keys of `role` (or of one of `others`), and admin keys."""
+    admitted = (role, *others, Role.admin)
 
     async def check(key: Annotated[ApiKey, Depends(authenticated)]) -> ApiKey:
-        if key.role not in (role, Role.admin):
+        if key.role not in admitted:
             raise ApiError(
                 "FORBIDDEN",
-                f"This needs the {role.value} role.",
+                f"This needs the {' or '.join(r.value for r in admitted[:-1])} role.",
                 {"required_role": role.value, "key_role": key.role.value},
             )
         return key

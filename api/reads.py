@@ -28,14 +28,14 @@ from eventkeep.projections.users import UserQueries
 POSITION_HEADER = "X-Projection-Position"
 
 
-def reader(role: Role, name: str | None) -> Callable[..., Awaitable[Any]]:
+def reader(role: Role, name: str | None, *others: Role) -> Callable[..., Awaitable[Any]]:
     """The queries of the read model `name` (None: all of them), once it reached the
-    request's X-Min-Position."""
+    request's X-Min-Position; for keys of `role` (or one of `others`) and admin keys."""
 
     async def read_side(
         request: Request,
         response: Response,
-        _: Annotated[ApiKey, Depends(requires(role))],
+        _: Annotated[ApiKey, Depends(requires(role, *others))],
         # `int`, not `int | None`: the header is absent (0: no wait) or a number, never "null"
         # (the OpenAPI description says so, and schemathesis holds the API to it).
         x_min_position: Annotated[

@@ -11,6 +11,7 @@ from eventkeep.projections.readmodel import (
     ReadModelQueries,
     Row,
     applies,
+    shown,
     to_cents,
 )
 
@@ -131,6 +132,8 @@ class ProductQueries(ReadModelQueries):
         category: str | None = None,
         min_price: str | None = None,
         max_price: str | None = None,
+        status: str | None = None,
+        in_stock: bool | None = None,
         sort: str = "name",
         cursor: str | None = None,
         limit: int = 20,
@@ -149,8 +152,23 @@ class ProductQueries(ReadModelQueries):
         if max_price is not None:
             where.append("price_cents <= %s")
             params.append(to_cents(max_price))
+        if status is not None:
+            where.append("status = %s")
+            params.append(status)
+        if in_stock is not None:
+            where.append("stock > 0" if in_stock else "stock <= 0")
         column, direction = SORTS[sort]
         return self.model.page(where, params, column, direction, cursor, limit)
+
+    def by_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Many products by id in one statement (GraphQL's batched loading), by id."""
+        if not ids:
+            return {}
+        where, params = self.model.db.in_list("id", ids)
+        with self.model.db.reading() as db:
+            db.execute(f"SELECT * FROM {self.model.table()} WHERE {where}", params)
+            rows = db.fetchall()
+        return {row["id"]: shown(self.model.decoded(row)) for row in rows}
 
     def _text_match(self, q: str) -> tuple[str, str] | None:
         if self.model.db.kind == "postgres":

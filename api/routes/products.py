@@ -105,6 +105,10 @@ def search_products(
     category: Category | None = None,
     min_price: Money | None = None,
     max_price: Money | None = None,
+    status: Literal["active", "discontinued"] | None = None,
+    in_stock: Annotated[
+        bool | None, Query(description="Only products with stock (or none).")
+    ] = None,
     sort: Literal["name", "price", "-price", "newest"] = "name",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -116,6 +120,8 @@ def search_products(
             category=category,
             min_price=min_price,
             max_price=max_price,
+            status=status,
+            in_stock=in_stock,
             sort=sort,
             cursor=cursor,
             limit=limit,
