@@ -6,6 +6,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventkeep.api.errors import ApiError, error_response
 from eventkeep.api.keys import ApiKey, Role
+from eventkeep.metrics import RATE_LIMITED
 
 # auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `eventkeep keys create`.")
@@ -34,10 +36,14 @@ async def authenticated(
     )
     if key is None:
         raise _unauthenticated("The API key is unknown or revoked.")
+    # The request's log lines name the key by its id (never the key itself).
+    request.state.actor = key.id
+    structlog.contextvars.bind_contextvars(actor=key.id)
     limiter = wiring.limiter
     acquire = limiter.acquire
     wait = acquire(key.id) if limiter.in_memory else await run_in_threadpool(acquire, key.id)
     if wait is not None:
+        RATE_LIMITED.inc()
         raise ApiError(
             "RATE_LIMITED",
             "Too many requests with this API key; retry later.",

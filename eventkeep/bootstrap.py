@@ -12,10 +12,12 @@ Only entry points import this module (it sits at the top of the dependency graph
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from eventkeep.commands.handlers import CommandBus
@@ -33,6 +35,7 @@ from eventkeep.settings import Settings
 
 if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, nor serve the relay
     from eventkeep.api.keys import ApiKeyStore
+    from eventkeep.eventstore.circuit import CircuitBreaker
     from eventkeep.eventstore.relay import Relay, RelaySettings
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
@@ -142,6 +145,32 @@ class Eventkeep:
         before a process starts (the error names it; see `eventkeep.api.cli.cannot_run`)."""
         self.recorder.max_notification_id()
         self.keys.list()
+
+    def store_breaker(self) -> CircuitBreaker | None:
+        """The distributed mode's circuit breaker around the write store (None embedded): its
+        probe opens a fresh connection with a one-second timeout, never waits for the pool."""
+        if self.settings.postgres_url is None:
+            return None
+        from eventkeep.eventstore.circuit import CircuitBreaker
+
+        url = self.settings.postgres_url.get_secret_value()
+
+        def probe() -> None:
+            with psycopg.connect(url, connect_timeout=1, autocommit=True) as connection:
+                connection.execute("SELECT 1")
+
+        return CircuitBreaker(probe, retry_seconds=self.settings.store_retry_seconds)
+
+    def cache_ping(self) -> Callable[[], object] | None:
+        """Asks Redis for a PONG (readiness); None when the mode has no Redis."""
+        if self.settings.mode == "embedded" or self.settings.redis_url is None:
+            return None
+        import redis
+
+        client = redis.Redis.from_url(
+            self.settings.redis_url.get_secret_value(), socket_timeout=1, socket_connect_timeout=1
+        )
+        return client.ping
 
     # --- closing --------------------------------------------------------------------------
 

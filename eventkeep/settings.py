@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventkeep.deployment_secret import check as check_secret
@@ -96,6 +96,40 @@ class Settings(BaseSettings):
         description="Largest request line and headers together, in bytes: beyond it, 431 "
         "(the server stops buffering an unfinished head at this size too).",
     )
+    max_in_flight: int = Field(
+        default=256,
+        ge=0,
+        description="Requests one API process answers at once (0: no limit); one more is "
+        "refused at once with 503 OVERLOADED and Retry-After instead of waiting in a queue.",
+    )
+    store_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After PostgreSQL was found unreachable, commands fail at once (503 "
+        "STORE_UNAVAILABLE) for this long while a background probe checks it again.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the `/metrics` of `eventkeep relay` and `eventkeep project` "
+        "(none when unset; `serve` answers `/metrics` itself, behind an admin key).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the relay's and projector's /metrics bind."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level of the log lines every process writes."
+    )
+    log_format: Literal["json", "console"] = Field(
+        default="json",
+        description="json: one JSON object per line (for collectors); console: for people.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def mode(self) -> Mode:

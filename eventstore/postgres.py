@@ -6,9 +6,9 @@ Plugged into the `eventsourcing` library as a persistence module
 - lists of values travel as binary arrays (`unnest`, `= ANY`), so a batch of any size is one
   statement with a fixed text (prepared once);
 - reads take a pooled connection and no lock; group commit writes on a connection of its own,
-  in pipeline mode, under `LOCK TABLE … IN EXCLUSIVE MODE` (positions are assigned under that
-  lock, so position order is commit order and tailing readers never skip an event), and each
-  commit that adds events `NOTIFY`s the log's channel;
+  in pipeline mode, under the log's write lock (an advisory transaction lock; positions are
+  assigned under that lock, so position order is commit order and tailing readers never skip
+  an event), and each commit that adds events `NOTIFY`s the log's channel;
 - schema changes are serialised by an advisory lock (`eventstore.migrations`); a trigger
   refuses UPDATE, DELETE and TRUNCATE on the log.
 """
@@ -82,7 +82,14 @@ class PostgresDialect:
         connection = self._connect()
         try:
             with connection.pipeline(), connection.transaction():
-                connection.execute(cast(Any, f"LOCK TABLE {events_table} IN EXCLUSIVE MODE"))
+                # The log's write lock: a transaction-level advisory lock of its own key, not
+                # LOCK TABLE, which PostgreSQL 15 grants only to roles that may UPDATE, DELETE
+                # or TRUNCATE the table (the writer role may only INSERT: eventstore/roles.py).
+                # Every insert into the log comes through here, so it serialises them all.
+                connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                    (f"eventkeep append {events_table}",),
+                )
                 yield _PostgresBatch(connection, self._channel)
         except psycopg.OperationalError:
             connection.close()
@@ -206,10 +213,6 @@ class PostgresApplicationRecorder(EventRecorder, PostgresRecorder, ApplicationRe
         self.sql_create_statements.append(
             cast(Any, psycopg.sql.SQL(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
         )
-
-    def create_table(self) -> None:
-        self.migrate_schema()
-        super().create_table()
 
 
 class PostgresProcessRecorder(

@@ -175,6 +175,12 @@ class EventRecorder:
 
     # --- schema --------------------------------------------------------------------------
 
+    def create_table(self) -> None:
+        """Migrates the store's tables, then lets the library create its own (the tracking
+        table of a process recorder)."""
+        self.migrate_schema()
+        super().create_table()  # type: ignore[misc]  # the library recorder, next in the MRO
+
     def migrate_schema(self) -> list[Migration]:
         """Brings the store's tables to this code's schema version (see `migrations`);
         returns the migrations applied."""

@@ -154,10 +154,6 @@ class SQLiteApplicationRecorder(EventRecorder, SQLiteRecorder, ApplicationRecord
         super().__init__(datastore)
         self._init_events(SQLiteDialect(datastore), events_table_name)
 
-    def create_table(self) -> None:
-        self.migrate_schema()
-        super().create_table()  # the library's: the tracking table of a process recorder
-
 
 class SQLiteProcessRecorder(
     TrackingInBatch, SQLiteTrackingRecorder, SQLiteApplicationRecorder, ProcessRecorder

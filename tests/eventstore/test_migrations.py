@@ -24,6 +24,7 @@ from eventsourcing.utils import Environment
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
+from eventkeep.api.keys import KEY_STORE_SCHEMA
 from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
 from eventkeep.eventstore.migrations import (
     VERSION_TABLE,
@@ -271,7 +272,8 @@ def test_db_migrate_then_status(db_cli: Callable[..., Any]) -> None:
 
     migrated = db_cli("migrate")
     assert migrated.exit_code == 0, migrated.output
-    assert "event store: version 1" in migrated.output and "keys: version 1" in migrated.output
+    assert "event store: version 1" in migrated.output
+    assert f"keys: version {KEY_STORE_SCHEMA.latest}" in migrated.output
 
     again = db_cli("migrate")
     assert again.exit_code == 0 and again.output.count("nothing to apply") == 2
@@ -282,7 +284,10 @@ def test_db_migrate_then_status(db_cli: Callable[..., Any]) -> None:
 
 def test_db_migrate_refuses_a_newer_schema_in_one_line(db_cli: Callable[..., Any]) -> None:
     assert db_cli("migrate").exit_code == 0
-    future = Schema("api_keys", [Migration(v, "v", (), ()) for v in (1, 2)], '"api_keys"')
+    newer = KEY_STORE_SCHEMA.latest + 1
+    future = Schema(
+        "api_keys", [Migration(v, "v", (), ()) for v in range(1, newer + 1)], '"api_keys"'
+    )
     from eventkeep.bootstrap import build_key_store
     from eventkeep.settings import Settings
 
@@ -294,7 +299,7 @@ def test_db_migrate_refuses_a_newer_schema_in_one_line(db_cli: Callable[..., Any
     refused = db_cli("migrate")
     assert refused.exit_code == 2
     [line] = refused.output.strip().splitlines()
-    assert "api_keys" in line and "version 2" in line
+    assert "api_keys" in line and f"version {newer}" in line
 
     shown = db_cli("status")
     assert shown.exit_code == 0 and "newer than code" in shown.output
