@@ -9,6 +9,7 @@ from importlib.metadata import version
 from fastapi import Depends, FastAPI
 
 from eventkeep.api import graphql, headers
+from eventkeep.api.admission import Admission
 from eventkeep.api.auth import KeyBeforeBody
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
@@ -58,6 +59,8 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     # Limits and the key are checked before a byte of a body is read.
     app.add_middleware(KeyBeforeBody)
     app.add_middleware(RequestLimits, limits=Limits.of(settings))
+    # At its limit of requests in flight a process refuses more at once (503, Retry-After).
+    app.add_middleware(Admission, limit=wiring.max_in_flight)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CorrelationId)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)

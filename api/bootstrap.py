@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eventsourcing.application import Application
@@ -11,6 +12,7 @@ from eventkeep.api.keys import ApiKeyStore
 from eventkeep.api.ratelimit import RateLimiter, Unlimited, build_limiter
 from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.commands.handlers import Handle
+from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
 from eventkeep.settings import Settings
@@ -30,9 +32,14 @@ class Wiring:
     feed: LogFeed | None = None  # the embedded mode's in-process projector
     min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
     poller: PolledProgress | None = None  # the distributed mode's read-model progress
+    max_in_flight: int = 0  # requests answered at once; more are refused with 503 (0: any)
+    breaker: CircuitBreaker | None = None  # the distributed mode's, around the write store
+    cache_ping: Callable[[], object] | None = None  # Redis, when the cache is there
     built: Eventkeep | None = None  # what `wire` built, closed with the wiring
 
     def close(self) -> None:
+        if self.breaker is not None:
+            self.breaker.close()
         if self.built is not None:
             self.built.close()
             return
@@ -49,9 +56,10 @@ def wire(settings: Settings) -> Wiring:
     """The HTTP app's wiring, built by the composition root for `serve`."""
     system = build(settings, role="serve")
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    breaker = system.store_breaker()
     return Wiring(
         shop=system.shop,
-        handle=system.bus.handle,
+        handle=system.bus.handle if breaker is None else breaker.guard(system.bus.handle),
         keys=system.keys,
         queries=system.queries,
         limiter=build_limiter(settings.rate_limit, settings.rate_burst, redis_url),
@@ -59,4 +67,7 @@ def wire(settings: Settings) -> Wiring:
         min_position_wait=settings.min_position_wait,
         poller=system.progress,
         built=system,
+        max_in_flight=settings.max_in_flight,
+        breaker=breaker,
+        cache_ping=system.cache_ping(),
     )

@@ -10,12 +10,14 @@ reached, print one line naming the problem and exit 2 — never a traceback.
 from __future__ import annotations
 
 import errno
-import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
 from importlib import import_module
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, Protocol
 
 import typer
@@ -28,8 +30,16 @@ from typer.core import TyperCommand, TyperGroup
 import eventkeep
 from eventkeep.api.keys import Role
 from eventkeep.api.private_files import private_umask, restrict, write_private
-from eventkeep.api.redaction import log_config
 from eventkeep.bootstrap import SettingsProblem, build
+from eventkeep.logs import configure as configure_logs
+from eventkeep.logs import configure_from_environment as configure_logs_from_environment
+from eventkeep.logs import log_config
+from eventkeep.metrics import (
+    MULTIPROC_VARIABLE,
+    LagCollector,
+    prepare_multiprocess_dir,
+    serve_metrics,
+)
 from eventkeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -231,6 +241,7 @@ def main(
 ) -> None:
     """eventkeep: an event-sourced shop engine."""
     private_umask()  # every file a command creates (stores, exports, keys) is 0600
+    configure_logs_from_environment()  # structured lines on stderr (eventkeep/logs.py)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -291,6 +302,7 @@ def serve(
             path = write_private(settings.home / BOOTSTRAP_KEY_FILE, issued.secret_key + "\n")
             out.print("Bootstrap admin key (replaces the previous one) written, mode 0600, to:")
             typer.echo(str(path.resolve()))
+    metrics_dir = _multiprocess_metrics(workers)
     # An import string, so that each worker process builds its own app from the environment.
     uvicorn.run(
         "eventkeep.api.app:create_app",
@@ -299,10 +311,24 @@ def serve(
         port=settings.port,
         workers=workers,
         timeout_graceful_shutdown=10,
-        access_log=False,  # /metrics counts requests; a log line each costs throughput
-        log_config=log_config(),  # every line filtered: no API key or secret in the log
+        access_log=False,  # the app logs each request itself, with its route template
+        # Structured lines, INFO and up by default, every line redacted (eventkeep/logs.py).
+        log_config=log_config(settings.log_level, settings.log_format),
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _multiprocess_metrics(workers: int) -> Path | None:
+    """With several workers, a fresh private folder where each writes its metrics, so that
+    `/metrics` answers all of them (eventkeep/metrics.py); None with one worker."""
+    if workers == 1:
+        os.environ.pop(MULTIPROC_VARIABLE, None)
+        return None
+    folder = prepare_multiprocess_dir(Path(tempfile.mkdtemp(prefix="eventkeep-metrics-")))
+    os.environ[MULTIPROC_VARIABLE] = str(folder)  # the workers inherit it
+    return folder
 
 
 class Worker(Protocol):
@@ -311,9 +337,9 @@ class Worker(Protocol):
     def stop(self) -> None: ...
 
 
-def _run_until_signalled(worker: Worker) -> None:
+def _run_until_signalled(worker: Worker, settings: Settings) -> None:
     """Runs `worker` until SIGTERM or Ctrl-C, which let it finish its batch and stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logs(settings.log_level, settings.log_format)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: worker.stop())
     worker.run()
@@ -333,7 +359,10 @@ def relay() -> None:
             f"relay: log -> {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
             f"({settings.topic_partitions} partitions); waits for the lock if another relay runs"
         )
-        _run_until_signalled(worker)
+        recorder = system.recorder
+        lag = LagCollector(recorder.max_notification_id, published=lambda: worker.published)
+        serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
+        _run_until_signalled(worker, settings)
 
 
 @app.command()
@@ -350,7 +379,13 @@ def project() -> None:
             f"projector: {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
             f"-> read models; group {settings.projector_group}"
         )
-        _run_until_signalled(worker)
+        models, recorder = system.read_models, system.recorder
+        lag = LagCollector(
+            recorder.max_notification_id,
+            lambda: {name: models.position(name) for name in models.names},
+        )
+        serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
+        _run_until_signalled(worker, settings)
 
 
 @keys_app.command("create")

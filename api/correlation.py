@@ -13,6 +13,7 @@ import random
 import re
 from uuid import UUID
 
+import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,4 +47,6 @@ class CorrelationId:
                 MutableHeaders(scope=message)[HEADER] = correlation_id
             await send(message)
 
-        await self.app(scope, receive, echo)
+        # Every log line written while the request is handled carries its id (eventkeep.logs).
+        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+            await self.app(scope, receive, echo)

@@ -137,7 +137,11 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.warning("event store unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return error_response("STORE_UNAVAILABLE", "The event store cannot be reached; retry later.")
+    return error_response(
+        "STORE_UNAVAILABLE",
+        "The event store cannot be reached; retry later.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,14 +1,20 @@
-"""Prometheus metrics: HTTP requests by route template and status, commands by type.
+"""Prometheus metrics and the request log: HTTP requests by route template and status,
+commands by type; one structured log line per request.
 
-Each app has its own registry, so that apps built side by side (tests) count apart.
+Each app has its own registry, so that apps built side by side (tests) count apart; the
+engine's own metrics are in `eventkeep.metrics`, and `/metrics` answers both.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access = logging.getLogger("eventkeep.request")
 
 
 class Metrics:
@@ -35,8 +41,11 @@ class Metrics:
 
 
 class RequestMetrics:
-    """Times every HTTP request; the route label is the template, never the raw path,
-    so that ids in paths do not explode the number of series."""
+    """Times and logs every HTTP request; the route label is the template, never the raw
+    path, so that ids in paths do not explode the number of series (nor reach the log).
+
+    The log line (INFO, logger `eventkeep.request`) has the correlation id, the actor (the
+    API key's id, never the key), the method, route, status and duration in milliseconds."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -56,9 +65,24 @@ class RequestMetrics:
             await send(message)
 
         try:
-            await self.app(scope, receive, observe)
+            with structlog.contextvars.bound_contextvars(actor=None):
+                await self.app(scope, receive, observe)
         finally:
-            route = scope.get("route")
-            labels = (scope["method"], getattr(route, "path", "unmatched"), str(status))
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            labels = (scope["method"], route, str(status))
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(*labels).observe(elapsed)
+            if access.isEnabledFor(logging.INFO):
+                state = scope.get("state", {})
+                access.info(
+                    "request",
+                    extra={
+                        "correlation_id": state.get("correlation_id"),
+                        "actor": state.get("actor"),
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )

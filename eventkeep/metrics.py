@@ -24,8 +24,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -124,6 +126,25 @@ KAFKA_CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     multiprocess_mode="livemostrecent",
 )
+
+
+def observe_applied(names: Iterable[str], envelopes: Sequence[Mapping[str, Any]]) -> None:
+    """Counts events a projector applied; each read model's lag in seconds becomes the age of
+    the newest of them (their `recorded_at`, RFC 3339)."""
+    if not envelopes:
+        return
+    PROJECTED_EVENTS.inc(len(envelopes))
+    newest = max(str(envelope["recorded_at"]) for envelope in envelopes)
+    age = max(0.0, time.time() - datetime.fromisoformat(newest).timestamp())
+    for name in names:
+        PROJECTION_LAG_SECONDS.labels(name).set(age)
+
+
+def observe_idle(names: Iterable[str]) -> None:
+    """A projector found nothing more to apply: its read models lag by no time."""
+    for name in names:
+        PROJECTION_LAG_SECONDS.labels(name).set(0)
+
 
 # --- the relay --------------------------------------------------------------------------------
 

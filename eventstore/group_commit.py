@@ -16,16 +16,17 @@ the offending append fails.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from queue import Empty, SimpleQueue
+from queue import Empty, Full, Queue
 from typing import Any, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent, Tracking
 
 from eventkeep.commands.ports import (
     ClaimTakenError,
@@ -35,6 +36,12 @@ from eventkeep.commands.ports import (
 )
 from eventkeep.eventstore.hashchain import event_hash
 from eventkeep.eventstore.records import RecordedEvent
+from eventkeep.metrics import GROUP_COMMIT_BATCH, GROUP_COMMIT_REFUSED, GROUP_COMMIT_WAIT
+
+
+class CommitQueueFull(OperationalError):
+    """The committer's queue stayed full for the whole wait: the append was not written
+    (the API answers 503 with Retry-After; nothing of it is stored)."""
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Append:
     idempotency: IdempotencyRecord | None = None
     tracking: Tracking | None = None
     done: Future[list[int]] = field(default_factory=Future)
+    queued_at: float = 0.0  # time.monotonic() when handed to the committer
 
     @classmethod
     def from_kwargs(cls, events: Sequence[StoredEvent], **kwargs: Any) -> Append:
@@ -218,13 +226,18 @@ class GroupCommitter:
         is_integrity_error: Callable[[BaseException], bool],
         after_commit: Callable[[], None] = lambda: None,
         max_batch_events: int = 2000,
+        max_queued: int = 2048,
+        queue_wait: float = 1.0,
         name: str = "eventkeep-group-commit",
     ) -> None:
         self._storage = storage
         self._is_integrity_error = is_integrity_error
         self._after_commit = after_commit
         self._max_batch_events = max_batch_events
-        self._queue: SimpleQueue[Append | None] = SimpleQueue()
+        # Bounded: under overload writers are refused after `queue_wait`, never queued
+        # without end (memory stays bounded, and so does every writer's wait).
+        self._queue: Queue[Append | None] = Queue(maxsize=max_queued)
+        self._queue_wait = queue_wait
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = threading.Lock()
         self._closed = False
@@ -234,7 +247,14 @@ class GroupCommitter:
         if self._closed:
             raise RuntimeError("the event store is closed")
         self._ensure_started()
-        self._queue.put(append)
+        append.queued_at = time.monotonic()
+        try:
+            self._queue.put(append, timeout=self._queue_wait)
+        except Full:
+            GROUP_COMMIT_REFUSED.inc()
+            raise CommitQueueFull(
+                f"the event store is busy: {self._queue.maxsize} appends already wait"
+            ) from None
         return append.done.result()
 
     def close(self) -> None:
@@ -242,7 +262,7 @@ class GroupCommitter:
             return
         self._closed = True
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put(None, timeout=10)
             self._thread.join(timeout=10)
 
     def _ensure_started(self) -> None:
@@ -274,6 +294,11 @@ class GroupCommitter:
             yield batch
 
     def _commit(self, batch: list[Append]) -> None:
+        started = time.monotonic()
+        GROUP_COMMIT_BATCH.observe(len(batch))
+        for append in batch:
+            if append.queued_at:
+                GROUP_COMMIT_WAIT.observe(started - append.queued_at)
         try:
             with self._storage.locked_transaction() as transaction:
                 plan = plan_batch(batch, transaction.read_state(batch), datetime.now(UTC))

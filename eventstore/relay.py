@@ -35,6 +35,7 @@ from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
+from eventkeep.metrics import RELAY_ACTIVE, RELAY_PUBLISHED
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Relay:
         self._on_published = on_published
         self.stopping = threading.Event()
         self.is_active = threading.Event()
+        self.published: int | None = None  # the last position Kafka acknowledged (metrics)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -121,6 +123,7 @@ class Relay:
                         self.stopping.wait(self._settings.poll_interval * 5)
                         continue
                     self.is_active.set()
+                    RELAY_ACTIVE.set(1)
                     log.info("relay active")
                     self._publish_until_stopped(
                         RelayCursor(connection, self._settings.topic_prefix)
@@ -133,6 +136,7 @@ class Relay:
                 self.stopping.wait(self._settings.max_backoff)
             finally:
                 self.is_active.clear()
+                RELAY_ACTIVE.set(0)
 
     @staticmethod
     def _lead(connection: psycopg.Connection[Any], prefix: str) -> bool:
@@ -147,9 +151,11 @@ class Relay:
         acknowledged all of it, else it is sent again after a back-off."""
         backoff = 0.1
         producer: KafkaProducer | None = None
+        self.published = cursor.load()
+        RELAY_PUBLISHED.set(self.published)
         follower = LogFollower(
             self._log,
-            cursor.load(),
+            self.published,
             batch_size=self._settings.batch_size,
             poll_interval=self._settings.poll_interval,
             stopping=self.stopping,
@@ -170,6 +176,8 @@ class Relay:
                 backoff = 0.1
                 cursor.save(batch[-1].id)
                 follower.advance_to(batch[-1].id)
+                self.published = batch[-1].id
+                RELAY_PUBLISHED.set(batch[-1].id)
                 self._on_published(batch[-1].id)
         finally:
             if producer is not None:

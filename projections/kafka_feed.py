@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
+from eventkeep.metrics import KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.readmodels import ReadModels
 
@@ -120,6 +122,8 @@ class KafkaProjector:
                     consumer.commit_async()
                 else:
                     self._cache.forget(())  # tombstones a Redis outage held back
+                    observe_idle(self._models.names)
+                _observe_consumer_lag(consumer)
         finally:
             consumer.close(autocommit=False)
 
@@ -149,3 +153,18 @@ class KafkaProjector:
         changes = self._models.apply(envelopes, progress)
         self._cache.forget(changes)
         self.applied += len(envelopes)
+        observe_applied(self._models.names, envelopes)
+
+
+def _observe_consumer_lag(consumer: KafkaConsumer) -> None:
+    """End offset minus position, for each partition this consumer holds (from the fetch
+    responses: no extra request)."""
+    for partition in consumer.assignment():
+        end = consumer.highwater(partition)
+        if end is None:
+            continue
+        with contextlib.suppress(KafkaError, AssertionError):
+            position = consumer.position(partition, timeout_ms=0)
+            if position is not None:
+                labels = (partition.topic, str(partition.partition))
+                KAFKA_CONSUMER_LAG.labels(*labels).set(max(0, end - position))

@@ -15,6 +15,7 @@ from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
+from eventkeep.metrics import observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
 
@@ -73,10 +74,12 @@ class LogFeed:
         changes = self._models.apply(envelopes, {LOG: events[-1].id})
         self._cache.forget(changes)
         self._follower.advance_to(events[-1].id)
+        observe_applied(self._models.names, envelopes)
 
     def _idle(self) -> None:
         self._read_generations()
         self._cache.forget(())  # tombstones a cache outage held back
+        observe_idle(self._models.names)
 
     def _run(self) -> None:
         while not self._follower.stopped:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import orjson
 from starlette.concurrency import run_in_threadpool
 
+from eventkeep.metrics import CACHE_LOOKUPS
 from eventkeep.projections.cursors import decode_cursor, encode_cursor
 from eventkeep.projections.database import Database
 
@@ -256,6 +257,7 @@ class ReadModelQueries:
             return await run_in_threadpool(self.model.get, row_id)
         generation = self._side.progress.generation_of(self.model.name)
         row = await self._side.cache.get_async(kind, row_id, generation)
+        CACHE_LOOKUPS.labels("miss" if row is None else "hit").inc()
         if row is None:
             row = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
         return row

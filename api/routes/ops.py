@@ -4,6 +4,8 @@ key (they tell who calls what, how often)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +14,7 @@ from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
 from eventkeep.api.keys import Role
 from eventkeep.api.schema import COMMAND_ERRORS
+from eventkeep.metrics import LagCollector, scrape_registry
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
@@ -24,14 +27,41 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(request: Request) -> dict[str, str]:
-    """The event store answers a cheap query (its last position)."""
-    try:
-        request.app.state.wiring.shop.recorder.max_notification_id()
-    except Exception as error:
-        logger.warning("not ready: %s", error)
-        raise ApiError("STORE_UNAVAILABLE", "The event store cannot be reached.") from None
-    return {"status": "ready"}
+def readyz(request: Request) -> dict[str, Any]:
+    """Each part this process depends on, asked a cheap question: `parts` names each one's
+    dependency (postgres, sqlite, redis) and whether it is `up` or `down`. Not ready (503
+    STORE_UNAVAILABLE, with the parts) while the event store is down; a cache down leaves the
+    process ready (queries read the read models) and says so."""
+    wiring = request.app.state.wiring
+    store = "sqlite" if wiring.feed is not None else "postgres"
+    breaker = wiring.breaker
+    parts = {
+        "event_store": _part(
+            store,
+            wiring.shop.recorder.max_notification_id,
+            down=breaker is not None and breaker.is_open,
+        ),
+        "read_models": _part(
+            getattr(wiring.queries.models.db, "kind", store),
+            wiring.queries.models.progress_by_name,
+        ),
+    }
+    if wiring.cache_ping is not None:
+        parts["cache"] = _part("redis", wiring.cache_ping)
+    if parts["event_store"]["status"] == "down":
+        raise ApiError("STORE_UNAVAILABLE", "The event store cannot be reached.", {"parts": parts})
+    degraded = any(part["status"] == "down" for part in parts.values())
+    return {"status": "degraded" if degraded else "ready", "parts": parts}
+
+
+def _part(dependency: str, ask: Callable[[], object], *, down: bool = False) -> dict[str, str]:
+    if not down:
+        try:
+            ask()
+        except Exception as error:
+            logger.warning("not ready: %s (%s): %s", dependency, type(error).__name__, error)
+            down = True
+    return {"dependency": dependency, "status": "down" if down else "up"}
 
 
 @router.get(
@@ -43,5 +73,13 @@ def readyz(request: Request) -> dict[str, str]:
     },
 )
 def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
+    """This process's metrics (all workers' under `serve --workers N`), with the log's head
+    and each read model's position and lag read now."""
+    wiring = request.app.state.wiring
+    queries = wiring.queries
+    lag = LagCollector(
+        wiring.shop.recorder.max_notification_id,
+        lambda: {name: queries.position(name) for name in queries.names},
+    )
+    registry = scrape_registry(own=[request.app.state.metrics.registry], live=[lag])
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

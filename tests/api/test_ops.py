@@ -16,7 +16,9 @@ from tests.api.shopping import USER
 
 def test_health_and_readiness_need_no_key(anonymous: TestClient) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
-    assert anonymous.get("/readyz").json() == {"status": "ready"}
+    ready = anonymous.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert {part["status"] for part in ready["parts"].values()} == {"up"}
 
 
 def test_readiness_fails_when_the_store_does_not_answer(wiring: Wiring) -> None:
