@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventkeep.api.keys import PostgresApiKeyStore, SqliteApiKeyStore
+from eventkeep.api.roles_cli import roles
 from eventkeep.eventstore.migrations import (
     Migration,
     SchemaStatus,
@@ -33,6 +34,7 @@ db_app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console()
+db_app.command("roles")(roles)  # least-privilege roles and grants (api/roles_cli.py)
 
 
 class Versioned(Protocol):

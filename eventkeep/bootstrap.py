@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
 
 from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
@@ -44,6 +45,21 @@ if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, 
 Role = Literal["serve", "relay", "project", "replay", "audit", "seed", "keys", "bench", "test"]
 DISTRIBUTED_ROLES: frozenset[Role] = frozenset({"relay", "project"})
 
+# The PostgreSQL role each part connects as (eventstore/roles.py), by what the process is built
+# for; each falls back to EVENTKEEP_POSTGRES_URL when its own URL is not set.
+DatabaseRole = Literal["writer", "relay", "projector", "query", "auditor"]
+DATABASE_ROLES: tuple[DatabaseRole, ...] = ("writer", "relay", "projector", "query", "auditor")
+EVENT_STORE_ROLE: dict[Role, DatabaseRole] = {
+    "relay": "relay",
+    "project": "projector",
+    "audit": "auditor",
+}  # any other process: the writer
+READ_MODELS_ROLE: dict[Role, DatabaseRole] = {
+    "serve": "query",
+    "project": "projector",
+    "replay": "projector",
+}  # any other process: EVENTKEEP_POSTGRES_URL
+
 
 class SettingsProblem(Exception):
     """The settings cannot run this role (one line, for the command line to print)."""
@@ -59,6 +75,8 @@ def build(settings: Settings, *, role: Role) -> Eventkeep:
             "and EVENTKEEP_KAFKA_BOOTSTRAP (in the embedded mode `eventkeep serve` projects "
             "in-process)"
         )
+    if settings.postgres_owner_url is not None and role_urls(settings):
+        provision_roles(settings)
     return Eventkeep(settings, role)
 
 
@@ -73,7 +91,12 @@ class Eventkeep:
 
     @cached_property
     def shop(self) -> Shop:
-        return Shop(env=shop_env(self.settings))
+        url = database_url(self.settings, EVENT_STORE_ROLE.get(self.role, "writer"))
+        env = shop_env(self.settings, postgres_url=url)
+        if url is not None and _user(url) != _user(owner_url(self.settings)):
+            # A least-privilege role creates no tables (`eventkeep db roles` made them).
+            env["CREATE_TABLE"] = "n"
+        return Shop(env=env)
 
     @property
     def recorder(self) -> EventRecorder:
@@ -93,13 +116,15 @@ class Eventkeep:
 
     @cached_property
     def keys(self) -> ApiKeyStore:
-        return build_key_store(self.settings)
+        return build_key_store(self.settings, postgres_url=database_url(self.settings, "writer"))
 
     # --- the read side --------------------------------------------------------------------
 
     @cached_property
     def read_models(self) -> ReadModels:
-        return build_read_models(self.settings)
+        role = READ_MODELS_ROLE.get(self.role)
+        url = database_url(self.settings, role) if role is not None else None
+        return build_read_models(self.settings, postgres_url=url)
 
     @cached_property
     def cache(self) -> Cache:
@@ -205,12 +230,86 @@ def claim_secret(settings: Settings) -> bytes:
     return settings.claim_secret.get_secret_value().encode()
 
 
-def build_read_models(settings: Settings) -> ReadModels:
+def database_url(settings: Settings, role: DatabaseRole) -> str | None:
+    """The URL a part connects with as `role`: its own when set, else EVENTKEEP_POSTGRES_URL
+    (None in the embedded mode)."""
+    return _merged(settings, getattr(settings, f"postgres_{role}_url"))
+
+
+def owner_url(settings: Settings) -> str | None:
+    """The schema owner's URL: EVENTKEEP_POSTGRES_OWNER_URL, else EVENTKEEP_POSTGRES_URL."""
+    return _merged(settings, settings.postgres_owner_url)
+
+
+def role_urls(settings: Settings) -> dict[DatabaseRole, str]:
+    """The roles whose own URL is set (distributed mode), each merged as `database_url`."""
+    urls = {role: database_url(settings, role) for role in DATABASE_ROLES}
+    return {
+        role: url
+        for role, url in urls.items()
+        if url is not None and getattr(settings, f"postgres_{role}_url") is not None
+    }
+
+
+def _merged(settings: Settings, role_url: SecretStr | None) -> str | None:
+    """EVENTKEEP_POSTGRES_URL with the parameters a role's URL gives put over it: a role URL
+    with only a user and password (`postgresql://user:password@`) keeps the server, the
+    database and the TLS settings of EVENTKEEP_POSTGRES_URL (and follows it when it moves)."""
+    if settings.postgres_url is None:
+        return None
+    base = settings.postgres_url.get_secret_value()
+    if role_url is None:
+        return base
+    params = conninfo_to_dict(base)
+    params.update(conninfo_to_dict(role_url.get_secret_value()))
+    return make_conninfo(**{key: str(value) for key, value in params.items()})
+
+
+def _user(url: str | None) -> str | None:
+    return str(conninfo_to_dict(url).get("user")) if url is not None else None
+
+
+def provision_roles(settings: Settings) -> list[str]:
+    """As the owner: migrates the event store and the key store, creates the roles whose URL
+    is set and grants them their privileges (`eventkeep db roles`; see eventstore/roles.py);
+    with a projector URL, also creates the read models as the projector (their owner)."""
+    from eventkeep.api.keys import KEY_STORE_SCHEMA
+    from eventkeep.eventstore.roles import logins_from, provision, tables_of
+
+    owner = owner_url(settings)
+    assert owner is not None, "distributed mode"
+    urls = role_urls(settings)
+    # The shop opened as the owner creates every table it uses (the library's snapshots too).
+    Shop(env=shop_env(settings, postgres_url=owner)).close()
+    done = provision(
+        owner,
+        logins_from(urls),
+        events_tables=(f"{Shop.name.lower()}_events",),
+        migrate_first=(KEY_STORE_SCHEMA,),
+        api_tables=tables_of(KEY_STORE_SCHEMA),
+    )
+    if "projector" in urls:  # readable by the query role: the projector's default privileges
+        models = ReadModels.open(postgres_url=urls["projector"])
+        try:
+            models.migrate()
+        finally:
+            models.close()
+    return done
+
+
+def projector_read_models(settings: Settings) -> ReadModels:
+    """The read models as a projector writes them: on its role's connection (the query side's,
+    `Eventkeep.read_models` of `serve`, may only read them)."""
+    return build_read_models(settings, postgres_url=database_url(settings, "projector"))
+
+
+def build_read_models(settings: Settings, *, postgres_url: str | None = None) -> ReadModels:
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         models = ReadModels.open(sqlite_path=settings.home / "readmodels.db")
     else:
-        models = ReadModels.open(postgres_url=settings.postgres_url.get_secret_value())
+        url = postgres_url or settings.postgres_url.get_secret_value()
+        models = ReadModels.open(postgres_url=url)
     models.migrate()
     return models
 
@@ -244,8 +343,8 @@ def event_recorder(shop: Shop) -> EventRecorder:
 def build_relay(settings: Settings, shop: Shop) -> Relay:
     from eventkeep.eventstore.relay import Relay
 
-    assert settings.postgres_url is not None, "checked by build()"
-    url = settings.postgres_url.get_secret_value()
+    url = database_url(settings, "relay")
+    assert url is not None, "checked by build()"
     return Relay(event_recorder(shop), url, relay_settings(settings))
 
 
@@ -257,7 +356,7 @@ def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
     )
 
 
-def build_key_store(settings: Settings) -> ApiKeyStore:
+def build_key_store(settings: Settings, *, postgres_url: str | None = None) -> ApiKeyStore:
     from eventkeep.api.keys import PostgresApiKeyStore, SqliteApiKeyStore
 
     if settings.postgres_url is None:
@@ -265,14 +364,15 @@ def build_key_store(settings: Settings) -> ApiKeyStore:
             settings.home / "api_keys.db", cache_seconds=settings.key_cache_seconds
         )
     return PostgresApiKeyStore(
-        settings.postgres_url.get_secret_value(),
+        postgres_url or settings.postgres_url.get_secret_value(),
         cache_seconds=settings.key_cache_seconds,
         pool_timeout=settings.pool_timeout,
     )
 
 
-def shop_env(settings: Settings) -> dict[str, str]:
-    """The eventsourcing library's environment: persistence module and its connection."""
+def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str, str]:
+    """The eventsourcing library's environment: persistence module and its connection
+    (`postgres_url`, default EVENTKEEP_POSTGRES_URL)."""
     env = {
         # Stored rows keep the catalog's envelope and are upcast on read.
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
@@ -292,7 +392,7 @@ def shop_env(settings: Settings) -> dict[str, str]:
             "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
             "SQLITE_DBNAME": str(settings.home / "events.db"),
         }
-    url = conninfo_to_dict(settings.postgres_url.get_secret_value())
+    url = conninfo_to_dict(postgres_url or settings.postgres_url.get_secret_value())
     return env | {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": str(url.get("dbname", "")),

@@ -31,6 +31,41 @@ class Settings(BaseSettings):
         description="PostgreSQL URL (postgresql://user:password@host:port/dbname); "
         "setting it selects the distributed mode.",
     )
+    postgres_owner_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the schema's owner role (not a superuser; CREATEROLE to create the "
+        "others): `eventkeep db migrate` and `eventkeep db roles` use it. When set in a process "
+        "whose part runs on a role URL below, that process first migrates and grants as the "
+        "owner (convenient for development; in production run `db migrate` and `db roles` at "
+        "deployment and give processes only their own role's URL). Default: POSTGRES_URL. "
+        "This and the role URLs below are put over POSTGRES_URL: one with only a user and "
+        "password (postgresql://user:password@) keeps its server, database and TLS settings.",
+    )
+    postgres_writer_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the writer role (commands: the log's INSERTs and side tables, the "
+        "API key store). Default: POSTGRES_URL.",
+    )
+    postgres_relay_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the relay role (reads the log, writes its cursor). "
+        "Default: POSTGRES_URL.",
+    )
+    postgres_projector_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the projector role (owns and writes the read models, reads the "
+        "log; `project` and `replay`). Default: POSTGRES_URL.",
+    )
+    postgres_query_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the query role (the API's reads of the read models and of the API "
+        "keys). Default: POSTGRES_URL.",
+    )
+    postgres_auditor_url: SecretStr | None = Field(
+        default=None,
+        description="URL of the auditor role (reads the log: `eventkeep audit`). "
+        "Default: POSTGRES_URL.",
+    )
     kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers.")
     redis_url: SecretStr | None = Field(default=None, description="Redis URL.")
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")

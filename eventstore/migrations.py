@@ -198,7 +198,10 @@ def migrate(database: SchemaDatabase, schema: Schema) -> list[Migration]:
     with database.serialised():
         while True:
             with database.transaction() as run:
-                run(_CREATE_VERSION_TABLE)
+                # Created only when missing: a least-privilege role (no CREATE on the schema,
+                # see eventstore/roles.py) opening an up-to-date schema runs no DDL at all.
+                if not _exists(database, run, quote_identifier(VERSION_TABLE)):
+                    run(_CREATE_VERSION_TABLE)
                 current = _current(database, run, schema)[0]
                 if current == schema.latest:
                     return applied

@@ -75,10 +75,14 @@ class RelayCursor:
     def __init__(self, connection: psycopg.Connection[Any], name: str) -> None:
         self._connection = connection
         self._name = name
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS eventkeep_relay_cursor"
-            " (name text PRIMARY KEY, position bigint NOT NULL)"
-        )
+        # Created when missing only: the relay's role may not create tables (`eventkeep db
+        # roles` makes this one as the owner).
+        exists = connection.execute("SELECT to_regclass('eventkeep_relay_cursor')").fetchone()
+        if not (exists and exists[0]):
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS eventkeep_relay_cursor"
+                " (name text PRIMARY KEY, position bigint NOT NULL)"
+            )
 
     def load(self) -> int:
         row = self._connection.execute(

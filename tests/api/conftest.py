@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.keys import ApiKeyStore, Role
-from eventkeep.bootstrap import build_projector, build_relay
+from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.settings import Settings
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
@@ -76,9 +76,11 @@ def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
             "projector_group": f"g{unique}",
         }
     )
+    # The projector writes on its own role's connection (the query side's only reads).
+    projector_models = projector_read_models(settings)
     workers = [
         build_relay(settings, wiring.shop),
-        build_projector(settings, wiring.queries.models),
+        build_projector(settings, projector_models),
     ]
     threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
     for thread in threads:
@@ -88,6 +90,7 @@ def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
         worker.stop()
     for thread in threads:
         thread.join(15)
+    projector_models.close()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring, wire
-from eventkeep.bootstrap import build_projector, build_relay
+from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -67,9 +67,11 @@ class ReadSide:
     """A relay and a projector, threads of this process."""
 
     def __init__(self, settings: Settings, wiring: Wiring) -> None:
+        # The projector writes on its own role's connection (the query side's only reads).
+        self.models = projector_read_models(settings)
         self.workers: list[Any] = [
             build_relay(settings, wiring.shop),  # type: ignore[arg-type]
-            build_projector(settings, wiring.queries.models),
+            build_projector(settings, self.models),
         ]
         self.threads = [threading.Thread(target=w.run, daemon=True) for w in self.workers]
         for thread in self.threads:
@@ -80,6 +82,7 @@ class ReadSide:
             worker.stop()
         for thread in self.threads:
             thread.join(30)
+        self.models.close()
 
 
 def traffic(client: TestClient, rounds: int) -> None:

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.bootstrap import build_projector, build_relay
+from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
 from eventkeep.eventstore.relay import STREAM_TYPES
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -86,6 +86,14 @@ def threads() -> Iterator[Threads]:
     started.stop_all()
 
 
+@pytest.fixture
+def projector_models(settings: Settings) -> Iterator[ReadModels]:
+    """The read models on the projector's own role's connection (the query side's only reads)."""
+    models = projector_read_models(settings)
+    yield models
+    models.close()
+
+
 def traffic(client: TestClient, rounds: int) -> None:
     """Users, products and orders: placed, paid, cancelled after payment, shipped."""
     for _ in range(rounds):
@@ -146,10 +154,14 @@ def every_record(settings: Settings) -> Iterator[dict[TopicPartition, list[Any]]
 
 
 def test_a_partition_replayed_from_offset_zero_changes_nothing(
-    settings: Settings, wiring: Wiring, client: TestClient, threads: Threads
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
 ) -> None:
     threads.start(build_relay(settings, wiring.shop))
-    projector = threads.start(build_projector(settings, wiring.queries.models))
+    projector = threads.start(build_projector(settings, projector_models))
     traffic(client, rounds=5)
     wait_until_projected(wiring)
     before = wiring.queries.models.dump()
@@ -219,10 +231,14 @@ def test_relays_and_projectors_killed_and_restarted_lose_and_double_nothing(
 
 
 def test_kafka_stopped_and_started_while_commands_flow(
-    settings: Settings, wiring: Wiring, client: TestClient, threads: Threads
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
 ) -> None:
     threads.start(build_relay(settings, wiring.shop))
-    threads.start(build_projector(settings, wiring.queries.models))
+    threads.start(build_projector(settings, projector_models))
     traffic(client, rounds=3)
     services("down", "kafka")
     try:
