@@ -29,7 +29,6 @@ from typer.core import TyperCommand, TyperGroup
 
 import eventkeep
 from eventkeep.api.keys import Role
-from eventkeep.api.private_files import private_umask, restrict, write_private
 from eventkeep.bootstrap import SettingsProblem, build
 from eventkeep.logs import configure as configure_logs
 from eventkeep.logs import configure_from_environment as configure_logs_from_environment
@@ -40,6 +39,7 @@ from eventkeep.metrics import (
     prepare_multiprocess_dir,
     serve_metrics,
 )
+from eventkeep.private_files import owner_only, restrict, write_private
 from eventkeep.settings import Settings
 
 if TYPE_CHECKING:
@@ -240,7 +240,6 @@ def main(
     ] = False,
 ) -> None:
     """eventkeep: an event-sourced shop engine."""
-    private_umask()  # every file a command creates (stores, exports, keys) is 0600
     configure_logs_from_environment()  # structured lines on stderr (eventkeep/logs.py)
 
 
@@ -266,6 +265,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 @app.command()
+@owner_only  # every file the server makes is its owner's alone (0600/0700)
 def serve(
     host: Annotated[
         str | None, typer.Option(help="Address to bind. [env EVENTKEEP_HOST, default 127.0.0.1]")

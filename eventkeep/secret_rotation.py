@@ -85,9 +85,9 @@ def rotate_deployment(settings: Any, new_secret: str | None) -> Rotated:
     committed, so an interruption leaves the secret that matches the store at hand.
     Distributed: `new_secret` is required; the operator sets it in every process after."""
     # Imported here: the composition root imports much, and `eventkeep --help` should not.
-    from eventkeep.api.private_files import write_private
     from eventkeep.bootstrap import build
     from eventkeep.deployment_secret import WeakSecret, check
+    from eventkeep.private_files import write_private
 
     if new_secret is None:
         if settings.mode == "distributed":

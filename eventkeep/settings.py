@@ -187,7 +187,7 @@ class Settings(BaseSettings):
 
 def _load_or_create_secret(path: Path) -> str:
     """Reads the embedded mode's secret, creating it (mode 0600) on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the home: its owner's alone
     try:
         # O_EXCL: when several processes start at once, exactly one writes the secret.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

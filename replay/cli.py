@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from eventkeep.bootstrap import Eventkeep, Role, build
+from eventkeep.private_files import open_private
 from eventkeep.replay import audit
 from eventkeep.replay.importer import ImportRefused, check_file, import_file
 from eventkeep.replay.rebuild import PROJECTIONS, Rebuild
@@ -185,7 +186,8 @@ def export(
         if str(file) == "-":
             count = audit.export(recorder, sys.stdout.buffer, upcasting=upcast)
         else:
-            with file.open("wb") as target, _events_bar() as bar:
+            # 0600: the history holds personal data (sealed) and who did what.
+            with open_private(file) as target, _events_bar() as bar:
                 task = bar.add_task("exporting", total=head, rate="")
                 started = time.perf_counter()
 
