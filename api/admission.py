@@ -5,13 +5,18 @@ Under ten times the load it can serve, a process then keeps a bounded number of 
 their memory) and a bounded latency for those it admits, instead of a queue that grows until
 every request times out. Liveness, readiness and metrics are always admitted: an overloaded
 process is alive, and its operator must see why.
+
+It is the outermost layer, and its refusal is made once, ahead of time: under overload a
+refusal must cost as little as it can (every millisecond spent refusing is taken from the
+requests admitted). Refusals are counted by `eventkeep_admission_refused_total`, not in the
+per-route request metrics, and carry no correlation id.
 """
 
 from __future__ import annotations
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventkeep.api.errors import error_response
 from eventkeep.metrics import ADMISSION_REFUSED, IN_FLIGHT
 
 ALWAYS_ADMITTED = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -23,6 +28,22 @@ class Admission:
         self.app = app
         self.limit = limit  # 0: no limit
         self.in_flight = 0  # the event loop is one thread: no lock needed
+        error = {
+            "code": "OVERLOADED",
+            "message": "The server is at its limit of requests in flight; retry later.",
+            "details": {"max_in_flight": limit},
+        }
+        self._body = orjson.dumps({"error": error})
+        self._start = {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(self._body)).encode()),
+                (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in ALWAYS_ADMITTED:
@@ -30,14 +51,8 @@ class Admission:
             return
         if self.limit and self.in_flight >= self.limit:
             ADMISSION_REFUSED.inc()
-            refused = error_response(
-                "OVERLOADED",
-                "The server is at its limit of requests in flight; retry later.",
-                {"max_in_flight": self.limit},
-                status=503,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            await refused(scope, receive, send)
+            await send(self._start)
+            await send({"type": "http.response.body", "body": self._body})
             return
         self.in_flight += 1
         IN_FLIGHT.inc()

@@ -59,9 +59,10 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     # Limits and the key are checked before a byte of a body is read.
     app.add_middleware(KeyBeforeBody)
     app.add_middleware(RequestLimits, limits=Limits.of(settings))
-    # At its limit of requests in flight a process refuses more at once (503, Retry-After).
-    app.add_middleware(Admission, limit=wiring.max_in_flight)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CorrelationId)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    # Outermost: at its limit of requests in flight a process refuses more at once (503,
+    # Retry-After), before any other layer spends time on them.
+    app.add_middleware(Admission, limit=wiring.max_in_flight)
     return app

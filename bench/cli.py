@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -172,3 +173,37 @@ def write_path(
 
 bench_app.command("read")(read_path)
 bench_app.command("replay")(replay_bench)
+
+
+@bench_app.command("overload")
+def overload_bench(
+    seconds: Annotated[float, typer.Option(help="Seconds of each phase.")] = 10.0,
+    base_connections: Annotated[
+        int, typer.Option(help="wrk connections of the sustained phase.")
+    ] = 8,
+    factor: Annotated[
+        float, typer.Option(help="Offered rate of the overload phase: this times the sustained.")
+    ] = 10.0,
+    overload_connections: Annotated[
+        int, typer.Option(help="wrk connections of the overload phase.")
+    ] = 256,
+    workers: Annotated[int, typer.Option(help="API processes of the server under test.")] = 1,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="The server's EVENTKEEP_MAX_IN_FLIGHT (default its own).")
+    ] = None,
+) -> None:
+    """O1: a real `eventkeep serve` (the mode the environment selects) at a load it sustains,
+    then at about ten times that rate (wrk, `POST /v1/users`): admitted and refused rates, the
+    admitted p99, peak memory, and whether every acknowledged command was stored."""
+    from eventkeep.bench.overload import overload
+
+    figures = overload(
+        seconds=seconds,
+        base_connections=base_connections,
+        factor=factor,
+        overload_connections=overload_connections,
+        workers=workers,
+        max_in_flight=max_in_flight,
+        home=None,
+    )
+    typer.echo(json.dumps(figures, indent=2))

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         "(the server stops buffering an unfinished head at this size too).",
     )
     max_in_flight: int = Field(
-        default=256,
+        default=64,
         ge=0,
         description="Requests one API process answers at once (0: no limit); one more is "
         "refused at once with 503 OVERLOADED and Retry-After instead of waiting in a queue.",

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from eventkeep.bootstrap import Eventkeep, Role, build
+from eventkeep.metrics import record_verify
 from eventkeep.private_files import open_private
 from eventkeep.replay import audit
 from eventkeep.replay.importer import ImportRefused, check_file, import_file
@@ -152,7 +153,15 @@ def as_of(
 
 
 @audit_app.command("verify")
-def verify() -> None:
+def verify(
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the outcome there as Prometheus text (eventkeep_audit_verify_ok, "
+            "eventkeep_audit_verify_timestamp_seconds), for node_exporter's textfile collector."
+        ),
+    ] = None,
+) -> None:
     """Walk the hash chain; exit 0 when intact, 1 naming the first altered or missing event."""
     with _built() as system, _events_bar() as bar:
         task = bar.add_task("verifying", total=None, rate="")
@@ -160,6 +169,7 @@ def verify() -> None:
             system.shop.recorder,
             lambda position, head: bar.update(task, completed=position, total=head, rate=""),
         )
+    record_verify(verdict.intact, metrics_file)
     if verdict.intact:
         out.print(
             f"[green]Intact:[/green] {verdict.checked:,} events, up to {verdict.last_position}."

@@ -13,6 +13,7 @@ from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
 from eventkeep.api.keys import Role
 from eventkeep.api.schema import COMMAND_ERRORS
+from eventkeep.metrics import record_verify
 from eventkeep.replay import audit
 
 router = APIRouter(
@@ -58,6 +59,7 @@ def stream_state(
 def verify(request: Request) -> dict[str, Any]:
     """Walks the hash chain of the whole log; names the first altered or missing event."""
     verdict = audit.verify(request.app.state.wiring.shop.recorder)
+    record_verify(verdict.intact)  # eventkeep_audit_verify_ok, for the alert
     return {
         "intact": verdict.intact,
         "checked": verdict.checked,

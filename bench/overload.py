@@ -1,0 +1,331 @@
+"""`eventkeep bench overload`: a real `eventkeep serve` driven by wrk first at a load it
+sustains, then at about ten times that rate; prints the admitted rate, the refused rate (503
+OVERLOADED or STORE_UNAVAILABLE, 429) and the admitted requests' p99, the server's peak memory,
+and checks that every acknowledged command is in the store.
+
+The workload is `POST /v1/users` (one event each, every email new). The sustained phase is
+wrk's closed loop on a few connections (each sends its next command when the last is
+answered): the rate the server sustains. The overload phase opens many connections, each
+pausing between its requests so that together they offer `--factor` times that rate (a
+refused client that retried at once would offer far more); the report prints the rate
+actually offered beside the sustained one. The admitted p99 is measured on the client by a
+probe that sends one command at a time during the overload (wrk's own percentiles mix refused
+answers, which are fast, into the admitted ones), and on the server by its latency histogram.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+WRK_SCRIPT = r"""
+counter, ok, refused, other = 0, 0, 0, 0  -- globals: done() reads them with thread:get
+local threads = {}
+function setup(thread)
+  thread:set("tag", "RUN" .. tostring(#threads))
+  table.insert(threads, thread)
+end
+function delay()
+  return DELAY_MS
+end
+function request()
+  counter = counter + 1
+  local body = string.format(
+    '{"email":"b%s-%d@bench.example","first_name":"Bench","last_name":"Load"}', tag, counter)
+  return wrk.format("POST", "/v1/users", nil, body)
+end
+function response(status, headers, body)
+  if status >= 200 and status < 300 then ok = ok + 1
+  elseif status == 503 or status == 429 then refused = refused + 1
+  else other = other + 1; io.stderr:write("unexpected " .. status .. " " .. body .. "\n") end
+end
+function done(summary, latency, requests)
+  local t = {ok = 0, refused = 0, other = 0}
+  for _, thread in ipairs(threads) do
+    t.ok = t.ok + thread:get("ok")
+    t.refused = t.refused + thread:get("refused")
+    t.other = t.other + thread:get("other")
+  end
+  io.write(string.format(
+    'BENCH {"ok":%d,"refused":%d,"other":%d,"errors":%d,"seconds":%f,"p50_ms":%f,"p99_ms":%f}\n',
+    t.ok, t.refused, t.other,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.duration / 1e6, latency:percentile(50) / 1e3, latency:percentile(99) / 1e3))
+end
+"""
+
+
+@dataclass
+class Phase:
+    connections: int
+    ok: int
+    refused: int
+    other: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def admitted_rate(self) -> float:
+        return self.ok / self.seconds
+
+    @property
+    def refused_rate(self) -> float:
+        return self.refused / self.seconds
+
+    @property
+    def offered_rate(self) -> float:
+        return (self.ok + self.refused + self.other) / self.seconds
+
+
+@dataclass
+class Probe:
+    """One command at a time, as a client would send them, timed on the client."""
+
+    base: str
+    headers: dict[str, str]
+    admitted: list[float] = field(default_factory=list)
+    refused: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=30) as client:
+            while not self.stopping.is_set():
+                body = {
+                    "email": f"p{uuid.uuid4().hex}@bench.example",
+                    "first_name": "Probe",
+                    "last_name": "Load",
+                }
+                started = time.perf_counter()
+                try:
+                    answer = client.post("/v1/users", json=body)
+                except httpx.HTTPError:
+                    continue
+                elapsed = time.perf_counter() - started
+                if answer.is_success:
+                    self.admitted.append(elapsed)
+                elif answer.status_code in (429, 503):
+                    self.refused += 1
+                    time.sleep(0.01)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rss_kib(pid: int) -> int:
+    """Resident memory of `pid` and its children (the workers), in KiB."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run_wrk(
+    base: str, key: str, connections: int, seconds: float, script: Path, rate: float | None = None
+) -> Phase:
+    """wrk for `seconds`; with `rate`, each connection pauses between its requests so that
+    together they offer about `rate` requests per second (refused answers come back at once,
+    so the pause, not the server, sets the pace)."""
+    threads = max(1, min(4, connections))
+    pause_ms = 0 if rate is None else round(connections * 1000 / rate)
+    # Emails unique to this run of wrk: each phase registers new users only.
+    run = uuid.uuid4().hex[:12] + "-"
+    script.write_text(WRK_SCRIPT.replace("RUN", run).replace("DELAY_MS", str(pause_ms)))
+    done = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            "-H",
+            f"Authorization: Bearer {key}",
+            "-H",
+            "Content-Type: application/json",
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    unexpected = done.stderr.splitlines()
+    if unexpected:
+        print(f"{len(unexpected)} unexpected answers, e.g. {unexpected[0][:300]}", file=sys.stderr)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH "))
+    return Phase(connections=connections, **json.loads(line.removeprefix("BENCH ")))
+
+
+def server_admitted_p99(base: str, admin: str) -> float | None:
+    """p99 of the admitted `POST /v1/users` from the server's histogram (upper bucket bound)."""
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("eventkeep_http_request_duration_seconds_bucket{") and (
+            'route="/v1/users"' in line and 'status="201"' in line and 'method="POST"' in line
+        ):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return None
+    total = buckets[max(buckets)]
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return bound * 1000
+    return None
+
+
+def overload(
+    *,
+    seconds: float,
+    base_connections: int,
+    factor: float,
+    overload_connections: int,
+    workers: int,
+    max_in_flight: int | None,
+    home: Path | None,
+) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: run infra/bench-tools")
+    from eventkeep.api.keys import Role
+    from eventkeep.bootstrap import build
+    from eventkeep.settings import Settings
+
+    scratch = Path(tempfile.mkdtemp(prefix="eventkeep-bench-"))
+    env = dict(os.environ)
+    port = _free_port()
+    env |= {
+        "EVENTKEEP_PORT": str(port),
+        "EVENTKEEP_RATE_LIMIT": "0",  # the admission limit is under test, not the key's
+        "EVENTKEEP_LOG_LEVEL": "WARNING",
+        "EVENTKEEP_HOME": str(home or scratch / "home"),
+    }
+    if max_in_flight is not None:
+        env["EVENTKEEP_MAX_IN_FLIGHT"] = str(max_in_flight)
+    settings = Settings(home=Path(env["EVENTKEEP_HOME"]))
+    with build(settings, role="bench") as system:
+        client_key = system.keys.create(Role.client, "bench overload").secret_key
+        admin_key = system.keys.create(Role.admin, "bench overload metrics").secret_key
+        head_before = system.recorder.max_notification_id() or 0
+    server = subprocess.Popen(
+        [sys.executable, "-m", "eventkeep", "serve", "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(scratch / "serve.log", "wb"),  # noqa: SIM115 (closed with the process)
+    )
+    base = f"http://127.0.0.1:{port}"
+    script = scratch / "overload.lua"
+    try:
+        _wait_ready(base, server)
+        warm_up = run_wrk(base, client_key, base_connections, 2, script)
+        sustained = run_wrk(base, client_key, base_connections, seconds, script)
+        rss_before = _rss_kib(server.pid)
+        probe = Probe(base, {"Authorization": f"Bearer {client_key}"})
+        prober = threading.Thread(target=probe.run, daemon=True)
+        peak = [rss_before]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak[0] = max(peak[0], _rss_kib(server.pid))
+                sampling.wait(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        prober.start()
+        target = factor * sustained.admitted_rate
+        overloaded = run_wrk(base, client_key, overload_connections, seconds, script, target)
+        probe.stopping.set()
+        prober.join(35)
+        sampling.set()
+        sampler.join(2)
+        server_p99 = server_admitted_p99(base, admin_key)
+        alive = server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(30)
+    with build(settings, role="bench") as system:
+        stored = (system.recorder.max_notification_id() or 0) - head_before
+    acknowledged = warm_up.ok + sustained.ok + overloaded.ok + len(probe.admitted)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "mode": settings.mode,
+        "workers": workers,
+        "max_in_flight": max_in_flight or Settings.model_fields["max_in_flight"].default,
+        "sustained": {
+            "connections": sustained.connections,
+            "admitted_per_s": round(sustained.admitted_rate, 1),
+            "p50_ms": round(sustained.p50_ms, 2),
+            "p99_ms": round(sustained.p99_ms, 2),
+        },
+        "overload": {
+            "connections": overloaded.connections,
+            "target_per_s": round(target, 1),
+            "offered_per_s": round(overloaded.offered_rate, 1),
+            "offered_vs_sustained": round(overloaded.offered_rate / sustained.admitted_rate, 1),
+            "admitted_per_s": round(overloaded.admitted_rate, 1),
+            "refused_per_s": round(overloaded.refused_rate, 1),
+            "other_answers": overloaded.other,
+            "socket_errors": overloaded.errors,
+            "admitted_p99_ms_client_probe": round(percentile(probe.admitted, 0.99) * 1000, 2),
+            "admitted_p50_ms_client_probe": round(percentile(probe.admitted, 0.50) * 1000, 2),
+            "probe_admitted": len(probe.admitted),
+            "probe_refused": probe.refused,
+            "admitted_p99_ms_server_histogram_bound": server_p99,
+            "all_answers_p99_ms_wrk": round(overloaded.p99_ms, 2),
+        },
+        "memory": {"rss_mib_before": rss_before // 1024, "rss_mib_peak": peak[0] // 1024},
+        "server_alive_after": alive,
+        "acknowledged_commands": acknowledged,
+        "events_stored": stored,
+        "nothing_acknowledged_lost": stored >= acknowledged,
+    }
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("eventkeep serve exited before it was ready")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("eventkeep serve was not ready within 60 s")
