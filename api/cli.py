@@ -248,6 +248,20 @@ def _settings(**overrides: Any) -> Settings:
     return Settings(**{name: value for name, value in overrides.items() if value is not None})
 
 
+def _https_files(settings: Settings) -> tuple[str, str] | None:
+    """The certificate and key of --certfile/--keyfile (or their settings); None for HTTP.
+    Both or neither, each a readable file: checked before anything starts."""
+    cert, key = settings.https_certfile, settings.https_keyfile
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise SettingsProblem("HTTPS needs both --certfile and --keyfile (or neither)")
+    for path in (cert, key):
+        if not os.access(path, os.R_OK) or not path.is_file():
+            raise SettingsProblem(f"cannot serve HTTPS: {path} is not a readable file")
+    return str(cert), str(key)
+
+
 def _check_port_free(host: str, port: int) -> None:
     """Binds the port a moment, as the server will, so that a port in use is found before
     anything changes (a second `serve` must leave the running one's bootstrap key alone)."""
@@ -276,13 +290,25 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="API processes (distributed mode only; embedded is one).")
     ] = 1,
+    certfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this certificate (PEM, with its chain); needs --keyfile. "
+            "[env EVENTKEEP_HTTPS_CERTFILE]"
+        ),
+    ] = None,
+    keyfile: Annotated[
+        Path | None,
+        typer.Option(help="Private key (PEM) of --certfile. [env EVENTKEEP_HTTPS_KEYFILE]"),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API; stops cleanly on SIGTERM or Ctrl-C.
+    """Serve the HTTP API (HTTPS with --certfile/--keyfile); stops cleanly on SIGTERM or Ctrl-C.
 
     In embedded mode it writes a fresh bootstrap admin key (revoking the previous one) to
     EVENTKEEP_HOME/bootstrap-admin-key, mode 0600, and prints that file's path, never the key.
     """
-    settings = _settings(host=host, port=port)
+    settings = _settings(host=host, port=port, https_certfile=certfile, https_keyfile=keyfile)
+    https = _https_files(settings)
     if settings.mode == "embedded" and workers != 1:
         err.print(
             "[red]The embedded mode runs one process[/red] (its SQLite store and "
@@ -292,7 +318,7 @@ def serve(
     _check_port_free(settings.host, settings.port)
     with build(settings, role="serve") as system:
         system.check()  # a store out of reach: one line here, not a traceback per worker
-        base = f"http://{settings.host}:{settings.port}"
+        base = f"{'https' if https else 'http'}://{settings.host}:{settings.port}"
         out.print(f"eventkeep ({settings.mode} mode) serving on [bold]{base}[/bold]")
         out.print(f"API docs: {base}/docs")
         if settings.mode == "embedded":
@@ -315,6 +341,8 @@ def serve(
         # Structured lines, INFO and up by default, every line redacted (eventkeep/logs.py).
         log_config=log_config(settings.log_level, settings.log_format),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        ssl_certfile=https[0] if https else None,
+        ssl_keyfile=https[1] if https else None,
     )
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from eventkeep.bench.report import Histogram
+from eventkeep.eventstore.kafka_tls import KafkaTLS
 
 ENVELOPE: dict[str, Any] = {
     "position": 1,
@@ -28,16 +29,18 @@ ENVELOPE: dict[str, Any] = {
 
 
 def b4_kafka_produce_consume(
-    bootstrap: str, messages: int, partitions: int = 6
+    bootstrap: str, messages: int, partitions: int = 6, tls: KafkaTLS | None = None
 ) -> dict[str, float]:
-    """Envelopes like the relay's, produced idempotently with acks=all, then consumed."""
+    """Envelopes like the relay's, produced idempotently with acks=all, then consumed (over
+    TLS when `tls` names a CA, as the relay's are)."""
+    security = (tls or KafkaTLS()).options()
     topic = f"bench-b4-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security)
     admin.create_topics([NewTopic(topic, partitions, 1)])
     value = orjson.dumps(ENVELOPE)
     keys = [uuid.uuid4().bytes for _ in range(1000)]
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, **security
     )
     started = time.perf_counter()
     for i in range(messages):
@@ -53,6 +56,7 @@ def b4_kafka_produce_consume(
         enable_auto_commit=False,
         group_id=None,
         max_poll_records=5000,
+        **security,
     )
     seen = 0
     started = time.perf_counter()

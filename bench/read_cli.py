@@ -24,7 +24,7 @@ from eventkeep.bench.read_workloads import admin_key, env_for, process, wait_for
 from eventkeep.bench.report import Figure, Report
 from eventkeep.bench.seed import Seeder, SeedSizes
 from eventkeep.bench.seed_cli import show_progress
-from eventkeep.bootstrap import build
+from eventkeep.bootstrap import build, kafka_tls
 from eventkeep.commands.handlers import Handle
 from eventkeep.commands.messages import AdjustStock, CommandContext
 from eventkeep.settings import Settings
@@ -61,7 +61,9 @@ def read_path(
     url = settings.postgres_url.get_secret_value()
     report = Report()
 
-    b4 = read_baselines.b4_kafka_produce_consume(settings.kafka_bootstrap, 200_000)
+    b4 = read_baselines.b4_kafka_produce_consume(
+        settings.kafka_bootstrap, 200_000, tls=kafka_tls(settings)
+    )
     report.add(Figure("B4", "raw kafka-python produce, acks=all", b4["produced_per_s"], "msg/s"))
     b4c = report.add(
         Figure("B4", "raw kafka-python consume + orjson", b4["consumed_per_s"], "msg/s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
@@ -37,6 +38,7 @@ from eventkeep.settings import Settings
 if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, nor serve the relay
     from eventkeep.api.keys import ApiKeyStore
     from eventkeep.eventstore.circuit import CircuitBreaker
+    from eventkeep.eventstore.kafka_tls import KafkaTLS
     from eventkeep.eventstore.relay import Relay, RelaySettings
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
@@ -331,6 +333,23 @@ def relay_settings(settings: Settings) -> RelaySettings:
         bootstrap=settings.kafka_bootstrap,
         topic_prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
+        tls=kafka_tls(settings),
+    )
+
+
+def kafka_tls(settings: Settings) -> KafkaTLS:
+    """The Kafka clients' TLS files from the settings (plaintext when no CA is named)."""
+    from eventkeep.eventstore.kafka_tls import KafkaTLS
+
+    def path(value: Path | None) -> str | None:
+        return str(value) if value is not None else None
+
+    password = settings.kafka_ssl_password
+    return KafkaTLS(
+        cafile=path(settings.kafka_ssl_cafile),
+        certfile=path(settings.kafka_ssl_certfile),
+        keyfile=path(settings.kafka_ssl_keyfile),
+        password=password.get_secret_value() if password is not None else None,
     )
 
 
@@ -370,6 +389,10 @@ def build_key_store(settings: Settings, *, postgres_url: str | None = None) -> A
     )
 
 
+# What the library passes to its connections itself (the connect timeout is the pool's).
+_LIBRARY_PARAMETERS = frozenset({"dbname", "host", "port", "user", "password", "connect_timeout"})
+
+
 def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str, str]:
     """The eventsourcing library's environment: persistence module and its connection
     (`postgres_url`, default EVENTKEEP_POSTGRES_URL)."""
@@ -393,6 +416,11 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
             "SQLITE_DBNAME": str(settings.home / "events.db"),
         }
     url = conninfo_to_dict(postgres_url or settings.postgres_url.get_secret_value())
+    # The URL's other parameters (TLS: sslmode, sslrootcert, sslcert, sslkey…) reach every
+    # connection of the store through the factory (eventstore/postgres.py).
+    options = {k: str(v) for k, v in url.items() if k not in _LIBRARY_PARAMETERS}
+    if options:
+        env["POSTGRES_CONNINFO"] = make_conninfo(**options)
     return env | {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": str(url.get("dbname", "")),

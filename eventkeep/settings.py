@@ -68,8 +68,35 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers.")
     redis_url: SecretStr | None = Field(default=None, description="Redis URL.")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the Kafka brokers' certificates; setting "
+        "it makes every Kafka client connect over TLS (security_protocol SSL) and check the "
+        "broker's certificate and host name.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for Kafka brokers that authenticate clients by "
+        "certificate (mTLS, ssl.client.auth=required); with KAFKA_SSL_KEYFILE.",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of KAFKA_SSL_CERTFILE."
+    )
+    kafka_ssl_password: SecretStr | None = Field(
+        default=None, description="Password of KAFKA_SSL_KEYFILE, when it is encrypted."
+    )
+
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    https_certfile: Path | None = Field(
+        default=None,
+        description="Certificate (PEM, with its chain) of `eventkeep serve`: set, with "
+        "HTTPS_KEYFILE, the API is served over HTTPS only (also `serve --certfile`).",
+    )
+    https_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of HTTPS_CERTFILE (also `serve --keyfile`)."
+    )
+
     claim_secret: SecretStr | None = Field(
         default=None,
         description="Deployment secret, at least 32 random bytes (e.g. `secrets.token_urlsafe(32)`"

@@ -27,6 +27,7 @@ import psycopg.errors
 from eventsourcing import postgres as library_postgres
 from eventsourcing.persistence import ApplicationRecorder, ProcessRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, PostgresTrackingRecorder
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
@@ -241,6 +242,17 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
     # The library types these as its own recorder classes; ours share only its base.
     application_recorder_class = cast(Any, PostgresApplicationRecorder)
     process_recorder_class = cast(Any, PostgresProcessRecorder)
+
+    # The connection's other parameters (sslmode, sslrootcert, sslcert, sslkey, …) as a
+    # conninfo string: the library passes on only dbname, host, port, user and password, and
+    # TLS settings must reach every connection (the pool's, group commit's, LISTEN's).
+    POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        if options := self.env.get(self.POSTGRES_CONNINFO):
+            pool_kwargs = cast(dict[str, Any], self.datastore.pool.kwargs)  # not yet opened
+            pool_kwargs.update(conninfo_to_dict(options))
 
 
 Factory = PostgresFactory

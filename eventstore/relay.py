@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from eventkeep.domain.catalog import STREAM_TYPES  # the one spelling: "User", "Product", …
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.kafka_tls import KafkaTLS
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.metrics import RELAY_ACTIVE, RELAY_PUBLISHED
@@ -53,6 +54,8 @@ class RelaySettings:
     batch_size: int = 1000
     poll_interval: float = 0.02  # the log is polled this often when idle: P2's latency floor
     max_backoff: float = 5.0
+    # Plaintext unless the settings name a CA (eventstore/kafka_tls.py).
+    tls: KafkaTLS = field(default_factory=KafkaTLS)
 
     def topic(self, stream_type: str) -> str:
         return f"{self.topic_prefix}.{stream_type}"
@@ -197,6 +200,7 @@ class Relay:
             max_in_flight_requests_per_connection=5,
             request_timeout_ms=10_000,
             max_block_ms=10_000,
+            **self._settings.tls.options(),
         )
 
     def _send(self, producer: KafkaProducer, batch: Sequence[LoggedEvent]) -> None:
@@ -231,7 +235,9 @@ def discard_producer(producer: KafkaProducer, *, timeout: float) -> None:
 
 def ensure_topics(settings: RelaySettings) -> None:
     """Creates the stream-type topics with the fixed partition count, if missing."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000, **settings.tls.options()
+    )
     try:
         existing = set(admin.list_topics())
         wanted = [

@@ -110,6 +110,7 @@ class KafkaProjector:
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
             request_timeout_ms=7000,
+            **self._settings.tls.options(),
         )
         try:
             topics = [self._settings.topic(t) for t in STREAM_TYPES]

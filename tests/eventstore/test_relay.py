@@ -15,6 +15,7 @@ import pytest
 from eventsourcing.postgres import PostgresDatastore
 from kafka import KafkaConsumer, KafkaProducer
 
+from eventkeep.eventstore.kafka_tls import KafkaTLS
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 from eventkeep.eventstore.records import RecordedEvent
 from eventkeep.eventstore.relay import (
@@ -47,7 +48,10 @@ def log() -> Iterator[PostgresApplicationRecorder]:
 @pytest.fixture
 def settings(kafka_bootstrap: str) -> RelaySettings:
     return RelaySettings(
-        bootstrap=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}", partitions=3
+        bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}",
+        partitions=3,
+        tls=KafkaTLS.from_environment(),  # TLS when infra/services runs Kafka with it
     )
 
 
@@ -84,6 +88,7 @@ def consume(settings: RelaySettings, expected: int, timeout: float = 60) -> list
         group_id=f"g{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **settings.tls.options(),
     )
     messages: list[dict] = []
     deadline = time.monotonic() + timeout
@@ -231,6 +236,7 @@ def test_a_producer_holding_records_when_kafka_stops_is_discarded_without_error(
         enable_idempotence=True,
         request_timeout_ms=2000,
         max_block_ms=2000,
+        **settings.tls.options(),
     )
     producer.partitions_for(settings.topic("User"))  # metadata known: sends only queue
     services("down", "kafka")

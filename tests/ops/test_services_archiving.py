@@ -6,6 +6,7 @@ synchronous pg_receivewal that `down` stops."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -47,7 +48,7 @@ class Services:
     def up(self) -> None:
         for line in self.run("up", "postgres").splitlines():
             name, _, value = line.removeprefix("export ").partition("=")
-            self.exported[name] = value
+            self.exported[name] = shlex.split(value)[0] if value else value  # may be quoted
 
     def close(self) -> None:
         self.run("down", "postgres")

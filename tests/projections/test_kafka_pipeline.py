@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
+from eventkeep.bootstrap import build_projector, build_relay, kafka_tls, projector_read_models
 from eventkeep.eventstore.relay import STREAM_TYPES
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -136,7 +136,11 @@ def assert_equal_to_rebuild(wiring: Wiring) -> None:
 
 def every_record(settings: Settings) -> Iterator[dict[TopicPartition, list[Any]]]:
     """Each partition of the test's topics read again from offset 0, in poll-sized batches."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        **kafka_tls(settings).options(),
+    )
     partitions = [
         TopicPartition(f"{settings.topic_prefix}.{stream_type}", number)
         for stream_type in STREAM_TYPES

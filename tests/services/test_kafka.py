@@ -17,8 +17,12 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from eventkeep.eventstore.kafka_tls import KafkaTLS
+
 pytestmark = pytest.mark.services
 
+# TLS (with a client certificate) when infra/services runs Kafka with it.
+TLS = KafkaTLS.from_environment().options()
 PARTITIONS = 3
 KEYS = 40
 PER_KEY = 100
@@ -30,7 +34,7 @@ DEADLINE_SECONDS = 60
 def topic(kafka_bootstrap: str) -> Iterator[str]:
     """A fresh topic (auto-creation is off on the broker), deleted afterwards."""
     name = f"eventkeep-services-{uuid.uuid4().hex[:12]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="eventkeep-tests")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="eventkeep-tests", **TLS)
     try:
         admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])
         yield name
@@ -50,6 +54,7 @@ def produce(bootstrap: str, topic: str) -> dict[str, int]:
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
+        **TLS,
     )
     try:
         futures = [
@@ -80,6 +85,7 @@ def test_idempotent_producer_and_consumer_group_deliver_each_message_once_in_key
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **TLS,
     )
     received: list[tuple[str, int, int]] = []  # (key, seq, partition)
     try:
