@@ -17,7 +17,16 @@ from eventkeep.api.errors import LastResortErrors, install_error_handlers
 from eventkeep.api.headers import SecurityHeaders
 from eventkeep.api.limits import Limits, RequestLimits, known_query_parameters
 from eventkeep.api.metrics import Metrics, RequestMetrics
-from eventkeep.api.routes import analyst, audit, ops, orders, products, stream, users
+from eventkeep.api.routes import (
+    analyst,
+    audit,
+    customers,
+    ops,
+    orders,
+    products,
+    stream,
+    users,
+)
 from eventkeep.api.settings import Settings
 
 
@@ -50,7 +59,7 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     app.state.wiring = wiring
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (users, products, orders, analyst, audit, stream, ops, headers):
+    for module in (users, customers, products, orders, analyst, audit, stream, ops, headers):
         app.include_router(module.router)
     app.include_router(graphql.router)  # product queries; commands stay REST
     # The last added runs first: metrics see every answer, with its correlation id, even

@@ -17,6 +17,8 @@ from eventkeep.api.errors import ApiError, error_response
 from eventkeep.api.keys import ApiKey, Role
 from eventkeep.metrics import RATE_LIMITED
 
+CUSTOMER_TOKEN_PREFIX = "ekc_"  # api/accounts.py's access tokens
+
 # auto_error=False: a missing header must answer our 401 body, not FastAPI's own.
 _bearer = HTTPBearer(auto_error=False, description="An API key: `eventkeep keys create`.")
 
@@ -30,10 +32,7 @@ async def authenticated(
     if credentials is None:
         raise _unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
     wiring = request.app.state.wiring
-    presented = credentials.credentials
-    key = wiring.keys.recently_verified(presented) or await run_in_threadpool(
-        wiring.keys.verify, presented
-    )
+    key = await _verified(wiring, credentials.credentials)
     if key is None:
         raise _unauthenticated("The API key is unknown or revoked.")
     # The request's log lines name the key by its id (never the key itself).
@@ -76,11 +75,25 @@ def _unauthenticated(message: str) -> ApiError:
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-async def _known_key(wiring: Any, presented: str) -> bool:
-    key = wiring.keys.recently_verified(presented) or await run_in_threadpool(
+async def _verified(wiring: Any, presented: str) -> ApiKey | None:
+    """The API key presented, or the customer a customer's access token stands for
+    (api/accounts.py); None when it is neither."""
+    accounts = getattr(wiring, "accounts", None)
+    if accounts is not None and presented.startswith(CUSTOMER_TOKEN_PREFIX):
+        return accounts.recently_verified(presented) or await run_in_threadpool(
+            accounts.verify_access, presented
+        )
+    return wiring.keys.recently_verified(presented) or await run_in_threadpool(
         wiring.keys.verify, presented
     )
-    return key is not None
+
+
+async def _known_key(wiring: Any, presented: str) -> bool:
+    return await _verified(wiring, presented) is not None
+
+
+# Where a customer gets a token: no key or token is needed to send these bodies.
+TOKENLESS_COMMANDS = frozenset({"/v1/auth/login", "/v1/auth/refresh"})
 
 
 class KeyBeforeBody:
@@ -96,6 +109,7 @@ class KeyBeforeBody:
             scope["type"] != "http"
             or scope["method"] not in BODY_METHODS
             or not scope["path"].startswith("/v1/")
+            or scope["path"] in TOKENLESS_COMMANDS
         ):
             await self.app(scope, receive, send)
             return

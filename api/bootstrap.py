@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 
 from eventsourcing.application import Application
 
+from eventkeep.api.accounts import Accounts
 from eventkeep.api.keys import ApiKeyStore
 from eventkeep.api.ratelimit import RateLimiter, Unlimited, build_limiter
-from eventkeep.bootstrap import Eventkeep, build
+from eventkeep.bootstrap import Eventkeep, build, claim_secret
 from eventkeep.commands.handlers import Handle
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
 from eventkeep.settings import Settings
+
+# Logins per second (and burst) per address and per account, shared through Redis when set.
+LOGIN_RATE, LOGIN_BURST = 0.5, 10
 
 __all__ = ["Handle", "Wiring", "wire"]
 
@@ -35,6 +39,7 @@ class Wiring:
     max_in_flight: int = 0  # requests answered at once; more are refused with 503 (0: any)
     breaker: CircuitBreaker | None = None  # the distributed mode's, around the write store
     cache_ping: Callable[[], object] | None = None  # Redis, when the cache is there
+    accounts: Accounts | None = None  # customers' logins (api/accounts.py)
     built: Eventkeep | None = None  # what `wire` built, closed with the wiring
 
     def close(self) -> None:
@@ -67,6 +72,12 @@ def wire(settings: Settings) -> Wiring:
         min_position_wait=settings.min_position_wait,
         poller=system.progress,
         built=system,
+        accounts=Accounts(
+            system.keys,
+            claim_secret(settings),
+            build_limiter(LOGIN_RATE, LOGIN_BURST, redis_url),
+            cache_seconds=settings.key_cache_seconds,
+        ),
         max_in_flight=settings.max_in_flight,
         breaker=breaker,
         cache_ping=system.cache_ping(),

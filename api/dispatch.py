@@ -51,12 +51,13 @@ class Dispatch:
         return CommandAnswer(id=result.id, version=result.version, position=result.position)
 
 
-def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
-    """A dependency that authorises `role` and builds the command's context."""
+def dispatcher(role: Role, *others: Role) -> Callable[..., Awaitable[Dispatch]]:
+    """A dependency that authorises `role` (or one of `others`) and builds the command's
+    context."""
 
     async def build(
         request: Request,
-        key: Annotated[ApiKey, Depends(requires(role))],
+        key: Annotated[ApiKey, Depends(requires(role, *others))],
         idempotency_key: Annotated[
             str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
         ] = None,
@@ -88,6 +89,8 @@ def dispatcher(role: Role) -> Callable[..., Awaitable[Dispatch]]:
 
 ClientCommand = Annotated[Dispatch, Depends(dispatcher(Role.client))]
 AdminCommand = Annotated[Dispatch, Depends(dispatcher(Role.admin))]
+# A command a customer may send about their own user (the route checks it is theirs).
+OwnCommand = Annotated[Dispatch, Depends(dispatcher(Role.client, Role.customer))]
 
 
 def expected_version(

@@ -28,6 +28,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.permission import BasePermission
 from strawberry.types import ExecutionContext, Info
 
+from eventkeep.api.accounts import customer_token
 from eventkeep.api.auth import authenticated
 from eventkeep.api.keys import ApiKey, Role
 from eventkeep.api.reads import reader
@@ -317,9 +318,10 @@ def _loaders(products: ProductQueries, sales: SalesQueries) -> dict[str, Any]:
     }
 
 
-# As GET /v1/products, and for analysts too (their fields need a page of products to sit on).
+# As GET /v1/products (clients and customers), and for analysts too (their fields need a page
+# of products to sit on).
 GraphQLProductReads = Annotated[
-    ProductQueries, Depends(reader(Role.client, "products", Role.analyst))
+    ProductQueries, Depends(reader(Role.client, "products", Role.analyst, Role.customer))
 ]
 
 
@@ -344,4 +346,5 @@ router: GraphQLRouter[dict[str, Any], None] = GraphQLRouter(
     allow_queries_via_get=False,
     multipart_uploads_enabled=False,
     tags=["graphql"],
+    dependencies=[Depends(customer_token)],  # the OpenAPI description shows the scheme
 )

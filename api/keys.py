@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from eventkeep.api.credentials import CREDENTIAL_TABLES
 from eventkeep.eventstore.migrations import (
     Migration,
     PostgresSchemaDatabase,
@@ -49,6 +50,8 @@ class Role(StrEnum):
     analyst = "analyst"
     auditor = "auditor"
     admin = "admin"
+    # Never a key's: a customer's access token (api/accounts.py) acts as this role.
+    customer = "customer"
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
 )"""
 KEY_STORE_SCHEMA = Schema(
     "api_keys",
-    (Migration(1, "api keys, stored hashed", postgres=(_CREATE_TABLE,), sqlite=(_CREATE_TABLE,)),),
+    (
+        Migration(1, "api keys, stored hashed", postgres=(_CREATE_TABLE,), sqlite=(_CREATE_TABLE,)),
+        Migration(
+            2,
+            "customers' credentials, sessions, refresh tokens and login failures",
+            postgres=CREDENTIAL_TABLES,
+            sqlite=CREDENTIAL_TABLES,
+        ),
+    ),
     anchor=quote_identifier("api_keys"),
 )
 _COLUMNS = "id, role, name, created_at, revoked"
@@ -183,7 +194,14 @@ class ApiKeyStore(ABC):
     def _schema_database(self) -> AbstractContextManager[SchemaDatabase]:
         """A connection of its own for schema changes."""
 
+    def execute(self, statements: builtins.list[Statement]) -> builtins.list[tuple[Any, ...]]:
+        """Runs the statements in one transaction on the key store's database; the last one's
+        rows (the customers' credentials live there: api/accounts.py)."""
+        return self._run(statements)
+
     def _issue(self, role: Role, name: str, *, replace_named: bool) -> IssuedKey:
+        if Role(role) is Role.customer:
+            raise ValueError("customers log in with a password; no API key has their role")
         key = ApiKey(secrets.token_hex(8), Role(role), name, datetime.now(UTC), revoked=False)
         secret = secrets.token_urlsafe(32)
         statements: builtins.list[Statement] = [(_REVOKE_NAMED, (name,))] if replace_named else []

@@ -66,8 +66,12 @@ def reader(role: Role, name: str | None, *others: Role) -> Callable[..., Awaitab
 
 
 UserReads = Annotated[UserQueries, Depends(reader(Role.client, "users"))]
-ProductReads = Annotated[ProductQueries, Depends(reader(Role.client, "products"))]
+# Products are readable with a customer's token too.
+ProductReads = Annotated[ProductQueries, Depends(reader(Role.client, "products", Role.customer))]
 OrderReads = Annotated[OrderQueries, Depends(reader(Role.client, "orders"))]
+# Routes that answer a customer their own user or orders (api/accounts.py `own`).
+OwnUserReads = Annotated[UserQueries, Depends(reader(Role.client, "users", Role.customer))]
+OwnOrderReads = Annotated[OrderQueries, Depends(reader(Role.client, "orders", Role.customer))]
 SalesReads = Annotated[SalesQueries, Depends(reader(Role.analyst, "daily_sales"))]
 AllReads = Annotated[Queries, Depends(reader(Role.analyst, None))]
 

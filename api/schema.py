@@ -60,6 +60,10 @@ Email = Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+
 PersonName = Annotated[str, Field(min_length=1, max_length=100), OneLine]
 LastName = Annotated[str, Field(max_length=100), OneLine]  # may be empty, as legacy users' are
 Reason = Annotated[str, Field(min_length=1, max_length=500), MultiLine]
+# A customer's password (api/accounts.py): hashed with argon2id, never stored or logged.
+Password = Annotated[
+    str, Field(min_length=8, max_length=200, json_schema_extra={"format": "password"})
+]
 Price = Annotated[
     str,
     Field(pattern=_MONEY, examples=["19.99"], description=f"At most {MAX_PRICE}."),

@@ -8,8 +8,9 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import Field
 
-from eventkeep.api.dispatch import ClientCommand, IfMatch
-from eventkeep.api.reads import OrderReads, found
+from eventkeep.api.accounts import CUSTOMERS, Caller, own
+from eventkeep.api.dispatch import ClientCommand, IfMatch, OwnCommand
+from eventkeep.api.reads import OwnOrderReads, found
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Amount,
@@ -56,8 +57,10 @@ class CancelBody(Body):
     reason: Reason
 
 
-@router.post("", status_code=201)
-def place_order(body: PlaceOrderBody, send: ClientCommand) -> CommandAnswer:
+@router.post("", status_code=201, dependencies=CUSTOMERS)
+def place_order(body: PlaceOrderBody, send: OwnCommand, key: Caller) -> CommandAnswer:
+    """A customer places orders for themselves only (another user_id: 404)."""
+    own(key, body.user_id)
     lines = tuple(OrderLine(line.product_id, line.quantity) for line in body.lines)
     return send(PlaceOrder(body.user_id, lines))
 
@@ -88,6 +91,8 @@ def cancel_order(
     return send(CancelOrder(order_id, body.reason, version))
 
 
-@router.get("/{order_id}")
-async def get_order(order_id: UUID, orders: OrderReads) -> dict[str, Any]:
-    return found(await orders.get_async(str(order_id)), "order", order_id)
+@router.get("/{order_id}", dependencies=CUSTOMERS)
+async def get_order(order_id: UUID, orders: OwnOrderReads, key: Caller) -> dict[str, Any]:
+    order = found(await orders.get_async(str(order_id)), "order", order_id)
+    own(key, order["user_id"], "order", order_id)
+    return order

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
+from eventkeep.api.accounts import CUSTOMERS
 from eventkeep.api.dispatch import ClientCommand, IfMatch
 from eventkeep.api.reads import ProductReads, found, page
 from eventkeep.api.schema import (
@@ -91,12 +92,12 @@ def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand)
     return send(DiscontinueProduct(product_id, expected_version=version))
 
 
-@router.get("/{product_id}")
+@router.get("/{product_id}", dependencies=CUSTOMERS)
 async def get_product(product_id: UUID, products: ProductReads) -> dict[str, Any]:
     return found(await products.get_async(str(product_id)), "product", product_id)
 
 
-@router.get("")
+@router.get("", dependencies=CUSTOMERS)
 def search_products(
     products: ProductReads,
     q: Annotated[

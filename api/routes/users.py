@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from eventkeep.api.dispatch import AdminCommand, ClientCommand, IfMatch
-from eventkeep.api.reads import OrderReads, UserReads, found, page
+from eventkeep.api.accounts import CUSTOMERS, Caller, accounts_of, own
+from eventkeep.api.dispatch import AdminCommand, ClientCommand, IfMatch, OwnCommand
+from eventkeep.api.reads import OwnOrderReads, OwnUserReads, UserReads, found, page
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
     CommandAnswer,
     Email,
     LastName,
+    Password,
     PersonName,
     Reason,
 )
@@ -34,6 +37,12 @@ class RegisterUserBody(Body):
     email: Email
     first_name: PersonName
     last_name: LastName
+    # Never part of the command or its event: kept hashed in the key store (api/accounts.py).
+    password: Password | None = None
+
+
+class PasswordBody(Body):
+    password: Password
 
 
 class ChangeEmailBody(Body):
@@ -45,14 +54,30 @@ class DeactivateBody(Body):
 
 
 @router.post("", status_code=201)
-def register_user(body: RegisterUserBody, send: ClientCommand) -> CommandAnswer:
-    return send(RegisterUser(**body.model_dump()))
+def register_user(body: RegisterUserBody, send: ClientCommand, request: Request) -> CommandAnswer:
+    """With a `password`, the user can log in (`POST /v1/auth/login`)."""
+    answer = send(RegisterUser(**body.model_dump(exclude={"password"})))
+    if body.password is not None:
+        accounts_of(request).set_password(str(answer.id), body.password)
+    return answer
 
 
-@router.post("/{user_id}/email")
+@router.post("/{user_id}/password", status_code=204, dependencies=CUSTOMERS)
+async def set_password(
+    user_id: UUID, body: PasswordBody, users: OwnUserReads, key: Caller, request: Request
+) -> None:
+    """Sets (or replaces) the user's password; no event is recorded, nothing of it is kept
+    but its argon2id hash."""
+    own(key, user_id)
+    found(await users.get_async(str(user_id)), "user", user_id)
+    await run_in_threadpool(accounts_of(request).set_password, str(user_id), body.password)
+
+
+@router.post("/{user_id}/email", dependencies=CUSTOMERS)
 def change_email(
-    user_id: UUID, body: ChangeEmailBody, version: IfMatch, send: ClientCommand
+    user_id: UUID, body: ChangeEmailBody, version: IfMatch, send: OwnCommand, key: Caller
 ) -> CommandAnswer:
+    own(key, user_id)
     return send(ChangeUserEmail(user_id, body.email, expected_version=version))
 
 
@@ -69,13 +94,21 @@ def reactivate_user(user_id: UUID, version: IfMatch, send: ClientCommand) -> Com
 
 
 @router.delete("/{user_id}/personal-data")
-def erase_personal_data(user_id: UUID, version: IfMatch, send: AdminCommand) -> CommandAnswer:
-    """Crypto-shredding: destroys the user's data key; history stays, PII reads as erased."""
-    return send(ErasePersonalData(user_id, expected_version=version))
+def erase_personal_data(
+    user_id: UUID, version: IfMatch, send: AdminCommand, request: Request
+) -> CommandAnswer:
+    """Crypto-shredding: destroys the user's data key; history stays, PII reads as erased.
+    The user's password, sessions and refresh tokens are deleted."""
+    answer = send(ErasePersonalData(user_id, expected_version=version))
+    accounts = getattr(request.app.state.wiring, "accounts", None)
+    if accounts is not None:
+        accounts.forget(str(user_id))
+    return answer
 
 
-@router.get("/{user_id}")
-async def get_user(user_id: UUID, users: UserReads) -> dict[str, Any]:
+@router.get("/{user_id}", dependencies=CUSTOMERS)
+async def get_user(user_id: UUID, users: OwnUserReads, key: Caller) -> dict[str, Any]:
+    own(key, user_id)
     return found(await users.get_async(str(user_id)), "user", user_id)
 
 
@@ -88,13 +121,15 @@ def find_user(email: Annotated[Email, Query()], users: UserReads) -> dict[str, A
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
 
 
-@router.get("/{user_id}/orders")
+@router.get("/{user_id}/orders", dependencies=CUSTOMERS)
 def orders_of_user(
     user_id: UUID,
-    orders: OrderReads,
+    orders: OwnOrderReads,
+    key: Caller,
     status: OrderStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """The user's orders, newest first, a page at a time (`next_cursor` for the next)."""
+    own(key, user_id)
     return page(lambda: orders.of_user(str(user_id), status=status, cursor=cursor, limit=limit))
