@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 from eventkeep.eventstore.sqlite import SQLiteApplicationRecorder
 from tests.api.conftest import wiring  # noqa: F401  (the shop wired in both modes)
-from tests.eventstore.stores import drop_postgres_tables, postgres_params
+from tests.eventstore.stores import drop_postgres_tables, postgres_datastore
 
 MakeRecorder = Callable[[], Any]
 
@@ -27,7 +26,7 @@ def make_recorder(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
         drop_postgres_tables()
 
         def make() -> Any:
-            datastore = PostgresDatastore(**postgres_params(), pool_size=2, max_overflow=10)
+            datastore = postgres_datastore(pool_size=2, max_overflow=10)
             datastores.append(datastore)
             recorder = PostgresApplicationRecorder(datastore)
             recorder.create_table()

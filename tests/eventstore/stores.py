@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from eventsourcing.postgres import PostgresDatastore
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest_services import POSTGRES_URL, require_env
 
@@ -38,10 +39,29 @@ def postgres_params() -> dict[str, Any]:
     }
 
 
+# The URL's parameters the library's datastore passes on itself; the rest (TLS) are options.
+_LIBRARY_PARAMETERS = {"dbname", "host", "port", "user", "password", "connect_timeout"}
+
+
+def postgres_options() -> dict[str, Any]:
+    """The URL's other parameters: sslmode, sslrootcert… (TLS under infra/services)."""
+    params = conninfo_to_dict(postgres_url())
+    return {k: v for k, v in params.items() if k not in _LIBRARY_PARAMETERS}
+
+
+def postgres_datastore(**kwargs: Any) -> PostgresDatastore:
+    """The library's datastore on the test database, with the URL's TLS settings."""
+    datastore = PostgresDatastore(**postgres_params(), **kwargs)
+    cast(dict[str, Any], datastore.pool.kwargs).update(postgres_options())
+    return datastore
+
+
 def postgres_env() -> dict[str, str]:
     """The library's persistence settings for the test database."""
     params = postgres_params()
-    return {
+    options = postgres_options()
+    tls = {"POSTGRES_CONNINFO": make_conninfo(**options)} if options else {}
+    return tls | {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": params["dbname"],
         "POSTGRES_HOST": params["host"],

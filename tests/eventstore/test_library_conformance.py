@@ -18,7 +18,7 @@ from eventsourcing.persistence import (
     ProcessRecorder,
     TrackingRecorder,
 )
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.tests.persistence import (
     ApplicationRecorderTestCase,
@@ -39,7 +39,7 @@ from eventkeep.eventstore.sqlite import (
     SQLiteFactory,
     SQLiteProcessRecorder,
 )
-from tests.eventstore.stores import drop_postgres_tables, postgres_env, postgres_params
+from tests.eventstore.stores import drop_postgres_tables, postgres_datastore, postgres_env
 
 
 class JoinsStrayThreads:
@@ -63,7 +63,7 @@ class OnPostgres(JoinsStrayThreads):
 
     def setUp(self) -> None:
         drop_postgres_tables()
-        self.datastore = PostgresDatastore(**postgres_params(), pool_size=4, max_overflow=12)
+        self.datastore = postgres_datastore(pool_size=4, max_overflow=12)
         self.recorders: list[Any] = []
         super().setUp()  # type: ignore[misc]
 

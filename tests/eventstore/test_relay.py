@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from eventsourcing.postgres import PostgresDatastore
 from kafka import KafkaConsumer, KafkaProducer
 
 from eventkeep.eventstore.kafka_tls import KafkaTLS
@@ -27,7 +26,7 @@ from eventkeep.eventstore.relay import (
     ensure_topics,
 )
 from tests.conftest_services import services
-from tests.eventstore.stores import drop_postgres_tables, postgres_params
+from tests.eventstore.stores import drop_postgres_tables, postgres_datastore
 
 pytestmark = pytest.mark.services
 TABLE = "relay_test_events"
@@ -36,7 +35,7 @@ TABLE = "relay_test_events"
 @pytest.fixture
 def log() -> Iterator[PostgresApplicationRecorder]:
     drop_postgres_tables(TABLE, f"{TABLE}_claims", f"{TABLE}_idempotency")
-    datastore = PostgresDatastore(**postgres_params(), pool_size=4, max_overflow=8)
+    datastore = postgres_datastore(pool_size=4, max_overflow=8)
     recorder = PostgresApplicationRecorder(datastore, events_table_name=TABLE)
     recorder.create_table()
     yield recorder
