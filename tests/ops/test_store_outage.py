@@ -1,0 +1,203 @@
+"""PostgreSQL out of reach for the write side: commands answer 503 STORE_UNAVAILABLE with
+Retry-After within a second (the circuit breaker fails them fast), queries keep answering from
+the read side, `/readyz` names the part that is down, and once PostgreSQL answers again the
+commands go through and nothing acknowledged was lost.
+
+The real PostgreSQL is never stopped: the event store is reached through a small TCP proxy the
+test starts, and the test cuts the proxy (its connections closed, its port refusing). The read
+side connects directly, as when the read models live in another database."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
+
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
+from eventkeep.bootstrap import build
+from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.queries import Queries
+from tests.api.conftest import SHOP_TABLES, distributed_settings
+from tests.api.shopping import USER
+from tests.conftest_services import POSTGRES_URL, require_env
+from tests.eventstore.stores import drop_postgres_tables
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target until cut: then every connection is closed and the
+    port refuses new ones, until restored."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        if listener is not None:
+            listener.close()
+        for each in sockets:
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)
+            each.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for each in (source, sink):
+                with contextlib.suppress(OSError):
+                    each.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    info = conninfo_to_dict(require_env(POSTGRES_URL))
+    proxied = TcpProxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432)))
+    yield proxied
+    proxied.cut()
+
+
+@pytest.fixture
+def outage_wiring(tmp_path: Path, proxy: TcpProxy) -> Iterator[Wiring]:
+    drop_postgres_tables(*SHOP_TABLES)
+    direct = distributed_settings(tmp_path / "home")
+    info = conninfo_to_dict(require_env(POSTGRES_URL)) | {"port": proxy.port}
+    through_proxy = direct.model_copy(
+        update={
+            "postgres_url": SecretStr(make_conninfo(**{k: str(v) for k, v in info.items()})),
+            "store_retry_seconds": 3.0,
+        }
+    )
+    reads = build(direct, role="serve")
+    reads.read_models.drop()
+    reads.read_models.migrate()
+    writes = build(through_proxy, role="serve")
+    breaker = writes.store_breaker()
+    assert breaker is not None
+    # The read models follow the log directly (the embedded mode's feed over PostgreSQL): the
+    # read side needs PostgreSQL only, not Kafka, in this test.
+    feed = LogFeed(reads.recorder, reads.read_models, reads.cache)
+    feed.start()
+    wiring = Wiring(
+        shop=writes.shop,
+        handle=breaker.guard(writes.bus.handle),
+        keys=reads.keys,
+        queries=Queries(reads.read_models, reads.cache, feed),
+        min_position_wait=10.0,
+        breaker=breaker,
+    )
+    yield wiring
+    feed.stop()
+    breaker.close()
+    writes.close()
+    reads.close()
+
+
+def _timed(call: Any) -> tuple[Any, float]:
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+def test_postgres_unreachable_commands_fail_fast_and_queries_still_answer(
+    outage_wiring: Wiring, proxy: TcpProxy
+) -> None:
+    key = outage_wiring.keys.create(Role.client, "outage").secret_key
+    headers = {"Authorization": f"Bearer {key}"}
+    app = create_app(outage_wiring)
+    with TestClient(app, headers=headers, raise_server_exceptions=False) as client:
+        user = client.post("/v1/users", json=USER)
+        assert user.status_code == 201, user.text
+        user_id, position = user.json()["id"], user.json()["position"]
+        seen = client.get(f"/v1/users/{user_id}", headers={"X-Min-Position": str(position)})
+        assert seen.status_code == 200, seen.text
+
+        proxy.cut()
+        first, first_took = _timed(
+            lambda: client.post("/v1/users", json={**USER, "email": "first@example.com"})
+        )
+        assert first.status_code == 503, first.text
+        # The breaker is open now (tripped by that command or by its watcher): every
+        # command is refused at once, none is attempted.
+        for number in range(5):
+            body = {**USER, "email": f"during{number}@example.com"}
+            refused, took = _timed(lambda body=body: client.post("/v1/users", json=body))
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "STORE_UNAVAILABLE"
+            assert refused.headers["Retry-After"] == "1"
+            assert took < 1.0, took
+        # Queries answer from the read side.
+        still = client.get(f"/v1/users/{user_id}")
+        assert still.status_code == 200, still.text
+        assert still.json()["email"] == USER["email"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        parts = ready.json()["error"]["details"]["parts"]
+        assert parts["event_store"] == {"dependency": "postgres", "status": "down"}
+        assert parts["read_models"] == {"dependency": "postgres", "status": "up"}
+
+        proxy.restore()
+        deadline = time.monotonic() + 10
+        while True:
+            after = client.post("/v1/users", json={**USER, "email": "after@example.com"})
+            if after.status_code == 201 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert after.status_code == 201, after.text
+        assert client.get("/readyz").json()["status"] == "ready"
+        # Nothing acknowledged was lost, and nothing refused was written.
+        commands = {
+            event.metadata.get("correlation_id")
+            for event in outage_wiring.shop.recorder.select_notifications(start=1, limit=100)
+        }
+        assert len(commands) == 2  # the user before the cut and the one after it
+    print(f"first command after the cut answered 503 in {first_took:.3f}s")
