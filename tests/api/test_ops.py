@@ -103,6 +103,7 @@ def test_openapi_lists_every_command_and_query_with_the_error_shape(
         ("POST", "/v1/orders/{order_id}/ship"),
         ("POST", "/v1/orders/{order_id}/deliver"),
         ("POST", "/v1/orders/{order_id}/cancel"),
+        ("POST", "/v1/graphql"),
     }
     register = spec["paths"]["/v1/users"]["post"]
     assert register["responses"]["422"]["content"]["application/json"]["schema"] == {
