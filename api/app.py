@@ -26,6 +26,7 @@ from eventkeep.api.routes import (
     products,
     stream,
     users,
+    webhooks,
 )
 from eventkeep.api.settings import Settings
 
@@ -59,7 +60,8 @@ def create_app(config: Settings | Wiring | None = None) -> FastAPI:
     app.state.wiring = wiring
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for module in (users, customers, products, orders, analyst, audit, stream, ops, headers):
+    routes = (users, customers, products, orders, analyst, audit, stream, ops, webhooks)
+    for module in (*routes, headers):
         app.include_router(module.router)
     app.include_router(graphql.router)  # product queries; commands stay REST
     # The last added runs first: metrics see every answer, with its correlation id, even

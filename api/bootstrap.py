@@ -11,7 +11,14 @@ from eventsourcing.application import Application
 from eventkeep.api.accounts import Accounts
 from eventkeep.api.keys import ApiKeyStore
 from eventkeep.api.ratelimit import RateLimiter, Unlimited, build_limiter
-from eventkeep.bootstrap import Eventkeep, build, claim_secret
+from eventkeep.api.webhooks import (
+    AdvisoryLeader,
+    DeliveryPolicy,
+    WebhookDispatcher,
+    WebhookStore,
+    allow_list,
+)
+from eventkeep.bootstrap import Eventkeep, build, claim_secret, database_url
 from eventkeep.commands.handlers import Handle
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
@@ -40,9 +47,14 @@ class Wiring:
     breaker: CircuitBreaker | None = None  # the distributed mode's, around the write store
     cache_ping: Callable[[], object] | None = None  # Redis, when the cache is there
     accounts: Accounts | None = None  # customers' logins (api/accounts.py)
+    webhooks: WebhookStore | None = None  # subscriptions (api/webhooks.py)
+    webhook_policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    dispatcher: WebhookDispatcher | None = None  # delivers them, in threads of its own
     built: Eventkeep | None = None  # what `wire` built, closed with the wiring
 
     def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         if self.breaker is not None:
             self.breaker.close()
         if self.built is not None:
@@ -61,6 +73,18 @@ def wire(settings: Settings) -> Wiring:
     """The HTTP app's wiring, built by the composition root for `serve`."""
     system = build(settings, role="serve")
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    webhooks = WebhookStore(system.keys, claim_secret(settings))
+    policy = DeliveryPolicy(
+        timeout=settings.webhook_timeout,
+        attempts=settings.webhook_attempts,
+        backoff=settings.webhook_backoff,
+        allowed=allow_list(settings.webhook_allow),
+    )
+    # Every serve runs a dispatcher; in the distributed mode only the advisory lock's holder
+    # delivers.
+    writer = database_url(settings, "writer")
+    leader = AdvisoryLeader(writer) if writer is not None else None
+    dispatcher = WebhookDispatcher(webhooks, system.recorder, policy, leader=leader).start()
     breaker = system.store_breaker()
     return Wiring(
         shop=system.shop,
@@ -72,6 +96,9 @@ def wire(settings: Settings) -> Wiring:
         min_position_wait=settings.min_position_wait,
         poller=system.progress,
         built=system,
+        webhooks=webhooks,
+        webhook_policy=policy,
+        dispatcher=dispatcher,
         accounts=Accounts(
             system.keys,
             claim_secret(settings),

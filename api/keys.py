@@ -30,6 +30,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from eventkeep.api.credentials import CREDENTIAL_TABLES
+from eventkeep.api.webhook_tables import WEBHOOK_TABLES
 from eventkeep.eventstore.migrations import (
     Migration,
     PostgresSchemaDatabase,
@@ -93,6 +94,12 @@ KEY_STORE_SCHEMA = Schema(
             "customers' credentials, sessions, refresh tokens and login failures",
             postgres=CREDENTIAL_TABLES,
             sqlite=CREDENTIAL_TABLES,
+        ),
+        Migration(
+            3,
+            "webhook subscriptions and their deliveries",
+            postgres=WEBHOOK_TABLES,
+            sqlite=WEBHOOK_TABLES,
         ),
     ),
     anchor=quote_identifier("api_keys"),

@@ -86,6 +86,24 @@ class Settings(BaseSettings):
         default=None, description="Password of KAFKA_SSL_KEYFILE, when it is encrypted."
     )
 
+    webhook_allow: str = Field(
+        default="",
+        description="Addresses or networks (comma-separated, e.g. `10.0.0.0/8,127.0.0.1`) that "
+        "webhook URLs may resolve to although they are not public (loopback, private, "
+        "link-local, metadata); by default only public addresses are called.",
+    )
+    webhook_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds a webhook receiver has to answer."
+    )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=100, description="Failed attempts after which a webhook pauses."
+    )
+    webhook_backoff: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="Seconds before a webhook's first retry; doubled each retry, plus jitter.",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     https_certfile: Path | None = Field(

@@ -23,7 +23,19 @@ from tests.eventstore.stores import drop_postgres_tables
 
 # A deployment secret must hold 32 random bytes (eventkeep.deployment_secret).
 TEST_SECRET = "test-secret-9f3Kq2xV7mZ1bR8tL4wN6yH0"
-SHOP_TABLES = ("shop_events", "shop_events_claims", "shop_events_idempotency", "api_keys")
+SHOP_TABLES = (
+    "shop_events",
+    "shop_events_claims",
+    "shop_events_idempotency",
+    "api_keys",
+    # The key store's other tables: customers' credentials (api/credentials.py) and webhooks.
+    "customer_credentials",
+    "customer_sessions",
+    "customer_refresh_tokens",
+    "login_failures",
+    "webhooks",
+    "webhook_deliveries",
+)
 
 
 def embedded_settings(home: Path) -> Settings:
