@@ -4,8 +4,9 @@ HTTP status comes from its code through STATUS_BY_CODE, the one table of that ma
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from eventsourcing.persistence import OperationalError as StoreOperationalError
@@ -14,10 +15,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from eventkeep.domain.errors import DomainError
+from eventkeep.eventstore.group_commit import CommitOutcomeUnknown
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "HEADERS_TOO_LARGE": 431,
     "INTERNAL": 500,
     "STORE_UNAVAILABLE": 503,
+    "COMMIT_OUTCOME_UNKNOWN": 503,
     "PROJECTION_BEHIND": 503,
 }
 # A domain error whose code is not above broke a business rule the request could not express.
@@ -135,13 +141,42 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("event store unavailable on %s %s: %s", request.method, request.url.path, exc)
+async def _store_unavailable(connection: HTTPConnection, exc: Exception) -> Response | None:
+    if connection.scope["type"] == "websocket":
+        await _close_websocket(connection, exc)
+        return None
+    logger.warning(
+        "event store unavailable on %s %s: %s", connection.scope["method"], connection.url.path, exc
+    )
     return error_response(
         "STORE_UNAVAILABLE",
         "The event store cannot be reached; retry later.",
         headers={"Retry-After": "1"},
     )
+
+
+async def _commit_outcome_unknown(connection: HTTPConnection, exc: Exception) -> Response | None:
+    if connection.scope["type"] == "websocket":
+        await _close_websocket(connection, exc)
+        return None
+    logger.error(
+        "commit outcome unknown on %s %s: %s", connection.scope["method"], connection.url.path, exc
+    )
+    return error_response(
+        "COMMIT_OUTCOME_UNKNOWN",
+        "The connection to the event store failed while this change was being committed and"
+        " whether it was stored could not be found out. Retry with the same Idempotency-Key"
+        " (safe), or read the resource before repeating the request without one.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _close_websocket(connection: HTTPConnection, exc: Exception) -> None:
+    """A WebSocket has no status to answer: it is closed with 1011 (server error)."""
+    logger.warning("event store unavailable on WebSocket %s: %s", connection.url.path, exc)
+    websocket = cast(WebSocket, connection)
+    with suppress(RuntimeError):  # already closed
+        await websocket.close(code=1011, reason="event store unavailable")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,7 +185,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     for error_type in STORE_UNAVAILABLE_ERRORS:
-        app.add_exception_handler(error_type, _store_unavailable)
+        # Typed for both connection kinds (Starlette's types take one or the other).
+        app.add_exception_handler(error_type, cast(Any, _store_unavailable))
+    app.add_exception_handler(CommitOutcomeUnknown, cast(Any, _commit_outcome_unknown))
 
 
 class LastResortErrors:

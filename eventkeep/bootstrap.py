@@ -28,7 +28,7 @@ from eventkeep.commands.shop import Shop
 from eventkeep.deployment_secret import email_claim_key
 from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
 from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
-from eventkeep.eventstore.recorder import EventRecorder
+from eventkeep.eventstore.recorder import EventRecorder, RecorderFactory
 from eventkeep.eventstore.write_store import ApplicationWriteStore
 from eventkeep.projections.cache import Cache, LocalCache, NoCache
 from eventkeep.projections.queries import PolledProgress, Queries
@@ -408,6 +408,9 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         # append's version check refuses it and the bus retries on a fresh load.
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
+        # Bounded waits of the group committer (eventstore/group_commit.py).
+        RecorderFactory.COMMIT_RESULT_WAIT: str(settings.commit_wait_seconds),
+        RecorderFactory.COMMIT_VERIFY_TIMEOUT: str(settings.commit_verify_seconds),
     }
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)

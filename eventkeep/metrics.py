@@ -61,6 +61,12 @@ GROUP_COMMIT_REFUSED = Counter(
     "eventkeep_group_commit_refused",
     "Appends refused because the group committer's queue stayed full (answered 503).",
 )
+GROUP_COMMIT_VERIFIED = Counter(
+    "eventkeep_group_commit_verified",
+    "Batches whose connection failed while committing, by what asking the store found:"
+    " committed, not_written or unknown (answered 503 COMMIT_OUTCOME_UNKNOWN).",
+    ["outcome"],
+)
 STORE_CIRCUIT_OPEN = Gauge(
     "eventkeep_store_circuit_open",
     "1 while the write store's circuit breaker fails commands fast (PostgreSQL unreachable).",

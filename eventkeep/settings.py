@@ -188,6 +188,18 @@ class Settings(BaseSettings):
         description="After PostgreSQL was found unreachable, commands fail at once (503 "
         "STORE_UNAVAILABLE) for this long while a background probe checks it again.",
     )
+    commit_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait of a command for its commit: still queued by then, it is "
+        "withdrawn (503 STORE_UNAVAILABLE); already committing, 503 COMMIT_OUTCOME_UNKNOWN.",
+    )
+    commit_verify_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="After a commit's connection failed, how long the store is asked "
+        "whether the commit is stored before the answer is 503 COMMIT_OUTCOME_UNKNOWN.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=1,

@@ -11,14 +11,24 @@ order equals position order: a reader tailing `position > n` can never skip a la
 If the write itself still fails on a constraint (a race the pre-check cannot see, such as a
 tracking row written outside the lock), the batch is retried one append at a time so that only
 the offending append fails.
+
+The truth about a commit: when the connection fails after the batch's writes were sent (the
+COMMIT may or may not have reached the server), the committer asks the store, on a new
+connection and under the same write lock (so a commit still in flight has ended), whether the
+batch's last row is there with its hash. Found: every append of the batch succeeded. Absent:
+none was written and each waiter gets `CommitNotWritten` (safe to retry). No answer within
+`verify_timeout`: `CommitOutcomeUnknown` (the append may be stored; only a retry under the same
+idempotency key is safe). A failure before the writes were sent is always `CommitNotWritten`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -36,12 +46,33 @@ from eventkeep.commands.ports import (
 )
 from eventkeep.eventstore.hashchain import event_hash
 from eventkeep.eventstore.records import RecordedEvent
-from eventkeep.metrics import GROUP_COMMIT_BATCH, GROUP_COMMIT_REFUSED, GROUP_COMMIT_WAIT
+from eventkeep.metrics import (
+    GROUP_COMMIT_BATCH,
+    GROUP_COMMIT_REFUSED,
+    GROUP_COMMIT_VERIFIED,
+    GROUP_COMMIT_WAIT,
+)
+
+log = logging.getLogger(__name__)
 
 
 class CommitQueueFull(OperationalError):
     """The committer's queue stayed full for the whole wait: the append was not written
     (the API answers 503 with Retry-After; nothing of it is stored)."""
+
+
+class CommitNotWritten(OperationalError):
+    """The connection failed and the store was asked afterwards: nothing of the append is
+    stored (retrying it is safe)."""
+
+
+class CommitOutcomeUnknown(OperationalError):
+    """The connection failed while the batch was committing and the store could not be asked
+    within the bound: the append may or may not be stored (API: 503 COMMIT_OUTCOME_UNKNOWN)."""
+
+
+class CommitterDied(OperationalError):
+    """The committer thread failed outside a batch; the append was not written."""
 
 
 @dataclass
@@ -209,6 +240,12 @@ class BatchStorage(Protocol):
 
     def locked_transaction(self) -> AbstractContextManager[BatchTransaction]: ...
 
+    def landed(self, position: int, hash: bytes, timeout: float) -> bool:
+        """Whether the log holds `hash` at `position`, asked on a new connection once any
+        batch holding the write lock has ended; raises when the store cannot be asked
+        (`timeout`: the longest wait for a connection and the lock)."""
+        ...
+
 
 class BatchTransaction(Protocol):
     def read_state(self, appends: Sequence[Append]) -> StoreState: ...
@@ -217,7 +254,13 @@ class BatchTransaction(Protocol):
 
 
 class GroupCommitter:
-    """A committer thread that turns concurrent appends into batch transactions."""
+    """A committer thread that turns concurrent appends into batch transactions.
+
+    Every wait is bounded: a writer waits `queue_wait` for room in the queue
+    (`CommitQueueFull`), then `result_wait` for its answer: still queued by then, it is
+    withdrawn (`CommitNotWritten`); already being committed, `CommitOutcomeUnknown`. A failing
+    after-commit step is logged (the batch did commit); if the thread dies anyway, the waiters
+    of its batch get `CommitterDied` and a new thread takes over the queue."""
 
     def __init__(
         self,
@@ -228,6 +271,8 @@ class GroupCommitter:
         max_batch_events: int = 2000,
         max_queued: int = 2048,
         queue_wait: float = 1.0,
+        result_wait: float = 60.0,
+        verify_timeout: float = 10.0,
         name: str = "eventkeep-group-commit",
     ) -> None:
         self._storage = storage
@@ -238,7 +283,10 @@ class GroupCommitter:
         # without end (memory stays bounded, and so does every writer's wait).
         self._queue: Queue[Append | None] = Queue(maxsize=max_queued)
         self._queue_wait = queue_wait
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._result_wait = result_wait
+        self._verify_timeout = verify_timeout
+        self._name = name
+        self._thread = self._new_thread()
         self._started = threading.Lock()
         self._closed = False
 
@@ -255,7 +303,26 @@ class GroupCommitter:
             raise CommitQueueFull(
                 f"the event store is busy: {self._queue.maxsize} appends already wait"
             ) from None
-        return append.done.result()
+        try:
+            return append.done.result(timeout=self._result_wait)
+        except FutureTimeout:
+            if append.done.cancel():  # still queued: the committer will skip it
+                raise CommitNotWritten(
+                    f"no commit within {self._result_wait:g}s; the append was withdrawn"
+                ) from None
+            raise CommitOutcomeUnknown(
+                f"the append's commit did not end within {self._result_wait:g}s"
+            ) from None
+
+    def set_timeouts(
+        self, *, result_wait: float | None = None, verify_timeout: float | None = None
+    ) -> None:
+        """The longest wait for an append's answer, and for finding out whether a batch whose
+        connection failed while committing is stored."""
+        if result_wait is not None:
+            self._result_wait = result_wait
+        if verify_timeout is not None:
+            self._verify_timeout = verify_timeout
 
     def close(self) -> None:
         if self._closed:
@@ -265,19 +332,35 @@ class GroupCommitter:
             self._queue.put(None, timeout=10)
             self._thread.join(timeout=10)
 
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._run, name=self._name, daemon=True)
+
     def _ensure_started(self) -> None:
         if not self._thread.is_alive():
             with self._started:
-                if not self._thread.is_alive() and self._thread.ident is None:
+                if not self._thread.is_alive():
+                    if self._thread.ident is not None:  # it died: a new one takes over
+                        self._thread = self._new_thread()
                     self._thread.start()
 
     def _run(self) -> None:
-        for batch in self._batches():
-            self._commit(batch)
+        batch: list[Append] = []
+        try:
+            for batch in self._batches():
+                self._commit(batch)
+        except BaseException as error:
+            log.exception("the group committer failed; a new one takes over")
+            for append in batch:
+                if not append.done.done():
+                    append.done.set_exception(CommitterDied(f"the committer failed: {error!r}"))
+            if not self._closed:
+                with self._started:
+                    self._thread = self._new_thread()
+                    self._thread.start()
 
     def _batches(self) -> Iterator[list[Append]]:
         while True:
-            first = self._queue.get()
+            first = self._take(self._queue.get())
             if first is None:
                 return
             batch, events = [first], len(first.events)
@@ -289,9 +372,18 @@ class GroupCommitter:
                 if more is None:
                     yield batch
                     return
+                if self._take(more) is None:
+                    continue  # withdrawn by its writer
                 batch.append(more)
                 events += len(more.events)
             yield batch
+
+    def _take(self, append: Append | None) -> Append | None:
+        """The queued append, now being committed (its writer can no longer withdraw it);
+        None for the end of the queue and for an append its writer withdrew."""
+        while append is not None and not append.done.set_running_or_notify_cancel():
+            append = self._queue.get()
+        return append
 
     def _commit(self, batch: list[Append]) -> None:
         started = time.monotonic()
@@ -299,24 +391,91 @@ class GroupCommitter:
         for append in batch:
             if append.queued_at:
                 GROUP_COMMIT_WAIT.observe(started - append.queued_at)
+        plan: BatchPlan | None = None
+        sent = False
         try:
             with self._storage.locked_transaction() as transaction:
                 plan = plan_batch(batch, transaction.read_state(batch), datetime.now(UTC))
                 if plan.writes_anything:
+                    sent = True
                     transaction.write(plan)
         except BaseException as error:
             if len(batch) > 1 and self._is_integrity_error(error):
                 for append in batch:
-                    self._commit([append])
+                    self._commit_again(append)
                 return
-            failure = IntegrityError(str(error)) if self._is_integrity_error(error) else error
+            if self._is_integrity_error(error):
+                failure: BaseException = IntegrityError(str(error))
+            elif sent and plan is not None and _is_connection_error(error):
+                verdict = self._landed(plan, error)
+                if verdict is None:
+                    self._answer(plan)
+                    return
+                failure = verdict
+            elif _is_connection_error(error):
+                failure = CommitNotWritten(f"nothing was written: {error}")
+                failure.__cause__ = error
+            else:
+                failure = error
             for append in batch:
                 append.done.set_exception(failure)
             return
+        self._answer(plan)
+
+    def _commit_again(self, append: Append) -> None:
+        """One append of a batch that failed on a constraint, committed on its own."""
+        if append.done.done():
+            return
+        self._commit([append])
+
+    def _answer(self, plan: BatchPlan) -> None:
         if plan.rows:
-            self._after_commit()
+            try:
+                self._after_commit()
+            except Exception:  # the batch committed: its writers are told so all the same
+                log.exception("the step after a commit failed")
         for append, outcome in plan.outcomes:
             if isinstance(outcome, Exception):
                 append.done.set_exception(outcome)
             else:
                 append.done.set_result(outcome)
+
+    def _landed(self, plan: BatchPlan, error: BaseException) -> Exception | None:
+        """After a connection failure while committing `plan`: None when the batch is stored,
+        else the error its writers get (`CommitNotWritten` or `CommitOutcomeUnknown`)."""
+        if not plan.rows:
+            return CommitOutcomeUnknown(f"the connection failed while committing: {error}")
+        last = plan.rows[-1]
+        deadline = time.monotonic() + self._verify_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if self._storage.landed(last.position, last.hash, max(remaining, 1.0)):
+                    GROUP_COMMIT_VERIFIED.labels("committed").inc()
+                    log.warning(
+                        "the connection failed after a commit was sent; it is stored (%s)", error
+                    )
+                    return None
+                GROUP_COMMIT_VERIFIED.labels("not_written").inc()
+                return CommitNotWritten(f"the commit did not land: {error}")
+            except Exception as asking:
+                if time.monotonic() + 0.2 >= deadline:
+                    GROUP_COMMIT_VERIFIED.labels("unknown").inc()
+                    return CommitOutcomeUnknown(
+                        f"the connection failed while committing ({error}) and the store "
+                        f"could not be asked within {self._verify_timeout:g}s ({asking})"
+                    )
+                time.sleep(0.2)
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """A lost or refused connection (the driver's OperationalError / InterfaceError, or the
+    library's), not a refusal of the statement."""
+    if isinstance(error, OperationalError):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"OperationalError", "InterfaceError"}) and not names & {
+        "IntegrityError",
+        "DataError",
+        "ProgrammingError",
+    }

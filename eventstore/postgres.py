@@ -96,6 +96,28 @@ class PostgresDialect:
             connection.close()
             raise
 
+    def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
+        # The batch connection failed and was closed: this opens the next one. The write lock
+        # first (a batch whose COMMIT the server is still working on ends before it is ours).
+        if self._batch_connection is not None:
+            self._batch_connection.close()
+        connection = self._connect(connect_timeout=max(1, round(timeout)))
+        try:
+            with connection.transaction():
+                connection.execute(f"SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}")
+                connection.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                    (f"eventkeep append {events_table}",),
+                )
+                row = connection.execute(
+                    cast(Any, f"SELECT hash FROM {events_table} WHERE position = %s"),
+                    (position,),
+                ).fetchone()
+        except psycopg.OperationalError:
+            connection.close()
+            raise
+        return row is not None and bytes(row[0]) == hash
+
     @contextmanager
     def schema_database(self) -> Iterator[PostgresSchemaDatabase]:
         with self._datastore.get_connection() as connection:
@@ -114,12 +136,12 @@ class PostgresDialect:
     def json(self, value: Any) -> Any:
         return value  # jsonb arrives parsed
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, **options: Any) -> psycopg.Connection[Any]:
         if self._batch_connection is None or self._batch_connection.closed:
             pool = self._datastore.pool
             pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
             kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
-            self._batch_connection = psycopg.connect(cast(str, pool.conninfo), **kwargs)
+            self._batch_connection = psycopg.connect(cast(str, pool.conninfo), **(kwargs | options))
         return self._batch_connection
 
 

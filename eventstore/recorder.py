@@ -131,6 +131,12 @@ class Dialect(Protocol):
 
     def locked_transaction(self, events_table: str) -> AbstractContextManager[BatchSQL]: ...
 
+    def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
+        """Whether the log has `hash` at `position`, asked on a new connection after taking
+        the log's write lock (a batch still committing has ended); raises when it cannot ask
+        within `timeout` seconds."""
+        ...
+
     def schema_database(self) -> AbstractContextManager[SchemaDatabase]: ...
 
     def close(self) -> None: ...
@@ -210,6 +216,12 @@ class EventRecorder:
         if self.personal_data is not None:
             append = replace(append, events=self.personal_data.seal(append.events))
         return self._committer.append(append)
+
+    def set_commit_timeouts(
+        self, *, result_wait: float | None = None, verify_timeout: float | None = None
+    ) -> None:
+        """See `GroupCommitter.set_timeouts` (the factory sets them from its environment)."""
+        self._committer.set_timeouts(result_wait=result_wait, verify_timeout=verify_timeout)
 
     def close(self) -> None:
         self._committer.close()
@@ -387,6 +399,9 @@ class _BatchStorage:
         with self._recorder.sql.locked_transaction(self._recorder._events) as batch:
             yield _BatchTransaction(self._recorder, batch)
 
+    def landed(self, position: int, hash: bytes, timeout: float) -> bool:
+        return self._recorder.sql.landed(self._recorder._events, position, hash, timeout)
+
 
 class _BatchTransaction:
     def __init__(self, recorder: EventRecorder, batch: BatchSQL) -> None:
@@ -532,6 +547,11 @@ class RecorderFactory:
 
     env: Any
 
+    # Seconds a writer waits for its append's answer (then 503), and seconds the committer
+    # spends finding out whether a batch whose connection failed while committing is stored.
+    COMMIT_RESULT_WAIT = "COMMIT_RESULT_WAIT"
+    COMMIT_VERIFY_TIMEOUT = "COMMIT_VERIFY_TIMEOUT"
+
     def __init__(self, env: Any) -> None:
         super().__init__(env)  # type: ignore[call-arg]  # the library factory (see the class)
         self._made: list[EventRecorder] = []
@@ -544,6 +564,14 @@ class RecorderFactory:
 
     def _keep(self, made: R) -> R:
         recorder = cast(EventRecorder, made)
+        result_wait, verify = (
+            self.env.get(self.COMMIT_RESULT_WAIT),
+            self.env.get(self.COMMIT_VERIFY_TIMEOUT),
+        )
+        recorder.set_commit_timeouts(
+            result_wait=float(result_wait) if result_wait else None,
+            verify_timeout=float(verify) if verify else None,
+        )
         if not self.env_create_table():
             recorder.check_schema()
         if secret := self.env.get(PII_SECRET):

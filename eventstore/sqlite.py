@@ -91,6 +91,11 @@ class SQLiteDialect:
                 raise
             connection.commit()
 
+    def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
+        # One file, one writer at a time: a read sees every committed transaction.
+        rows = self.read(f"SELECT hash FROM {events_table} WHERE position = %s", (position,))
+        return bool(rows) and bytes(rows[0]["hash"]) == hash
+
     @contextmanager
     def schema_database(self) -> Iterator[SQLiteSchemaDatabase]:
         with self._datastore.get_connection(commit=True) as connection:

@@ -18,6 +18,7 @@ from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
 from tests.api.shopping import PRODUCT, USER, create_product, place_order, register
+from tests.conftest_services import POSTGRES_URL, require_env
 
 
 def error(response: Any, status: int, code: str) -> dict[str, Any]:
@@ -160,3 +161,36 @@ def test_unreachable_postgres_is_503(
     response = client.post("/v1/users", json=USER, headers=bearer(Role.client))
     error(response, 503, "STORE_UNAVAILABLE")
     assert "10.0.0.5" not in response.text
+
+
+def test_a_commit_outlasting_the_wait_is_503_commit_outcome_unknown(
+    wiring: Wiring, client: TestClient
+) -> None:
+    """The writer stops waiting while its append is being committed (the log's write lock is
+    held elsewhere): it is told the outcome is unknown, and the append is stored later."""
+    import sqlite3
+    import time
+
+    recorder: Any = wiring.shop.recorder
+    recorder.set_commit_timeouts(result_wait=1)
+    head = recorder.max_notification_id() or 0
+    if wiring.feed is not None:  # embedded: the SQLite file's write lock
+        holder: Any = sqlite3.connect(recorder.sql._datastore.pool.db_name, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        release = holder.rollback
+    else:  # distributed: the advisory lock every append takes
+        holder = psycopg.connect(require_env(POSTGRES_URL), autocommit=True)
+        key = f"eventkeep append {recorder._events}"
+        holder.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        release = lambda: holder.execute("SELECT pg_advisory_unlock_all()")  # noqa: E731
+    try:
+        response = client.post("/v1/products", json=PRODUCT)
+        error(response, 503, "COMMIT_OUTCOME_UNKNOWN")
+        assert response.headers["Retry-After"] == "1"
+    finally:
+        release()
+    deadline = time.monotonic() + 10
+    while (recorder.max_notification_id() or 0) <= head and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (recorder.max_notification_id() or 0) > head  # it was committed after all
+    holder.close()
