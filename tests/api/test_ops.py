@@ -104,6 +104,10 @@ def test_openapi_lists_every_command_and_query_with_the_error_shape(
         ("POST", "/v1/orders/{order_id}/deliver"),
         ("POST", "/v1/orders/{order_id}/cancel"),
         ("POST", "/v1/graphql"),
+        ("POST", "/v1/auth/login"),
+        ("POST", "/v1/auth/refresh"),
+        ("POST", "/v1/auth/logout"),
+        ("POST", "/v1/users/{user_id}/password"),
     }
     register = spec["paths"]["/v1/users"]["post"]
     assert register["responses"]["422"]["content"]["application/json"]["schema"] == {
