@@ -218,7 +218,8 @@ def _grant(
                 f" TO {user}"
             )
         if login.role == "query":
-            statements.append(f"GRANT SELECT ON {_qualified(schema, KEY_TABLE)} TO {user}")
+            if _exists(connection, schema, KEY_TABLE):
+                statements.append(f"GRANT SELECT ON {_qualified(schema, KEY_TABLE)} TO {user}")
             statements += [
                 f"GRANT SELECT ON {_qualified(schema, name)} TO {user}" for name in read_models
             ]
