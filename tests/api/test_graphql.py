@@ -20,6 +20,13 @@ from tests.api.shopping import create_product, pay, place_order, register
 
 pytestmark = pytest.mark.usefixtures("projected")
 
+
+@pytest.fixture(autouse=True)
+def patient(wiring: Wiring) -> None:
+    """The first events through new Kafka topics can take seconds on a busy machine."""
+    wiring.min_position_wait = 15
+
+
 PAGE = """query($q: String, $category: String, $min: String, $max: String,
   $status: ProductStatus, $inStock: Boolean, $sort: ProductSort! = NAME, $first: Int! = 20,
   $after: String) {
