@@ -108,6 +108,11 @@ def test_openapi_lists_every_command_and_query_with_the_error_shape(
         ("POST", "/v1/auth/refresh"),
         ("POST", "/v1/auth/logout"),
         ("POST", "/v1/users/{user_id}/password"),
+        ("POST", "/v1/webhooks"),
+        ("GET", "/v1/webhooks"),
+        ("DELETE", "/v1/webhooks/{webhook_id}"),
+        ("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+        ("POST", "/v1/webhooks/{webhook_id}/redeliver"),
     }
     register = spec["paths"]["/v1/users"]["post"]
     assert register["responses"]["422"]["content"]["application/json"]["schema"] == {
