@@ -44,6 +44,7 @@ from eventkeep.eventstore.migrations import (
     sqlite_connection,
     status,
 )
+from eventkeep.eventstore.pools import check_and_sweep
 
 
 class Role(StrEnum):
@@ -270,6 +271,7 @@ class PostgresApiKeyStore(ApiKeyStore):
             timeout=pool_timeout,
             open=True,
             name="eventkeep-api-keys",
+            check=check_and_sweep,  # dead connections (a PostgreSQL restart) never lent
         )
         try:
             self._open_schema(migrating=migrate)

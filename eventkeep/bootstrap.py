@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -180,7 +180,7 @@ class Eventkeep:
             return None
         from eventkeep.eventstore.circuit import CircuitBreaker
 
-        url = self.settings.postgres_url.get_secret_value()
+        url = cast(str, _merged(self.settings, None))
 
         def probe() -> None:
             with psycopg.connect(url, connect_timeout=1, autocommit=True) as connection:
@@ -259,12 +259,35 @@ def _merged(settings: Settings, role_url: SecretStr | None) -> str | None:
     database and the TLS settings of EVENTKEEP_POSTGRES_URL (and follows it when it moves)."""
     if settings.postgres_url is None:
         return None
-    base = settings.postgres_url.get_secret_value()
-    if role_url is None:
-        return base
-    params = conninfo_to_dict(base)
-    params.update(conninfo_to_dict(role_url.get_secret_value()))
-    return make_conninfo(**{key: str(value) for key, value in params.items()})
+    params = conninfo_to_dict(settings.postgres_url.get_secret_value())
+    if role_url is not None:
+        params.update(conninfo_to_dict(role_url.get_secret_value()))
+    return make_conninfo(**bounded_connection(settings, params))
+
+
+def bounded_connection(settings: Settings, params: dict[str, Any]) -> dict[str, str]:
+    """Connection parameters with bounded waits (those the URL does not set itself): connect
+    timeout, TCP keepalives and TCP_USER_TIMEOUT on the client's socket, and the same asked of
+    the server for its end (a frozen client's session, and its advisory locks, end too)."""
+    keepalive = settings.postgres_keepalive_seconds
+    interval = max(1, keepalive // 3)
+    user_timeout = int(settings.postgres_tcp_user_timeout * 1000)
+    bounded: dict[str, Any] = {
+        "connect_timeout": settings.postgres_connect_timeout,
+        "keepalives": 1,
+        "keepalives_idle": keepalive,
+        "keepalives_interval": interval,
+        "keepalives_count": 3,
+        "tcp_user_timeout": user_timeout,
+    }
+    server = (
+        f"-c tcp_keepalives_idle={keepalive} -c tcp_keepalives_interval={interval}"
+        f" -c tcp_keepalives_count=3 -c tcp_user_timeout={user_timeout}"
+        f" -c client_connection_check_interval={min(user_timeout, keepalive * 1000)}"
+    )
+    merged = bounded | params
+    merged["options"] = f"{server} {params['options']}" if params.get("options") else server
+    return {key: str(value) for key, value in merged.items()}
 
 
 def _user(url: str | None) -> str | None:
@@ -310,7 +333,7 @@ def build_read_models(settings: Settings, *, postgres_url: str | None = None) ->
         settings.home.mkdir(parents=True, exist_ok=True)
         models = ReadModels.open(sqlite_path=settings.home / "readmodels.db")
     else:
-        url = postgres_url or settings.postgres_url.get_secret_value()
+        url = postgres_url or _merged(settings, None)
         models = ReadModels.open(postgres_url=url)
     models.migrate()
     return models
@@ -383,7 +406,7 @@ def build_key_store(settings: Settings, *, postgres_url: str | None = None) -> A
             settings.home / "api_keys.db", cache_seconds=settings.key_cache_seconds
         )
     return PostgresApiKeyStore(
-        postgres_url or settings.postgres_url.get_secret_value(),
+        postgres_url or cast(str, _merged(settings, None)),
         cache_seconds=settings.key_cache_seconds,
         pool_timeout=settings.pool_timeout,
     )
@@ -418,7 +441,7 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
             "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
             "SQLITE_DBNAME": str(settings.home / "events.db"),
         }
-    url = conninfo_to_dict(postgres_url or settings.postgres_url.get_secret_value())
+    url = conninfo_to_dict(postgres_url or cast(str, _merged(settings, None)))
     # The URL's other parameters (TLS: sslmode, sslrootcert, sslcert, sslkey…) reach every
     # connection of the store through the factory (eventstore/postgres.py).
     options = {k: str(v) for k, v in url.items() if k not in _LIBRARY_PARAMETERS}
@@ -433,4 +456,8 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         "POSTGRES_PASSWORD": str(url.get("password", "")),
         "POSTGRES_POOL_SIZE": str(settings.pool_size),
         "POSTGRES_CONNECT_TIMEOUT": str(settings.pool_timeout),
+        # Pooled connections are checked before use (a dead one is dropped and replaced),
+        # and the group committer's lock and statements are bounded.
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_LOCK_TIMEOUT": str(max(1, round(settings.postgres_statement_timeout))),
     }

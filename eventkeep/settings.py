@@ -188,6 +188,29 @@ class Settings(BaseSettings):
         description="After PostgreSQL was found unreachable, commands fail at once (503 "
         "STORE_UNAVAILABLE) for this long while a background probe checks it again.",
     )
+    postgres_connect_timeout: int = Field(
+        default=5,
+        ge=1,
+        description="Seconds a new PostgreSQL connection may take (every connection).",
+    )
+    postgres_keepalive_seconds: int = Field(
+        default=10,
+        ge=1,
+        description="Idle seconds before TCP keepalive probes, on both ends of every "
+        "PostgreSQL connection (probes every third of it, 3 unanswered: the connection is dead).",
+    )
+    postgres_tcp_user_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds sent data may stay unacknowledged before the connection is dropped "
+        "(TCP_USER_TIMEOUT, both ends of every PostgreSQL connection): a silent network fails.",
+    )
+    postgres_statement_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="The group committer's statement and lock timeout (seconds): a batch never "
+        "waits longer for the log's write lock or for one of its statements.",
+    )
     commit_wait_seconds: float = Field(
         default=30.0,
         gt=0,

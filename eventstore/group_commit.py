@@ -385,7 +385,9 @@ class GroupCommitter:
             append = self._queue.get()
         return append
 
-    def _commit(self, batch: list[Append]) -> None:
+    def _commit(self, batch: list[Append], *, again: bool = True) -> None:
+        """Commits `batch`; `again`: a connection that fails before anything was sent is
+        replaced once (a connection the server dropped while idle, e.g. at its restart)."""
         started = time.monotonic()
         GROUP_COMMIT_BATCH.observe(len(batch))
         for append in batch:
@@ -412,6 +414,9 @@ class GroupCommitter:
                     self._answer(plan)
                     return
                 failure = verdict
+            elif _is_connection_error(error) and again and not sent:
+                self._commit(batch, again=False)
+                return
             elif _is_connection_error(error):
                 failure = CommitNotWritten(f"nothing was written: {error}")
                 failure.__cause__ = error

@@ -31,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
+from eventkeep.eventstore.pools import check_and_sweep
 from eventkeep.eventstore.recorder import (
     ColumnType,
     EventRecorder,
@@ -83,6 +84,10 @@ class PostgresDialect:
         connection = self._connect()
         try:
             with connection.pipeline(), connection.transaction():
+                if timeout := self._datastore.lock_timeout:  # POSTGRES_LOCK_TIMEOUT, seconds
+                    # Bounded: the wait for the log's write lock and each statement.
+                    connection.execute(f"SET LOCAL lock_timeout = '{int(timeout)}s'")
+                    connection.execute(f"SET LOCAL statement_timeout = '{int(timeout)}s'")
                 # The log's write lock: a transaction-level advisory lock of its own key, not
                 # LOCK TABLE, which PostgreSQL 15 grants only to roles that may UPDATE, DELETE
                 # or TRUNCATE the table (the writer role may only INSERT: eventstore/roles.py).
@@ -275,6 +280,8 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
         if options := self.env.get(self.POSTGRES_CONNINFO):
             pool_kwargs = cast(dict[str, Any], self.datastore.pool.kwargs)  # not yet opened
             pool_kwargs.update(conninfo_to_dict(options))
+        if self.datastore.pre_ping:  # POSTGRES_PRE_PING: the library's pool checks, we sweep
+            self.datastore.pool._check = check_and_sweep  # the pool's check (not yet opened)
 
 
 Factory = PostgresFactory

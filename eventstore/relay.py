@@ -10,7 +10,12 @@
 - After each batch, a watermark message on every partition (`projections/kafka_feed.py`
   explains how projectors turn them into a position for read-your-writes).
 - One active relay: the one holding a PostgreSQL advisory lock on its own connection. Others
-  stand by and take over when that connection dies with its process.
+  stand by and take over when that connection dies with its process. The active relay sends a
+  heartbeat on that connection every `heartbeat` seconds; a standby that finds the lock's
+  session silent for `lease_seconds` (a frozen process or network: its TCP connection may look
+  alive for hours) ends that session (`pg_terminate_backend`, allowed between sessions of the
+  same role) and takes the lock. The cursor is fenced: it only ever moves forward, so a former
+  leader that wakes up cannot move it back.
 - Kafka unreachable: commands keep succeeding (the log is the outbox); the relay backs off,
   recreates its producer and resumes from its cursor.
 """
@@ -54,6 +59,8 @@ class RelaySettings:
     batch_size: int = 1000
     poll_interval: float = 0.02  # the log is polled this often when idle: P2's latency floor
     max_backoff: float = 5.0
+    heartbeat: float = 2.0  # the active relay's heartbeat on its lock's connection
+    lease_seconds: float = 15.0  # a lock's session silent this long is ended by a standby
     # Plaintext unless the settings name a CA (eventstore/kafka_tls.py).
     tls: KafkaTLS = field(default_factory=KafkaTLS)
 
@@ -94,9 +101,12 @@ class RelayCursor:
         return row[0] if row else 0
 
     def save(self, position: int) -> None:
+        """Moves the cursor to `position` if that is forward (a former leader's late save of
+        an older position changes nothing)."""
         self._connection.execute(
             "INSERT INTO eventkeep_relay_cursor (name, position) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
+            " WHERE eventkeep_relay_cursor.position < EXCLUDED.position",
             (self._name, position),
         )
 
@@ -126,12 +136,17 @@ class Relay:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(self._postgres_url, autocommit=True) as connection:
-                    if not self._lead(connection, self._settings.topic_prefix):
+                    if not self._lead(connection, self._settings):
                         self.stopping.wait(self._settings.poll_interval * 5)
                         continue
                     self.is_active.set()
                     RELAY_ACTIVE.set(1)
                     log.info("relay active")
+                    heartbeat = threading.Thread(
+                        target=self._heartbeat, args=(connection,), name="relay-heartbeat"
+                    )
+                    heartbeat.daemon = True
+                    heartbeat.start()
                     self._publish_until_stopped(
                         RelayCursor(connection, self._settings.topic_prefix)
                     )
@@ -146,12 +161,43 @@ class Relay:
                 RELAY_ACTIVE.set(0)
 
     @staticmethod
-    def _lead(connection: psycopg.Connection[Any], prefix: str) -> bool:
-        """One relay per topic prefix: the holder of this session-level lock."""
-        row = connection.execute(
-            "SELECT pg_try_advisory_lock(hashtext(%s))", (f"{RELAY_LOCK} {prefix}",)
+    def _lead(connection: psycopg.Connection[Any], settings: RelaySettings) -> bool:
+        """One relay per topic prefix: the holder of this session-level lock. A holder whose
+        session has been silent for `lease_seconds` is ended first."""
+        key = f"{RELAY_LOCK} {settings.topic_prefix}"
+        row = connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+        if row and row[0]:
+            return True
+        # The lock's holder, if its session has been idle (no heartbeat) for the lease. A
+        # one-key advisory lock shows its key's high and low 32 bits as classid and objid.
+        silent = connection.execute(
+            "WITH k AS (SELECT hashtext(%s)::bigint AS v)"
+            " SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid, k"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.classid = ((k.v >> 32) & 4294967295)::oid"
+            " AND l.objid = (k.v & 4294967295)::oid"
+            " AND a.state <> 'active' AND a.state_change < now() - make_interval(secs => %s)",
+            (key, settings.lease_seconds),
         ).fetchone()
+        if silent is None:
+            return False
+        log.warning(
+            "the active relay (backend %s) has been silent for %.0fs: ending its session",
+            silent[0],
+            settings.lease_seconds,
+        )
+        connection.execute("SELECT pg_terminate_backend(%s, 5000)", (silent[0],))
+        row = connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
         return bool(row and row[0])
+
+    def _heartbeat(self, connection: psycopg.Connection[Any]) -> None:
+        """Keeps the lock's session visibly alive while this relay is active."""
+        while self.is_active.is_set() and not self.stopping.wait(self._settings.heartbeat):
+            try:
+                connection.execute("SELECT 1")
+            except Exception:  # the relay's loop finds out on its own connection use
+                return
 
     def _publish_until_stopped(self, cursor: RelayCursor) -> None:
         """Follows the log from the durable cursor; a batch is saved as sent only once Kafka

@@ -15,6 +15,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from eventkeep.eventstore.pools import check_and_sweep
+
 
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
@@ -91,6 +93,7 @@ class PostgresDatabase:
             timeout=timeout,
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
+            check=check_and_sweep,  # dead connections (a PostgreSQL restart) never lent
         )
 
     @contextmanager

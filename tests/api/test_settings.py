@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from eventkeep.api.keys import SqliteApiKeyStore
@@ -75,6 +76,8 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
         **PERSONAL,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "COMMIT_RESULT_WAIT": "30.0",
+        "COMMIT_VERIFY_TIMEOUT": "10.0",
     }
     assert secret
     assert isinstance(build_key_store(settings), SqliteApiKeyStore)
@@ -88,7 +91,19 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         claim_secret=SECRET,
         pool_size=7,
     )
-    assert shop_env(settings) == {
+    env = shop_env(settings)
+    # Bounded waits on both ends of the connection (eventkeep.bootstrap.bounded_connection).
+    assert conninfo_to_dict(env.pop("POSTGRES_CONNINFO")) == {
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "3",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "20000",
+        "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3"
+        " -c tcp_keepalives_count=3 -c tcp_user_timeout=20000"
+        " -c client_connection_check_interval=10000",
+    }
+    assert env == {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.postgres",
         "POSTGRES_DBNAME": "shop",
         "POSTGRES_HOST": "db.internal",
@@ -97,9 +112,13 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "POSTGRES_PASSWORD": "p@ss:word",
         "POSTGRES_POOL_SIZE": "7",
         "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_LOCK_TIMEOUT": "30",
         "MAPPER_TOPIC": "eventkeep.eventstore.mapper:EnvelopeMapper",
         "PII_SECRET": SECRET,
         **PERSONAL,
         "AGGREGATE_CACHE_MAXSIZE": "10000",
         "AGGREGATE_CACHE_FASTFORWARD": "y",
+        "COMMIT_RESULT_WAIT": "30.0",
+        "COMMIT_VERIFY_TIMEOUT": "10.0",
     }
