@@ -345,7 +345,7 @@ def build_cache(settings: Settings) -> Cache:
         return NoCache()
     from eventkeep.projections.redis_cache import RedisCache
 
-    return RedisCache(settings.redis_url.get_secret_value())
+    return RedisCache(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout)
 
 
 def relay_settings(settings: Settings) -> RelaySettings:
@@ -357,6 +357,7 @@ def relay_settings(settings: Settings) -> RelaySettings:
         topic_prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
         tls=kafka_tls(settings),
+        request_timeout=settings.kafka_request_timeout,
     )
 
 

@@ -211,6 +211,20 @@ class Settings(BaseSettings):
         description="The group committer's statement and lock timeout (seconds): a batch never "
         "waits longer for the log's write lock or for one of its statements.",
     )
+    kafka_request_timeout: float = Field(
+        default=7.0,
+        gt=6.0,
+        le=300,
+        description="Seconds a Kafka request may take (relay, projector, topic creation; more "
+        "than the projectors' 6 s session timeout); then the client retries on a new connection.",
+    )
+    redis_timeout: float = Field(
+        default=0.2,
+        gt=0,
+        le=30,
+        description="Seconds a Redis connect or request of the read-model cache may take; then "
+        "the read goes to the read models (a slow Redis never slows a query more than this).",
+    )
     commit_wait_seconds: float = Field(
         default=30.0,
         gt=0,

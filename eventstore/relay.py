@@ -61,6 +61,9 @@ class RelaySettings:
     max_backoff: float = 5.0
     heartbeat: float = 2.0  # the active relay's heartbeat on its lock's connection
     lease_seconds: float = 15.0  # a lock's session silent this long is ended by a standby
+    # Seconds a Kafka request (and a producer's wait for metadata or buffer room) may take;
+    # a consumer's must exceed its 6 s session timeout (EVENTKEEP_KAFKA_REQUEST_TIMEOUT).
+    request_timeout: float = 7.0
     # Plaintext unless the settings name a CA (eventstore/kafka_tls.py).
     tls: KafkaTLS = field(default_factory=KafkaTLS)
 
@@ -244,8 +247,8 @@ class Relay:
             enable_idempotence=True,
             linger_ms=5,
             max_in_flight_requests_per_connection=5,
-            request_timeout_ms=10_000,
-            max_block_ms=10_000,
+            request_timeout_ms=int(self._settings.request_timeout * 1000),
+            max_block_ms=int(self._settings.request_timeout * 1000),
             **self._settings.tls.options(),
         )
 
@@ -282,7 +285,9 @@ def discard_producer(producer: KafkaProducer, *, timeout: float) -> None:
 def ensure_topics(settings: RelaySettings) -> None:
     """Creates the stream-type topics with the fixed partition count, if missing."""
     admin = KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap, request_timeout_ms=10_000, **settings.tls.options()
+        bootstrap_servers=settings.bootstrap,
+        request_timeout_ms=int(settings.request_timeout * 1000),
+        **settings.tls.options(),
     )
     try:
         existing = set(admin.list_topics())

@@ -109,7 +109,7 @@ class KafkaProjector:
             # connection is given up after 7 s instead of the default 30.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
-            request_timeout_ms=7000,
+            request_timeout_ms=int(self._settings.request_timeout * 1000),
             **self._settings.tls.options(),
         )
         try:

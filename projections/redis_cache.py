@@ -53,9 +53,12 @@ return 1
 
 
 class RedisCache:
-    def __init__(self, url: str, *, namespace: str = "eventkeep:rm") -> None:
+    def __init__(self, url: str, *, namespace: str = "eventkeep:rm", timeout: float = 0.2) -> None:
         self._url = url
-        self._redis = redis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        self._timeout = timeout  # connect and each request (EVENTKEEP_REDIS_TIMEOUT)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         self._async_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, redis.asyncio.Redis
         ] = weakref.WeakKeyDictionary()
@@ -74,7 +77,7 @@ class RedisCache:
         client = self._async_clients.get(loop)
         if client is None:
             client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
-                self._url, socket_timeout=0.2, socket_connect_timeout=0.2
+                self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
             )
         try:
             return _row(await client.get(self._key(generation, kind, row_id)))
