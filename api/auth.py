@@ -88,6 +88,21 @@ async def _verified(wiring: Any, presented: str) -> ApiKey | None:
     )
 
 
+async def caller(wiring: Any, presented: str) -> ApiKey | None:
+    """Who `presented` (an API key or a customer's access token) stands for; None when no one."""
+    return await _verified(wiring, presented)
+
+
+_KEY_ACTIVE = "SELECT revoked FROM api_keys WHERE id = %s"
+
+
+async def key_is_active(wiring: Any, key: ApiKey) -> bool:
+    """Whether the API key is still active, asked of the key store itself (not the cache of
+    recently verified keys, which another process's revocation does not reach)."""
+    rows = await run_in_threadpool(wiring.keys.execute, [(_KEY_ACTIVE, (key.id,))])
+    return bool(rows) and not rows[0][0]
+
+
 async def _known_key(wiring: Any, presented: str) -> bool:
     return await _verified(wiring, presented) is not None
 

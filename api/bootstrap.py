@@ -44,6 +44,7 @@ class Wiring:
     min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
     poller: PolledProgress | None = None  # the distributed mode's read-model progress
     max_in_flight: int = 0  # requests answered at once; more are refused with 503 (0: any)
+    max_streams_per_key: int = 8  # open WS /v1/stream per key in a process; more: 4429
     breaker: CircuitBreaker | None = None  # the distributed mode's, around the write store
     cache_ping: Callable[[], object] | None = None  # Redis, when the cache is there
     accounts: Accounts | None = None  # customers' logins (api/accounts.py)
@@ -106,6 +107,7 @@ def wire(settings: Settings) -> Wiring:
             cache_seconds=settings.key_cache_seconds,
         ),
         max_in_flight=settings.max_in_flight,
+        max_streams_per_key=settings.max_streams_per_key,
         breaker=breaker,
         cache_ping=system.cache_ping(),
     )

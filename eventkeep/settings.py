@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         description="Largest request line and headers together, in bytes: beyond it, 431 "
         "(the server stops buffering an unfinished head at this size too).",
     )
+    max_streams_per_key: int = Field(
+        default=8,
+        ge=1,
+        description="Open WS /v1/stream connections one key may hold in an API process; one "
+        "more is closed with 4429.",
+    )
     max_in_flight: int = Field(
         default=64,
         ge=0,
