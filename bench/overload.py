@@ -222,7 +222,6 @@ def overload(
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run infra/bench-tools")
-    from eventkeep.api.keys import Role
     from eventkeep.bootstrap import build
     from eventkeep.settings import Settings
 
@@ -238,9 +237,9 @@ def overload(
     if max_in_flight is not None:
         env["EVENTKEEP_MAX_IN_FLIGHT"] = str(max_in_flight)
     settings = Settings(home=Path(env["EVENTKEEP_HOME"]))
+    client_key = _new_key(env, "client")
+    admin_key = _new_key(env, "admin")  # for the server's /metrics
     with build(settings, role="bench") as system:
-        client_key = system.keys.create(Role.client, "bench overload").secret_key
-        admin_key = system.keys.create(Role.admin, "bench overload metrics").secret_key
         head_before = system.recorder.max_notification_id() or 0
     server = subprocess.Popen(
         [sys.executable, "-m", "eventkeep", "serve", "--workers", str(workers)],
@@ -315,6 +314,18 @@ def overload(
         "events_stored": stored,
         "nothing_acknowledged_lost": stored >= acknowledged,
     }
+
+
+def _new_key(env: dict[str, str], role: str) -> str:
+    """A key made by `eventkeep keys create` (it prints the key alone on its last line)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "eventkeep", "keys", "create", "--role", role, "--name", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
 
 
 def _wait_ready(base: str, server: subprocess.Popen[bytes]) -> None:

@@ -77,9 +77,13 @@ def metrics(request: Request) -> Response:
     and each read model's position and lag read now."""
     wiring = request.app.state.wiring
     queries = wiring.queries
-    lag = LagCollector(
-        wiring.shop.recorder.max_notification_id,
-        lambda: {name: queries.position(name) for name in queries.names},
-    )
+    recorder, breaker = wiring.shop.recorder, wiring.breaker
+
+    def head() -> int | None:
+        if breaker is not None:
+            breaker.check()  # PostgreSQL just found out of reach: no scrape waits for it
+        return recorder.max_notification_id()
+
+    lag = LagCollector(head, lambda: {name: queries.position(name) for name in queries.names})
     registry = scrape_registry(own=[request.app.state.metrics.registry], live=[lag])
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

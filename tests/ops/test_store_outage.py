@@ -179,6 +179,12 @@ def test_postgres_unreachable_commands_fail_fast_and_queries_still_answer(
         still = client.get(f"/v1/users/{user_id}")
         assert still.status_code == 200, still.text
         assert still.json()["email"] == USER["email"]
+        # A scrape does not wait for PostgreSQL either: it answers without the log's head.
+        admin = {"Authorization": f"Bearer {outage_wiring.keys.create(Role.admin, 'a').secret_key}"}
+        scraped, scrape_took = _timed(lambda: client.get("/metrics", headers=admin))
+        assert scraped.status_code == 200
+        assert "eventkeep_store_circuit_open 1.0" in scraped.text
+        assert scrape_took < 1.0, scrape_took
         ready = client.get("/readyz")
         assert ready.status_code == 503
         parts = ready.json()["error"]["details"]["parts"]
