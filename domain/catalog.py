@@ -32,5 +32,7 @@ def stream_type_of(event_class: type) -> str:
 PERSONAL_FIELDS: dict[str, frozenset[str]] = {
     "UserRegistered": frozenset({"email", "first_name", "last_name", "full_name"}),
     "UserEmailChanged": frozenset({"email"}),
+    # Free text about a user may name people (a relative, a phone number): sealed like the rest.
+    "UserDeactivated": frozenset({"reason"}),
 }
 ERASING_EVENT = "UserPersonalDataErased"

@@ -78,6 +78,8 @@ class User(Aggregate):
         self._email_changed(valid_email(email))
 
     def deactivate(self, reason: str) -> None:
+        if self.erased:  # the reason is personal data, sealed with the key erasure deleted
+            raise PersonalDataErased("the user's personal data was erased", user_id=str(self.id))
         if not self.active:
             raise UserNotActive("the user is already deactivated", user_id=str(self.id))
         self._deactivated(plain_text(reason, "reason", multiline=True))

@@ -121,7 +121,9 @@ class Shop(RuleBasedStateMachine):
     @rule(data=st.data())
     def deactivate_user(self, data: st.DataObject) -> None:
         user = self.users[data.draw(st.sampled_from(list(self.users)))]
-        if user.active:
+        if user.erased:  # its reason would be personal data, and the key to seal it is gone
+            refused(lambda: user.deactivate("again"), (PersonalDataErased,), *self.everything())
+        elif user.active:
             user.deactivate("asked to")
             assert not user.active
         else:

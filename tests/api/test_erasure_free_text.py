@@ -1,0 +1,56 @@
+"""Free text about a user is personal data: a deactivation's reason is sealed with the user's
+data key (never stored in plaintext), readable until the erasure, null after it; an erased
+user cannot be deactivated (there is no key left to seal a reason with)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.keys import Role
+from tests.api.shopping import answer, register
+
+
+def ok(response: Any) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+REASON = "moved in with Grace Hopper, call +44 20 7946 0958"
+
+
+def stored_bytes(wiring: Wiring, home: Path) -> bytes:
+    """Everything the event store holds, raw: its files, or its PostgreSQL table's rows."""
+    if wiring.feed is not None:
+        return b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    table = wiring.shop.recorder.events_table_name
+    with psycopg.connect(os.environ["EVENTKEEP_POSTGRES_URL"]) as connection:
+        rows = connection.execute(f"SELECT t::text FROM {table} t").fetchall()
+    return "".join(row[0] for row in rows).encode()
+
+
+def test_a_deactivation_reason_is_sealed_and_erased_with_the_user(
+    client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]], tmp_path: Path
+) -> None:
+    user = register(client, "grace@example.com")
+    base = f"/v1/users/{user['id']}"
+    answer(client.post(f"{base}/deactivate", json={"reason": REASON}))
+    auditor = bearer(Role.auditor)
+    history = f"/v1/audit/streams/{user['id']}/events"
+
+    assert ok(client.get(history, headers=auditor))["items"][-1]["data"]["reason"] == REASON
+    assert REASON.encode() not in stored_bytes(wiring, tmp_path / "home")
+
+    answer(client.post(f"{base}/reactivate"))
+    answer(client.delete(f"{base}/personal-data", headers=bearer(Role.admin)))
+    events = ok(client.get(history, headers=auditor))["items"]
+    assert [e["data"]["reason"] for e in events if e["event_type"] == "UserDeactivated"] == [None]
+    refused = client.post(f"{base}/deactivate", json={"reason": "again"})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "PERSONAL_DATA_ERASED"
