@@ -10,12 +10,13 @@ The processes connect as their own login roles, each with only what it needs:
                destroyed on erasure); idempotency records: SELECT, INSERT; the key store's
                tables (api_keys, the customers' credentials and sessions): SELECT, INSERT,
                UPDATE, DELETE (the API's door and admin routes, `eventkeep keys`)
-    relay      the log: SELECT; its cursor table: SELECT, INSERT, UPDATE
-    projector  the log: SELECT (gap filling, rebuilds); may CREATE tables in the schema: it
-               owns the read-model tables it creates, and what it creates is readable by the
-               query role (default privileges); existing read-model tables: read and write
+    relay      the log and its data keys: SELECT; its cursor table: SELECT, INSERT, UPDATE
+    projector  the log and its data keys: SELECT (gap filling, rebuilds); may CREATE tables
+               in the schema: it owns the read-model tables it creates, and what it creates is
+               readable by the query role (default privileges); existing read-model tables:
+               read and write
     query      the read models: SELECT; api_keys: SELECT (the API checks keys)
-    auditor    the log: SELECT
+    auditor    the log and its data keys: SELECT
 
 Every role may read the schema-version table (a process checks that the schema is not newer
 than its code) and nothing else. None owns the log, so none can drop, alter, disable the
@@ -64,10 +65,11 @@ _EVENT_STORE_GRANTS: dict[RoleName, dict[str, str]] = {
         "_idempotency": "SELECT, INSERT",
         "_data_keys": "SELECT, INSERT, UPDATE, DELETE",
     },
-    "relay": {"": "SELECT"},
-    "projector": {"": "SELECT"},
+    # Readers of the log read the data keys too: the store opens personal data as it reads.
+    "relay": {"": "SELECT", "_data_keys": "SELECT"},
+    "projector": {"": "SELECT", "_data_keys": "SELECT"},
     "query": {},
-    "auditor": {"": "SELECT"},
+    "auditor": {"": "SELECT", "_data_keys": "SELECT"},
 }
 
 

@@ -44,7 +44,15 @@ def embedded_settings(home: Path) -> Settings:
 
 
 def distributed_settings(home: Path) -> Settings:
-    return Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret=TEST_SECRET)
+    settings = Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret=TEST_SECRET)
+    # Tests rebuild and extend the read models through the wiring's own (one process doing
+    # both, as in the embedded mode): its read side connects as the projector, which may. The
+    # query role's refusals are shown by tests/eventstore/test_roles.py.
+    if settings.postgres_projector_url is not None:
+        settings = settings.model_copy(
+            update={"postgres_query_url": settings.postgres_projector_url}
+        )
+    return settings
 
 
 def embedded_wiring(home: Path) -> Wiring:
