@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from eventkeep.domain.errors import DomainError
 from eventkeep.eventstore.group_commit import CommitOutcomeUnknown
+from eventkeep.projections.readmodel import StreamQuarantined
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "STORE_UNAVAILABLE": 503,
     "COMMIT_OUTCOME_UNKNOWN": 503,
     "PROJECTION_BEHIND": 503,
+    "STREAM_QUARANTINED": 503,
 }
 # A domain error whose code is not above broke a business rule the request could not express.
 DOMAIN_RULE_STATUS = 422
@@ -179,6 +181,23 @@ async def _close_websocket(connection: HTTPConnection, exc: Exception) -> None:
         await websocket.close(code=1011, reason="event store unavailable")
 
 
+async def _stream_quarantined(connection: HTTPConnection, exc: Exception) -> Response | None:
+    """A read of a stream whose events a projection set aside: its row is not current."""
+    assert isinstance(exc, StreamQuarantined)
+    if connection.scope["type"] == "websocket":
+        websocket = cast(WebSocket, connection)
+        with suppress(RuntimeError):
+            await websocket.close(code=1011, reason="stream quarantined")
+        return None
+    return error_response(
+        "STREAM_QUARANTINED",
+        f"Events of this stream could not be applied to the {exc.projection} read model and"
+        " are quarantined (`eventkeep replay quarantine list`): its current state cannot be"
+        " shown until they are retried.",
+        exc.details,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(DomainError, _domain_error)
@@ -188,6 +207,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # Typed for both connection kinds (Starlette's types take one or the other).
         app.add_exception_handler(error_type, cast(Any, _store_unavailable))
     app.add_exception_handler(CommitOutcomeUnknown, cast(Any, _commit_outcome_unknown))
+    app.add_exception_handler(StreamQuarantined, cast(Any, _stream_quarantined))
 
 
 class LastResortErrors:

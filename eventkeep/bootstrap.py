@@ -165,7 +165,11 @@ class Eventkeep:
         return build_relay(self.settings, self.shop)
 
     def projector(self) -> KafkaProjector:
-        return build_projector(self.settings, self.read_models)
+        from eventkeep.projections.log_feed import fill_from
+
+        # Gaps are filled, and a feed Kafka can no longer give is caught up, from the store.
+        self.read_models.fill = fill_from(self.recorder)
+        return build_projector(self.settings, self.read_models, store=self.recorder)
 
     def check(self) -> None:
         """Reaches the event store and the key store now, so that one out of reach is found
@@ -391,11 +395,17 @@ def build_relay(settings: Settings, shop: Shop) -> Relay:
     return Relay(event_recorder(shop), url, relay_settings(settings))
 
 
-def build_projector(settings: Settings, models: ReadModels) -> KafkaProjector:
+def build_projector(
+    settings: Settings, models: ReadModels, *, store: EventRecorder | None = None
+) -> KafkaProjector:
     from eventkeep.projections.kafka_feed import KafkaProjector
 
     return KafkaProjector(
-        models, build_cache(settings), relay_settings(settings), group=settings.projector_group
+        models,
+        build_cache(settings),
+        relay_settings(settings),
+        group=settings.projector_group,
+        store=store,
     )
 
 

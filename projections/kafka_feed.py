@@ -24,10 +24,13 @@ import psycopg
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
-from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.readmodels import LOG, ReadModels
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +44,27 @@ def watermark_key(partition: TopicPartition) -> str:
 
 
 class _StartFromStoredOffsets(ConsumerRebalanceListener):
-    def __init__(self, consumer: KafkaConsumer, models: ReadModels) -> None:
+    def __init__(self, consumer: KafkaConsumer, projector: KafkaProjector) -> None:
         self._consumer = consumer
-        self._models = models
+        self._projector = projector
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         pass
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Each partition from the earliest offset any read model stored for it (the others
-        skip what they already hold, by stream version)."""
-        progress = self._models.progress_by_name().values()
+        skip what they already hold, by stream version); paused until the projector has
+        checked that Kafka still holds that offset (`account_for`: this callback runs in
+        the client's IO thread, which may not ask the brokers)."""
+        models = self._projector.models
+        progress = models.progress_by_name().values()
         for partition in assigned:
             key = offset_key(partition)
             offset = min((p[key] for p in progress if key in p), default=None)
-            if offset is None:
-                self._consumer.seek_to_beginning(partition)
-            else:
-                self._consumer.seek(partition, offset)
+            self._consumer.seek(partition, offset or 0)
+            self._projector.pending[partition] = offset
+        if assigned:
+            self._consumer.pause(*assigned)
         log.info("projecting partitions %s", sorted((p.topic, p.partition) for p in assigned))
 
 
@@ -71,17 +77,79 @@ class KafkaProjector:
         *,
         group: str,
         batch_size: int = 2000,
+        store: GlobalLog | None = None,
     ) -> None:
         self._models = models
+        self._store = store  # the event store: catch-ups Kafka cannot give
         self._cache = cache
         self._settings = settings
         self._group = group
         self._batch_size = batch_size
         self.stopping = threading.Event()
         self.applied = 0  # events applied by this process, for benchmarks and logs
+        # Partitions just assigned, with their stored offset, not yet accounted for.
+        self.pending: dict[TopicPartition, int | None] = {}
+
+    @property
+    def models(self) -> ReadModels:
+        return self._models
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def account_for(self, consumer: KafkaConsumer) -> None:
+        """Resumes the partitions just assigned: each from its stored offset when Kafka still
+        holds it. A partition with no stored offset (a new group), or whose stored offset is
+        below its beginning (records removed by retention), is never read from wherever
+        Kafka starts: its end offset is taken first, then the read models follow the event
+        store from their own position to its head (every event published before that end is
+        at or below it), then the partition is read from that end (anything older is
+        skipped by stream version)."""
+        pending: dict[TopicPartition, int | None] = {}
+        while self.pending:  # popped one by one: the IO thread may add to it meanwhile
+            partition, offset = self.pending.popitem()
+            pending[partition] = offset
+        pending = {p: o for p, o in pending.items() if p in consumer.assignment()}
+        if not pending:
+            return
+        beginning = consumer.beginning_offsets(list(pending))
+        unaccounted = [
+            p for p, offset in pending.items() if offset is None or offset < beginning[p]
+        ]
+        if unaccounted:
+            self.catch_up_from_store(consumer, unaccounted)
+        consumer.resume(*pending)
+
+    def catch_up_from_store(
+        self, consumer: KafkaConsumer, partitions: Sequence[TopicPartition]
+    ) -> None:
+        """See `account_for`."""
+        ends = consumer.end_offsets(list(partitions))
+        if self._store is None:  # no store to catch up from: Kafka's oldest, said loudly
+            log.error("no event store: partitions %s read from Kafka's oldest", partitions)
+            for partition in partitions:
+                consumer.seek_to_beginning(partition)
+            return
+        start = self._models.position()
+        follower = LogFollower(self._store, start, batch_size=self._batch_size)
+        applied = 0
+        for events in follower.batches(live=False):
+            envelopes = [upcast(to_envelope(event)) for event in events]
+            self._cache.forget(self._models.apply(envelopes, {LOG: events[-1].id}))
+            follower.advance_to(events[-1].id)
+            applied += len(envelopes)
+        self._models.apply([], {offset_key(p): ends[p] for p in partitions})
+        for partition in partitions:
+            consumer.seek(partition, ends[partition])
+        log.warning(
+            "partitions %s: stored offsets not in Kafka (a new group or records removed by"
+            " retention); %d events caught up from the event store after position %d, Kafka"
+            " read on from offsets %s",
+            sorted((p.topic, p.partition) for p in partitions),
+            applied,
+            start,
+            {f"{p.topic}:{p.partition}": ends[p] for p in partitions},
+        )
 
     def run(self) -> None:
         """Consume until stopped; Kafka or PostgreSQL errors are retried, the group re-joined
@@ -98,11 +166,15 @@ class KafkaProjector:
 
     def _consume_until_stopped(self) -> None:
         ensure_topics(self._settings)
+        self.pending.clear()
         consumer = KafkaConsumer(
             bootstrap_servers=self._settings.bootstrap,
             group_id=self._group,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # Never a silent reset: an offset out of range (records removed by retention while
+            # this projector lagged) raises, and the re-joined consumer catches up from the
+            # store (on_partitions_assigned).
+            auto_offset_reset="none",
             max_poll_records=self._batch_size,
             fetch_max_bytes=64 * 1024 * 1024,
             # Short timeouts: after a broker restart, a request left hanging on a dead
@@ -114,10 +186,11 @@ class KafkaProjector:
         )
         try:
             topics = [self._settings.topic(t) for t in STREAM_TYPES]
-            consumer.subscribe(topics, listener=_StartFromStoredOffsets(consumer, self._models))
+            consumer.subscribe(topics, listener=_StartFromStoredOffsets(consumer, self))
             self._seed_watermarks(consumer, topics)
             while not self.stopping.is_set():
                 records = consumer.poll(timeout_ms=200, max_records=self._batch_size)
+                self.account_for(consumer)
                 if records:
                     self.apply(records)
                     consumer.commit_async()
@@ -129,7 +202,9 @@ class KafkaProjector:
             consumer.close(autocommit=False)
 
     def _seed_watermarks(self, consumer: KafkaConsumer, topics: list[str]) -> None:
-        """Every partition counts in the position, even one no projector has heard from."""
+        """Every partition counts in the position, even one no projector has heard from; the
+        progress of topics it no longer reads (a former topic prefix) counts no more."""
+        self._models.forget_feeds_except(topics)
         keys = [
             watermark_key(TopicPartition(topic, partition))
             for topic in topics

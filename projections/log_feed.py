@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
@@ -17,9 +18,23 @@ from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.metrics import observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
+from eventkeep.projections.readmodel import Envelope, Fill
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
 
 log = logging.getLogger(__name__)
+
+
+def fill_from(store: Any) -> Fill:
+    """Closes a gap in a stream's versions from the event store (its `stream_history`)."""
+
+    def fill(stream_id: str, after: int, before: int) -> list[Envelope]:
+        return [
+            upcast(to_envelope(event))
+            for event in store.stream_history(stream_id)
+            if after < event.originator_version < before
+        ]
+
+    return fill
 
 
 class LogFeed:
@@ -33,7 +48,10 @@ class LogFeed:
         poll_interval: float = 0.05,
     ) -> None:
         self._models = models
+        if models.fill is None:
+            models.fill = fill_from(global_log)
         self._cache = cache
+        self._quarantined: dict[str, dict[str, dict[str, Any]]] = {}
         self._follower = LogFollower(
             global_log,
             min((p.get(LOG, 0) for p in models.progress_by_name().values()), default=0),
@@ -54,9 +72,14 @@ class LogFeed:
     def generation_of(self, name: str) -> int:
         return self._generations.get(name, 0)
 
+    def quarantined_of(self, name: str) -> dict[str, dict[str, Any]]:
+        """The read model's quarantined streams (see ReadModels.quarantine)."""
+        return self._quarantined.get(name, {})
+
     def _read_generations(self) -> None:
         progress = self._models.progress_by_name()
         self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
+        self._quarantined = self._models.quarantined_streams()
 
     def start(self) -> None:
         self._follower.signal  # noqa: B018  (registered for commits before the first read)
@@ -73,6 +96,7 @@ class LogFeed:
         envelopes = [upcast(to_envelope(event)) for event in events]
         changes = self._models.apply(envelopes, {LOG: events[-1].id})
         self._cache.forget(changes)
+        self._quarantined = self._models.quarantined_streams()
         self._follower.advance_to(events[-1].id)
         observe_applied(self._models.names, envelopes)
 

@@ -29,6 +29,7 @@ class PolledProgress:
         self._interval = interval
         self._positions: dict[str, int] = {}
         self._generations: dict[str, int] = {}
+        self._quarantined: dict[str, dict[str, dict[str, Any]]] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="position", daemon=True)
         self._thread.start()
@@ -38,6 +39,9 @@ class PolledProgress:
 
     def generation_of(self, name: str) -> int:
         return self._generations.get(name, 0)
+
+    def quarantined_of(self, name: str) -> dict[str, dict[str, Any]]:
+        return self._quarantined.get(name, {})
 
     @property
     def position(self) -> int:
@@ -54,6 +58,7 @@ class PolledProgress:
                 progress = self._models.progress_by_name()
                 self._positions = {name: position_of(p) for name, p in progress.items()}
                 self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
+                self._quarantined = self._models.quarantined_streams()
             self._stopping.wait(self._interval)
 
 
@@ -95,6 +100,7 @@ class Queries:
     def status(self, head: int) -> list[dict[str, Any]]:
         """Each read model's position, lag and generation, for `GET /v1/projections`."""
         answer = []
+        quarantine = self.models.quarantine()
         for name, progress in self.models.progress_by_name().items():
             position = position_of(progress)
             answer.append(
@@ -105,6 +111,7 @@ class Queries:
                     "lag": max(0, head - position),
                     "generation": progress.get(GENERATION, 0),
                     "progress": progress,
+                    "quarantined": [q for q in quarantine if q["projection"] == name],
                 }
             )
         return answer

@@ -15,6 +15,7 @@ ones and swaps them in (`projections/readmodels.py`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,16 +24,43 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from eventkeep.metrics import CACHE_LOOKUPS
+from eventkeep.metrics import CACHE_LOOKUPS, GAPS
 from eventkeep.projections.cursors import decode_cursor, encode_cursor
 from eventkeep.projections.database import Database
 
 if TYPE_CHECKING:
     from eventkeep.projections.cache import Cache
 
+log = logging.getLogger(__name__)
+
 Row = dict[str, Any]
 Envelope = Mapping[str, Any]
 Apply = Callable[[Any, "Row | None", Envelope], "Row | None"]
+# The events of a stream from the event store (the source of truth), upcast, with a version
+# above `after` and below `before`: (stream_id, after, before) -> envelopes in version order.
+Fill = Callable[[str, int, int], Sequence[Envelope]]
+
+
+class StreamQuarantined(Exception):
+    """A query for a stream whose events are quarantined: its row is not current."""
+
+    def __init__(self, projection: str, stream_id: str, entry: Mapping[str, Any]) -> None:
+        super().__init__(f"{projection}: stream {stream_id} is quarantined")
+        self.projection = projection
+        self.stream_id = stream_id
+        self.details = {
+            "projection": projection,
+            "stream_id": stream_id,
+            "stream_version": entry.get("stream_version"),
+            "position": entry.get("position"),
+            "event_type": entry.get("event_type"),
+            "error": entry.get("error"),
+        }
+
+
+class StreamGap(Exception):
+    """A stream's next event is missing and the store could not give it: nothing is applied
+    over the gap (the batch is retried)."""
 
 
 @dataclass(frozen=True)
@@ -119,37 +147,80 @@ class ReadModel:
 
     # --- applying --------------------------------------------------------------------------
 
-    def apply_in(self, cursor: Any, events: Sequence[Envelope], generation: int) -> list[Change]:
+    def apply_in(
+        self,
+        cursor: Any,
+        events: Sequence[Envelope],
+        generation: int,
+        fill: Fill | None = None,
+    ) -> list[Change]:
         """Applies the events of its stream type, in the caller's transaction; the changed
-        rows, for the cache (in the namespace and `generation` of its tables)."""
+        rows, for the cache (in the namespace and `generation` of its tables).
+
+        Per-stream continuity: event N+1 of a stream is applied only after N. An event at or
+        below the row's version is a redelivery (skipped); one above the next version is
+        after a gap, which `fill` closes from the event store first (counted in
+        `eventkeep_projection_gaps`); without it, or when the store cannot close it, the
+        batch fails (StreamGap) rather than skip an event."""
         mine = [e for e in events if e["stream_type"] == self.stream_type]
         if not mine:
             return []
         batch = Batch(rows=self._load(cursor, sorted({e["stream_id"] for e in mine})))
+        seen: dict[str, int] = {}  # versions handled in this batch for streams with no row
         for event in mine:
             stream_id, version = event["stream_id"], event["stream_version"]
             current = batch.rows.get(stream_id)
-            if version <= (current["version"] if current else 0):
+            applied = current["version"] if current else seen.get(stream_id, 0)
+            if version <= applied:
                 continue  # already applied: a redelivery
-            updated = self.apply_event(batch, current, event)
-            if updated is None:
-                if current is None:
-                    continue
-                updated = current | {"version": version}  # nothing shown changed
-            else:
-                updated |= {"id": stream_id, "version": version, "updated_at": event["recorded_at"]}
-            batch.rows[stream_id] = updated
-            batch.changed[stream_id] = version
+            if version > applied + 1:
+                missing = fill(stream_id, applied, version) if fill is not None else []
+                if [e["stream_version"] for e in missing] != list(range(applied + 1, version)):
+                    raise StreamGap(
+                        f"{self.name}: {stream_id} is at version {applied}, next given"
+                        f" {version}, and the store does not hold the versions between"
+                    )
+                GAPS.labels(self.name).inc()
+                log.warning(
+                    "%s: versions %d-%d of %s filled from the event store",
+                    self.name,
+                    applied + 1,
+                    version - 1,
+                    stream_id,
+                )
+                for earlier in missing:
+                    self._fold(batch, earlier)
+            self._fold(batch, event)
+            seen[stream_id] = version
         self.write(cursor, batch)
         if self.cache_kind is None:
             return []
         return [Change(self.cache_kind, i, v, generation) for i, v in batch.changed.items()]
+
+    def _fold(self, batch: Batch, event: Envelope) -> None:
+        stream_id, version = event["stream_id"], event["stream_version"]
+        current = batch.rows.get(stream_id)
+        updated = self.apply_event(batch, current, event)
+        if updated is None:
+            if current is None:
+                return
+            updated = current | {"version": version}  # nothing shown changed
+        else:
+            updated |= {"id": stream_id, "version": version, "updated_at": event["recorded_at"]}
+        batch.rows[stream_id] = updated
+        batch.changed[stream_id] = version
 
     def apply_event(self, batch: Batch, row: Row | None, event: Envelope) -> Row | None:
         """Calls the event's apply method (a read model with effects beyond its rows, like
         daily sales, extends this)."""
         method = self.appliers.get(event["event_type"])
         return None if method is None else method(self, row, event)
+
+    def stream_version(self, cursor: Any, stream_id: str) -> int:
+        """The version of `stream_id` this read model holds (0: none)."""
+        cursor.execute(f"SELECT version FROM {self.table()} WHERE id = %s", (stream_id,))
+        row = cursor.fetchone()
+        return 0 if row is None else int(row["version"])
 
     def _load(self, cursor: Any, stream_ids: list[str]) -> dict[str, Row]:
         where, params = self.db.in_list("id", stream_ids)
@@ -225,6 +296,10 @@ class Progress(Protocol):
 
     def generation_of(self, name: str) -> int: ...
 
+    def quarantined_of(self, name: str) -> Mapping[str, Mapping[str, Any]]:
+        """The read model's quarantined streams: id -> first quarantined event and error."""
+        ...
+
 
 class ReadModelQueries:
     """The query side of one read model: how far it is, and by-id reads through the cache.
@@ -252,6 +327,9 @@ class ReadModelQueries:
         """By id, cache first; a miss is read from the read model (in a thread) and offered
         to the cache. The generation is read first: a row read after a swap may be cached
         under the old one, never an old row under the new one."""
+        held = self._side.progress.quarantined_of(self.model.name).get(row_id)
+        if held is not None:
+            raise StreamQuarantined(self.model.name, row_id, held)
         kind = self.model.cache_kind
         if kind is None:
             return await run_in_threadpool(self.model.get, row_id)

@@ -11,13 +11,18 @@ read model, without stopping the feed or the queries.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+import psycopg
+
+from eventkeep.metrics import QUARANTINE_SIZE, QUARANTINED
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
-from eventkeep.projections.readmodel import Change, ReadModel
+from eventkeep.projections.readmodel import Change, Envelope, Fill, ReadModel
 from eventkeep.projections.registry import READ_MODELS
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,11 @@ GENERATION = "generation"  # progress key: the rebuild of the tables now live (0
 # given transaction.
 CatchUp = Callable[[Any, int], None]
 
+# Errors of the database's availability, not of an event: the batch is retried, nothing is
+# quarantined for them.
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, sqlite3.OperationalError)
+SET_ASIDE = "set aside: an earlier event of its stream is quarantined"
+
 # The tables of the release before read models had progress of their own; dropped when met
 # (read models are rebuilt, not migrated).
 _SHARED_LAYOUT = ("users", "products", "products_fts", "orders", "sales", "stream_versions")
@@ -36,10 +46,16 @@ _SHARED_LAYOUT = ("users", "products", "products_fts", "orders", "sales", "strea
 
 class ReadModels:
     def __init__(
-        self, database: Database, prefix: str = "rm_", names: Iterable[str] | None = None
+        self,
+        database: Database,
+        prefix: str = "rm_",
+        names: Iterable[str] | None = None,
+        fill: Fill | None = None,
     ) -> None:
         self.db = database
         self.prefix = prefix
+        # Closes a gap in a stream's versions from the event store (see ReadModel.apply_in).
+        self.fill = fill
         wanted = list(READ_MODELS) if names is None else list(dict.fromkeys(names))
         if unknown := [name for name in wanted if name not in READ_MODELS]:
             raise ValueError(f"no read model named {', '.join(unknown)}")
@@ -85,6 +101,14 @@ class ReadModels:
                     f"CREATE TABLE {self.table('progress')} (projection text NOT NULL,"
                     " key text NOT NULL, value bigint NOT NULL, PRIMARY KEY (projection, key))"
                 )
+            if not self.db.table_exists(cursor, self.table("quarantine")):
+                cursor.execute(
+                    f"CREATE TABLE {self.table('quarantine')} (projection text NOT NULL,"
+                    " stream_id text NOT NULL, stream_version bigint NOT NULL,"
+                    " position bigint NOT NULL, event_type text NOT NULL, error text NOT NULL,"
+                    " event text NOT NULL, quarantined_at text NOT NULL,"
+                    " PRIMARY KEY (projection, stream_id, stream_version))"
+                )
             for model in self.models.values():
                 if not model.exists(cursor):
                     for statement in model.schema(tag or self.prefix):
@@ -95,10 +119,15 @@ class ReadModels:
         with self.db.transaction() as cursor:
             self._drop_tables(cursor)
             progress = self.table("progress")
+            quarantine = self.table("quarantine")
             if set(self.models) == set(READ_MODELS):
                 cursor.execute(f"DROP TABLE IF EXISTS {progress}")
+                cursor.execute(f"DROP TABLE IF EXISTS {quarantine}")
             elif self.db.table_exists(cursor, progress):
                 self._delete_progress(cursor, self.names)
+                if self.db.table_exists(cursor, quarantine):
+                    where, params = self.db.in_list("projection", self.names)
+                    cursor.execute(f"DELETE FROM {quarantine} WHERE {where}", params)
 
     def _drop_tables(self, cursor: Any) -> None:
         for model in self.models.values():
@@ -133,9 +162,12 @@ class ReadModels:
         names = self.names
         self._lock_progress(cursor, names, [*progress, GENERATION])
         current = self._progress_in(cursor, names)
+        held = self._held_in(cursor)
         changes: list[Change] = []
         for name, model in self.models.items():
-            changes += model.apply_in(cursor, events, current[name].get(GENERATION, 0))
+            mine = [e for e in events if e["stream_type"] == model.stream_type]
+            generation = current[name].get(GENERATION, 0)
+            changes += self._apply_or_quarantine(cursor, model, mine, generation, held[name])
         if progress:  # never backwards, even from a late batch of a former partition owner
             table = self.table("progress")
             self.db.insert_rows(
@@ -147,6 +179,163 @@ class ReadModels:
                 f" SET value = {self.db.greatest}({table}.value, excluded.value)",
             )
         return changes
+
+    def _apply_or_quarantine(
+        self,
+        cursor: Any,
+        model: ReadModel,
+        events: list[Envelope],
+        generation: int,
+        held: set[str],
+    ) -> list[Change]:
+        """Applies `events` to `model`; when that fails (not for the database's availability),
+        splits them in halves until the failing event is found, and sets it aside in the
+        quarantine with its error, with every later event of its stream: the rest is applied
+        (each try under a savepoint of the caller's transaction)."""
+        for event in events:
+            if event["stream_id"] in held:
+                self._quarantine(cursor, model.name, event, SET_ASIDE)
+        events = [e for e in events if e["stream_id"] not in held]
+        if not events:
+            return []
+        cursor.execute("SAVEPOINT apply_events")
+        try:
+            changes = model.apply_in(cursor, events, generation, self.fill)
+        except TRANSIENT:
+            raise
+        except Exception as error:
+            cursor.execute("ROLLBACK TO SAVEPOINT apply_events")
+            cursor.execute("RELEASE SAVEPOINT apply_events")
+            if len(events) > 1:
+                half = len(events) // 2
+                return self._apply_or_quarantine(
+                    cursor, model, events[:half], generation, held
+                ) + self._apply_or_quarantine(cursor, model, events[half:], generation, held)
+            [poison] = events
+            log.error(
+                "%s: event %s (version %s of %s) quarantined: %r",
+                model.name,
+                poison["position"],
+                poison["stream_version"],
+                poison["stream_id"],
+                error,
+            )
+            self._quarantine(cursor, model.name, poison, f"{type(error).__name__}: {error}")
+            held.add(poison["stream_id"])
+            return []
+        cursor.execute("RELEASE SAVEPOINT apply_events")
+        return changes
+
+    def _quarantine(self, cursor: Any, name: str, event: Envelope, error: str) -> None:
+        self.db.insert_rows(
+            cursor,
+            self.table("quarantine"),
+            (
+                "projection",
+                "stream_id",
+                "stream_version",
+                "position",
+                "event_type",
+                "error",
+                "event",
+                "quarantined_at",
+            ),
+            [
+                (
+                    name,
+                    event["stream_id"],
+                    event["stream_version"],
+                    event["position"],
+                    event["event_type"],
+                    error,
+                    orjson.dumps(event, default=str).decode(),
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                )
+            ],
+            "ON CONFLICT (projection, stream_id, stream_version) DO NOTHING",
+        )
+        QUARANTINED.labels(name).inc()
+
+    def _held_in(self, cursor: Any) -> dict[str, set[str]]:
+        held: dict[str, set[str]] = {name: set() for name in self.names}
+        cursor.execute(f"SELECT DISTINCT projection, stream_id FROM {self.table('quarantine')}")
+        for row in cursor.fetchall():
+            if row["projection"] in held:
+                held[row["projection"]].add(row["stream_id"])
+        return held
+
+    # --- the quarantine --------------------------------------------------------------------
+
+    def quarantine(self) -> list[dict[str, Any]]:
+        """Every quarantined event of these read models (the first of each stream carries the
+        error; the later ones were set aside behind it), by projection, stream and version."""
+        with self.db.reading() as cursor:
+            cursor.execute(
+                "SELECT projection, stream_id, stream_version, position, event_type, error,"
+                f" quarantined_at FROM {self.table('quarantine')}"
+                " ORDER BY projection, stream_id, stream_version"
+            )
+            rows = [r for r in cursor.fetchall() if r["projection"] in self.models]
+        for name in self.names:
+            QUARANTINE_SIZE.labels(name).set(sum(r["projection"] == name for r in rows))
+        return [dict(r) for r in rows]
+
+    def quarantined_streams(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """By read model, each quarantined stream's first quarantined event (for queries)."""
+        found: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.names}
+        for row in self.quarantine():
+            found[row["projection"]].setdefault(row["stream_id"], row)
+        return found
+
+    def retry(
+        self, name: str | None = None, stream_id: str | None = None
+    ) -> tuple[dict[str, int], list[Change]]:
+        """Takes quarantined streams (of the read model `name`, or all; one `stream_id`, or
+        all) out of the quarantine and applies their events again — from the event store
+        when the read models have one (`fill`), else the events as quarantined. An event
+        that still fails is quarantined again. Returns how many events each one applied, and
+        the rows changed (for the cache to forget)."""
+        applied: dict[str, int] = {}
+        changes: list[Change] = []
+        with self.db.transaction() as cursor:
+            names = [name] if name is not None else self.names
+            self._lock_progress(cursor, self.names, [GENERATION])
+            current = self._progress_in(cursor, self.names)
+            table = self.table("quarantine")
+            cursor.execute(
+                f"SELECT projection, stream_id, event FROM {table}"
+                " ORDER BY projection, stream_id, stream_version"
+            )
+            rows = [
+                r
+                for r in cursor.fetchall()
+                if r["projection"] in names and stream_id in (None, r["stream_id"])
+            ]
+            by_stream: dict[tuple[str, str], list[Envelope]] = {}
+            for row in rows:
+                key = (row["projection"], row["stream_id"])
+                by_stream.setdefault(key, []).append(orjson.loads(row["event"]))
+            for (projection, stream), quarantined in by_stream.items():
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE projection = %s AND stream_id = %s",
+                    (projection, stream),
+                )
+                model = self.models[projection]
+                events: Sequence[Envelope] = quarantined
+                if self.fill is not None:
+                    at = model.stream_version(cursor, stream)
+                    events = self.fill(stream, at, 2**62)
+                held: set[str] = set()
+                changes += self._apply_or_quarantine(
+                    cursor,
+                    model,
+                    list(events),
+                    current[projection].get(GENERATION, 0),
+                    held,
+                )
+                applied[projection] = applied.get(projection, 0) + (0 if held else len(events))
+        self.quarantine()  # the size metric
+        return applied, changes
 
     def _lock_progress(self, cursor: Any, names: list[str], keys: list[str]) -> None:
         """Serialises batches of the same feed: a projector that lost its Kafka partitions in a
@@ -199,6 +388,26 @@ class ReadModels:
                 [(name, key) for name in self.names for key in keys],
             )
 
+    def forget_feeds_except(self, topics: Sequence[str]) -> list[str]:
+        """Deletes the Kafka progress (`offset:`/`watermark:` keys) of topics not in `topics`:
+        a feed no longer read (after a change of topic prefix) must not hold the position
+        back. Returns the keys deleted."""
+        kept = set(topics)
+        with self.db.transaction() as cursor:
+            cursor.execute(f"SELECT DISTINCT key FROM {self.table('progress')}")
+            stale = [
+                row["key"]
+                for row in cursor.fetchall()
+                if row["key"].startswith(("offset:", "watermark:"))
+                and row["key"].split(":", 1)[1].rsplit(":", 1)[0] not in kept
+            ]
+            if stale:
+                where, params = self.db.in_list("key", stale)
+                cursor.execute(f"DELETE FROM {self.table('progress')} WHERE {where}", params)
+        if stale:
+            log.warning("progress of topics no longer read dropped: %s", ", ".join(stale))
+        return stale
+
     def position(self, name: str | None = None) -> int:
         """Every event at or below this position is applied (to `name`, or to all)."""
         progress = self.progress_by_name()
@@ -246,6 +455,15 @@ class ReadModels:
             built = rebuilt._progress_in(cursor, names)
             self._delete_progress(cursor, names)
             rebuilt._delete_progress(cursor, names)
+            # The rebuild's quarantine (what it could not apply) becomes the live one.
+            where, params = self.db.in_list("projection", names)
+            cursor.execute(f"DELETE FROM {self.table('quarantine')} WHERE {where}", params)
+            cursor.execute(
+                f"INSERT INTO {self.table('quarantine')} SELECT * FROM"
+                f" {rebuilt.table('quarantine')} WHERE {where}",
+                params,
+            )
+            cursor.execute(f"DELETE FROM {rebuilt.table('quarantine')} WHERE {where}", params)
             for name in names:
                 taken_over = {k: v for k, v in live[name].items() if k != GENERATION}
                 taken_over[LOG] = max(built[name].get(LOG, 0), live[name].get(LOG, 0))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
@@ -250,4 +250,90 @@ def test_kafka_stopped_and_started_while_commands_flow(
     finally:
         services("up", "kafka")
     traffic(client, rounds=2)
+    assert_equal_to_rebuild(wiring)
+
+
+# --- continuity (issue 8 items 1 and 7) ----------------------------------------------------
+
+
+def partitions(settings: Settings) -> list[TopicPartition]:
+    return [
+        TopicPartition(f"{settings.topic_prefix}.{stream_type}", number)
+        for stream_type in STREAM_TYPES
+        for number in range(settings.topic_partitions)
+    ]
+
+
+def wait_until_published(relay: Any, wiring: Wiring, timeout: float = 60) -> None:
+    head = wiring.shop.recorder.max_notification_id() or 0
+    deadline = time.monotonic() + timeout
+    while getattr(relay, "published", 0) < head:
+        assert time.monotonic() < deadline, "the relay never published the log"
+        time.sleep(0.1)
+
+
+def test_records_removed_by_retention_before_a_lagging_projector_reads_them(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    store = wiring.shop.recorder
+    relay = threads.start(build_relay(settings, wiring.shop))
+    projector = threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=2)
+    wait_until_projected(wiring)
+    projector.stop()  # it lags from here
+    traffic(client, rounds=3)
+    wait_until_published(relay, wiring)
+
+    # Retention removes every record the lagging projector has not read.
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_tls(settings).options()
+    )
+    ends = consumer.end_offsets(partitions(settings))
+    consumer.close()
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_tls(settings).options()
+    )
+    try:
+        admin.delete_records({p: end for p, end in ends.items() if end > 0})
+    finally:
+        admin.close()
+
+    threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)  # and Kafka is read on after the catch-up
+    assert_equal_to_rebuild(wiring)
+
+
+def test_a_new_topic_prefix_leaves_no_frozen_position(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    store = wiring.shop.recorder
+    threads.start(build_relay(settings, wiring.shop))
+    first = threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)
+    first.stop()
+
+    # Disaster recovery with Kafka wiped: the deployment moves to new topics.
+    unique = uuid.uuid4().hex[:10]
+    moved = settings.model_copy(
+        update={"topic_prefix": f"t{unique}", "projector_group": f"g{unique}"}
+    )
+    threads.start(build_relay(moved, wiring.shop))
+    threads.start(build_projector(moved, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring, timeout=60)  # the old topics' watermarks hold nothing back
+    assert not [
+        key
+        for progress in projector_models.progress_by_name().values()
+        for key in progress
+        if key.startswith(("offset:", "watermark:")) and settings.topic_prefix in key
+    ]
     assert_equal_to_rebuild(wiring)
