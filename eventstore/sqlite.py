@@ -83,13 +83,19 @@ class SQLiteDialect:
     def locked_transaction(self, events_table: str) -> Iterator[_SQLiteBatch]:
         with self._datastore.get_connection(commit=True) as connection:
             cursor = connection.cursor()
+            # Deleted content (an erased user's data key) is overwritten, not left in free pages.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                yield _SQLiteBatch(self, connection, cursor)
+                batch = _SQLiteBatch(self, connection, cursor)
+                yield batch
             except BaseException:
                 connection.rollback()
                 raise
             connection.commit()
+            if batch.deleted:
+                # …nor in the write-ahead log's older frames: copied back and the log emptied.
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # One file, one writer at a time: a read sees every committed transaction.
@@ -134,6 +140,7 @@ class _SQLiteBatch:
         self._dialect = dialect
         self._connection = connection
         self._cursor = cursor
+        self.deleted = False  # whether the batch deleted rows (see locked_transaction)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> SQLiteCursor:
         cursor = self._connection.cursor()  # one per query: results are fetched later
@@ -141,6 +148,7 @@ class _SQLiteBatch:
         return cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.deleted = self.deleted or sql.lstrip().upper().startswith("DELETE")
         self._cursor.execute(_placeholders(sql), params)
 
     def insert(self, insert: Insert) -> None:

@@ -187,6 +187,8 @@ class SqliteDatabase:
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            # An erased user's old row is overwritten, not left in the file's free pages.
+            connection.execute("PRAGMA secure_delete=ON")
             self._local.connection = connection
             with self._lock:
                 self._all.append(connection)

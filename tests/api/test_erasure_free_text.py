@@ -4,12 +4,16 @@ user cannot be deactivated (there is no key left to seal a reason with)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
@@ -54,3 +58,25 @@ def test_a_deactivation_reason_is_sealed_and_erased_with_the_user(
     refused = client.post(f"{base}/deactivate", json={"reason": "again"})
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "PERSONAL_DATA_ERASED"
+
+
+def test_an_erased_users_data_key_leaves_the_sqlite_files(
+    client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]], tmp_path: Path
+) -> None:
+    """Secure delete and a checkpoint after the erasure: the wrapped key's bytes are in no
+    page and no write-ahead log frame of the embedded store."""
+    if wiring.feed is None:
+        pytest.skip("the embedded mode's SQLite store")
+    user = register(client, "grace@example.com")
+    home = tmp_path / "home"
+    table = wiring.shop.recorder.events_table_name + "_data_keys"
+    wrapped = None
+    for path in home.rglob("*.db"):
+        with closing(sqlite3.connect(path)) as db, contextlib.suppress(sqlite3.OperationalError):
+            wrapped = db.execute(f"SELECT * FROM {table}").fetchall() or wrapped
+    assert wrapped, "no data key found"
+    secrets = [bytes(v) for row in wrapped for v in row if isinstance(v, bytes) and len(v) > 16]
+    assert secrets
+    answer(client.delete(f"/v1/users/{user['id']}/personal-data", headers=bearer(Role.admin)))
+    files = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert not [s for s in secrets if s in files]
