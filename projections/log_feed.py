@@ -18,7 +18,7 @@ from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.metrics import observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
-from eventkeep.projections.readmodel import Envelope, Fill
+from eventkeep.projections.readmodel import Change, Envelope, Fill
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,22 @@ class LogFeed:
     def _read_generations(self) -> None:
         progress = self._models.progress_by_name()
         self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
-        self._quarantined = self._models.quarantined_streams()
+        self._refresh_quarantine()
+
+    def _refresh_quarantine(self) -> None:
+        """Which streams are quarantined; those a retry (another process) took out are
+        forgotten by the cache, which may hold their row from before the quarantine."""
+        before, self._quarantined = self._quarantined, self._models.quarantined_streams()
+        released: list[Change] = []
+        for name, streams in before.items():
+            model = self._models[name]
+            for stream_id in streams.keys() - self._quarantined.get(name, {}).keys():
+                row = model.get(stream_id)
+                if row is not None and model.cache_kind is not None:
+                    generation = self._generations.get(name, 0)
+                    released.append(Change(model.cache_kind, stream_id, row["version"], generation))
+        if released:
+            self._cache.forget(released)
 
     def start(self) -> None:
         self._follower.signal  # noqa: B018  (registered for commits before the first read)
@@ -96,7 +111,7 @@ class LogFeed:
         envelopes = [upcast(to_envelope(event)) for event in events]
         changes = self._models.apply(envelopes, {LOG: events[-1].id})
         self._cache.forget(changes)
-        self._quarantined = self._models.quarantined_streams()
+        self._refresh_quarantine()
         self._follower.advance_to(events[-1].id)
         observe_applied(self._models.names, envelopes)
 

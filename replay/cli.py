@@ -37,6 +37,10 @@ from eventkeep.settings import Settings
 
 replay_app = typer.Typer(help="Rebuild projections from the event store.", no_args_is_help=True)
 audit_app = typer.Typer(help="Read, check, export and import the history.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Events a projection could not apply, set aside with their stream.", no_args_is_help=True
+)
+replay_app.add_typer(quarantine_app, name="quarantine")
 out = Console()
 err = Console(stderr=True)
 
@@ -109,6 +113,65 @@ def status() -> None:
             f"at {state.rebuild_position}" if state.rebuilding else "none",
         )
     out.print(table)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Every quarantined event: projection, stream, version, position, type and error (the
+    later events of a stream wait behind its first)."""
+    with _built("replay") as system:
+        rows = system.read_models.quarantine()
+    if as_json:
+        for row in rows:
+            typer.echo(orjson.dumps(row).decode())
+        return
+    table = Table("projection", "stream", "version", "position", "event", "error", "since")
+    for row in rows:
+        table.add_row(
+            row["projection"],
+            row["stream_id"],
+            str(row["stream_version"]),
+            str(row["position"]),
+            row["event_type"],
+            row["error"],
+            row["quarantined_at"],
+        )
+    out.print(table if rows else "No event is quarantined.")
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    projection: Annotated[
+        str | None, typer.Option(help=f"Only this projection: {', '.join(PROJECTIONS)}.")
+    ] = None,
+    stream: Annotated[str | None, typer.Option(help="Only this stream id.")] = None,
+) -> None:
+    """Apply quarantined streams again, from the event store (after a fix of the projection
+    or an upcaster); exit 1 when some event still fails (it is quarantined again)."""
+    if projection is not None and projection not in PROJECTIONS:
+        err.print(f"[red]Unknown projection:[/red] {projection}")
+        raise typer.Exit(2)
+    from eventkeep.projections.log_feed import fill_from
+
+    with _built("replay") as system:
+        models = system.read_models
+        models.fill = fill_from(system.recorder)
+        applied, changes = models.retry(projection, stream)
+        system.cache.forget(changes)
+        left = [
+            row
+            for row in models.quarantine()
+            if projection in (None, row["projection"]) and stream in (None, row["stream_id"])
+        ]
+    for name, count in applied.items():
+        out.print(f"{name}: {count} events applied")
+    if left:
+        err.print(
+            f"[red]{len(left)} events still quarantined[/red] (eventkeep replay quarantine list)"
+        )
+        raise typer.Exit(1)
 
 
 @audit_app.command("history")

@@ -77,3 +77,50 @@ def test_a_bad_file_is_refused_naming_its_line(home: Path) -> None:
 
 def test_unknown_projections_are_refused() -> None:
     assert run("replay", "rebuild", "nonsense").exit_code == 2
+
+
+def test_a_quarantined_stream_is_listed_and_retried_after_the_fix(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A projection bug on one event in the middle of the history: the rebuild applies
+    everything else and quarantines that stream; `replay quarantine list` names it, and
+    `retry` applies it once the code is fixed."""
+    from eventkeep.projections.products import Products
+    from eventkeep.projections.readmodels import ReadModels
+
+    assert run("audit", "import", str(LEGACY)).exit_code == 0
+    original = Products.apply_event
+
+    def broken(self: Products, batch: Any, row: Any, event: Any) -> Any:
+        if event["stream_id"] == PRODUCT and event["stream_version"] == 2:
+            raise ValueError("a bug in the projection")
+        return original(self, batch, row, event)
+
+    monkeypatch.setattr(Products, "apply_event", broken)
+    rebuilt = run("replay", "rebuild")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    listed = run("replay", "quarantine", "list", "--json")
+    rows = [orjson.loads(line) for line in listed.output.splitlines()]
+    assert rows and {(r["projection"], r["stream_id"]) for r in rows} == {("products", PRODUCT)}
+    assert rows[0]["stream_version"] == 2 and "a bug in the projection" in rows[0]["error"]
+    assert "products" in run("replay", "quarantine", "list").output
+
+    assert run("replay", "quarantine", "retry").exit_code == 1  # not fixed yet
+    monkeypatch.setattr(Products, "apply_event", original)  # the fix
+    retried = run("replay", "quarantine", "retry", "--projection", "products")
+    assert retried.exit_code == 0, retried.output
+    assert "No event is quarantined" in run("replay", "quarantine", "list").output
+
+    live = ReadModels.open(sqlite_path=home / "home" / "readmodels.db")
+    fresh = ReadModels.open(sqlite_path=home / "fresh.db")
+    try:
+        from eventkeep.bootstrap import build
+        from eventkeep.replay.rebuild import rebuild
+        from eventkeep.settings import Settings
+
+        with build(Settings(), role="replay") as system:
+            rebuild(system.recorder, fresh)
+        assert live.dump() == fresh.dump()
+    finally:
+        live.close()
+        fresh.close()
