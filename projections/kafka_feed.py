@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -41,6 +40,12 @@ def offset_key(partition: TopicPartition) -> str:
 
 def watermark_key(partition: TopicPartition) -> str:
     return f"watermark:{partition.topic}:{partition.partition}"
+
+
+def cached_key(partition: TopicPartition) -> str:
+    """Up to which watermark of the partition the cache's tombstones are written: a query
+    with X-Min-Position above the smallest of these reads past the cache."""
+    return f"cached:{partition.topic}:{partition.partition}"
 
 
 class _StartFromStoredOffsets(ConsumerRebalanceListener):
@@ -86,7 +91,12 @@ class KafkaProjector:
         self._group = group
         self._batch_size = batch_size
         self.stopping = threading.Event()
+        self._consumed: dict[TopicPartition, int] = {}  # next offset, per partition read
         self.applied = 0  # events applied by this process, for benchmarks and logs
+        # Watermarks whose cache tombstones may still wait for the cache, and those written
+        # (recorded with the next batch, or when idle).
+        self._unsettled: dict[str, int] = {}
+        self._settled: dict[str, int] = {}
         # Partitions just assigned, with their stored offset, not yet accounted for.
         self.pending: dict[TopicPartition, int | None] = {}
 
@@ -96,6 +106,13 @@ class KafkaProjector:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _settle(self) -> None:
+        """Once the cache holds every tombstone given to it, the watermarks of the batches
+        they came from are settled: recorded with the next batch's progress."""
+        if self._unsettled and self._cache.settled():
+            self._settled = _never_below(self._settled, self._unsettled)
+            self._unsettled = {}
 
     def account_for(self, consumer: KafkaConsumer) -> None:
         """Resumes the partitions just assigned: each from its stored offset when Kafka still
@@ -196,8 +213,12 @@ class KafkaProjector:
                     consumer.commit_async()
                 else:
                     self._cache.forget(())  # tombstones a Redis outage held back
+                    self._settle()
+                    if self._settled:
+                        self._models.apply([], self._settled)
+                        self._settled = {}
                     observe_idle(self._models.names)
-                _observe_consumer_lag(consumer)
+                self._observe_consumer_lag(consumer)
         finally:
             consumer.close(autocommit=False)
 
@@ -206,16 +227,29 @@ class KafkaProjector:
         progress of topics it no longer reads (a former topic prefix) counts no more."""
         self._models.forget_feeds_except(topics)
         keys = [
-            watermark_key(TopicPartition(topic, partition))
+            key(TopicPartition(topic, partition))
             for topic in topics
             for partition in consumer.partitions_for_topic(topic) or ()
+            for key in (watermark_key, cached_key)
         ]
         self._models.seed_progress(keys)
+
+    def _observe_consumer_lag(self, consumer: KafkaConsumer) -> None:
+        """End offset (from the last fetch response: no request) minus the next offset this
+        projector applies, for each partition it holds."""
+        for partition in consumer.assignment():
+            end = consumer.highwater(partition)
+            consumed = self._consumed.get(partition)
+            if end is not None and consumed is not None:
+                labels = (partition.topic, str(partition.partition))
+                KAFKA_CONSUMER_LAG.labels(*labels).set(max(0, end - consumed))
 
     def apply(self, records: dict[TopicPartition, list[Any]]) -> None:
         envelopes: list[dict[str, Any]] = []
         progress: dict[str, int] = {}
+        marks: dict[str, int] = {}
         for partition, messages in records.items():
+            self._consumed[partition] = messages[-1].offset + 1
             mark = 0
             for message in messages:
                 value = orjson.loads(message.value)
@@ -226,21 +260,15 @@ class KafkaProjector:
                     mark = max(mark, value["position"])
             progress[offset_key(partition)] = messages[-1].offset + 1
             progress[watermark_key(partition)] = mark
-        changes = self._models.apply(envelopes, progress)
+            marks[cached_key(partition)] = mark
+        changes = self._models.apply(envelopes, progress | self._settled)
+        self._settled = {}
         self._cache.forget(changes)
+        self._unsettled |= marks
+        self._settle()
         self.applied += len(envelopes)
         observe_applied(self._models.names, envelopes)
 
 
-def _observe_consumer_lag(consumer: KafkaConsumer) -> None:
-    """End offset minus position, for each partition this consumer holds (from the fetch
-    responses: no extra request)."""
-    for partition in consumer.assignment():
-        end = consumer.highwater(partition)
-        if end is None:
-            continue
-        with contextlib.suppress(KafkaError, AssertionError):
-            position = consumer.position(partition, timeout_ms=0)
-            if position is not None:
-                labels = (partition.topic, str(partition.partition))
-                KAFKA_CONSUMER_LAG.labels(*labels).set(max(0, end - position))
+def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:
+    return settled | {k: max(v, settled.get(k, 0)) for k, v in marks.items()}

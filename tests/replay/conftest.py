@@ -24,7 +24,10 @@ LEGACY_EXPECTED = FIXTURES / "legacy-v1.expected.json"
 
 def import_history(wired: Wiring, path: Path, *, check_first: bool = False) -> int:
     """What `eventkeep audit import` does, with the wiring's own claim secret."""
-    bus: CommandBus = wired.handle.__self__  # type: ignore[attr-defined]
+    # The bus the wiring was built with (its handle may be wrapped, by the circuit breaker).
+    bus: CommandBus = (
+        wired.built.bus if wired.built is not None else wired.handle.__self__  # type: ignore[attr-defined]
+    )
     recorder = wired.shop.recorder
     if check_first:
         check_file(path, recorder, bus.email_claim, lambda _: None)
