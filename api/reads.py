@@ -23,6 +23,7 @@ from eventkeep.projections.daily_sales import SalesQueries
 from eventkeep.projections.orders import OrderQueries
 from eventkeep.projections.products import ProductQueries
 from eventkeep.projections.queries import Queries
+from eventkeep.projections.readmodel import MIN_POSITION
 from eventkeep.projections.users import UserQueries
 
 POSITION_HEADER = "X-Projection-Position"
@@ -60,6 +61,7 @@ def reader(role: Role, name: str | None, *others: Role) -> Callable[..., Awaitab
                 headers={"Retry-After": "1", POSITION_HEADER: str(reached)},
             )
         response.headers[POSITION_HEADER] = str(reached)
+        MIN_POSITION.set(wanted)  # by-id reads answer no cached row older than this
         return queries if name is None else queries.of(name)
 
     return read_side

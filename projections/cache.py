@@ -31,6 +31,10 @@ class Cache(Protocol):
         """Offers a row read from the read model; kept only if not older than the entry."""
         ...
 
+    def settled(self) -> bool:
+        """Every tombstone given to `forget` is written (none waits for the cache)."""
+        ...
+
     def forget(self, changes: Iterable[Change]) -> None:
         """Marks changed rows stale at their new versions (after the read model committed)."""
         ...
@@ -81,6 +85,9 @@ class LocalCache:
                 if current is None or current[0] < change.version:
                     self._put(key, change.version, None)
 
+    def settled(self) -> bool:
+        return True
+
     def _put(self, key: tuple[int, str, str], version: int, row: Row | None) -> None:
         self._entries[key] = (version, row)
         self._entries.move_to_end(key)
@@ -97,6 +104,9 @@ class NoCache:
 
     def fill(self, kind: str, row: Row, generation: int) -> None:
         pass
+
+    def settled(self) -> bool:
+        return True
 
     def forget(self, changes: Iterable[Change]) -> None:
         pass

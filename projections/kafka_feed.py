@@ -42,6 +42,12 @@ def watermark_key(partition: TopicPartition) -> str:
     return f"watermark:{partition.topic}:{partition.partition}"
 
 
+def cached_key(partition: TopicPartition) -> str:
+    """Up to which watermark of the partition the cache's tombstones are written: a query
+    with X-Min-Position above the smallest of these reads past the cache."""
+    return f"cached:{partition.topic}:{partition.partition}"
+
+
 class _StartFromStoredOffsets(ConsumerRebalanceListener):
     def __init__(self, consumer: KafkaConsumer, projector: KafkaProjector) -> None:
         self._consumer = consumer
@@ -87,6 +93,10 @@ class KafkaProjector:
         self.stopping = threading.Event()
         self._consumed: dict[TopicPartition, int] = {}  # next offset, per partition read
         self.applied = 0  # events applied by this process, for benchmarks and logs
+        # Watermarks whose cache tombstones may still wait for the cache, and those written
+        # (recorded with the next batch, or when idle).
+        self._unsettled: dict[str, int] = {}
+        self._settled: dict[str, int] = {}
         # Partitions just assigned, with their stored offset, not yet accounted for.
         self.pending: dict[TopicPartition, int | None] = {}
 
@@ -96,6 +106,13 @@ class KafkaProjector:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _settle(self) -> None:
+        """Once the cache holds every tombstone given to it, the watermarks of the batches
+        they came from are settled: recorded with the next batch's progress."""
+        if self._unsettled and self._cache.settled():
+            self._settled = _never_below(self._settled, self._unsettled)
+            self._unsettled = {}
 
     def account_for(self, consumer: KafkaConsumer) -> None:
         """Resumes the partitions just assigned: each from its stored offset when Kafka still
@@ -196,6 +213,10 @@ class KafkaProjector:
                     consumer.commit_async()
                 else:
                     self._cache.forget(())  # tombstones a Redis outage held back
+                    self._settle()
+                    if self._settled:
+                        self._models.apply([], self._settled)
+                        self._settled = {}
                     observe_idle(self._models.names)
                 self._observe_consumer_lag(consumer)
         finally:
@@ -206,9 +227,10 @@ class KafkaProjector:
         progress of topics it no longer reads (a former topic prefix) counts no more."""
         self._models.forget_feeds_except(topics)
         keys = [
-            watermark_key(TopicPartition(topic, partition))
+            key(TopicPartition(topic, partition))
             for topic in topics
             for partition in consumer.partitions_for_topic(topic) or ()
+            for key in (watermark_key, cached_key)
         ]
         self._models.seed_progress(keys)
 
@@ -225,6 +247,7 @@ class KafkaProjector:
     def apply(self, records: dict[TopicPartition, list[Any]]) -> None:
         envelopes: list[dict[str, Any]] = []
         progress: dict[str, int] = {}
+        marks: dict[str, int] = {}
         for partition, messages in records.items():
             self._consumed[partition] = messages[-1].offset + 1
             mark = 0
@@ -237,7 +260,15 @@ class KafkaProjector:
                     mark = max(mark, value["position"])
             progress[offset_key(partition)] = messages[-1].offset + 1
             progress[watermark_key(partition)] = mark
-        changes = self._models.apply(envelopes, progress)
+            marks[cached_key(partition)] = mark
+        changes = self._models.apply(envelopes, progress | self._settled)
+        self._settled = {}
         self._cache.forget(changes)
+        self._unsettled |= marks
+        self._settle()
         self.applied += len(envelopes)
         observe_applied(self._models.names, envelopes)
+
+
+def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:
+    return settled | {k: max(v, settled.get(k, 0)) for k, v in marks.items()}

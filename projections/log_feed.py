@@ -72,6 +72,10 @@ class LogFeed:
     def generation_of(self, name: str) -> int:
         return self._generations.get(name, 0)
 
+    def cache_position_of(self, name: str) -> int:
+        """Tombstones are given to the cache before the position moves."""
+        return self._follower.position
+
     def quarantined_of(self, name: str) -> dict[str, dict[str, Any]]:
         """The read model's quarantined streams (see ReadModels.quarantine)."""
         return self._quarantined.get(name, {})

@@ -11,7 +11,12 @@ from typing import Any
 
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.readmodel import Progress, ReadModelQueries
-from eventkeep.projections.readmodels import GENERATION, ReadModels, position_of
+from eventkeep.projections.readmodels import (
+    GENERATION,
+    ReadModels,
+    cache_position_of,
+    position_of,
+)
 from eventkeep.projections.registry import READ_MODELS
 
 
@@ -29,6 +34,7 @@ class PolledProgress:
         self._interval = interval
         self._positions: dict[str, int] = {}
         self._generations: dict[str, int] = {}
+        self._cached: dict[str, int] = {}
         self._quarantined: dict[str, dict[str, dict[str, Any]]] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="position", daemon=True)
@@ -42,6 +48,9 @@ class PolledProgress:
 
     def quarantined_of(self, name: str) -> dict[str, dict[str, Any]]:
         return self._quarantined.get(name, {})
+
+    def cache_position_of(self, name: str) -> int:
+        return self._cached.get(name, 0)
 
     @property
     def position(self) -> int:
@@ -57,6 +66,7 @@ class PolledProgress:
             with contextlib.suppress(Exception):  # the store is down: queries say so
                 progress = self._models.progress_by_name()
                 self._positions = {name: position_of(p) for name, p in progress.items()}
+                self._cached = {name: cache_position_of(p) for name, p in progress.items()}
                 self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
                 self._quarantined = self._models.quarantined_streams()
             self._stopping.wait(self._interval)

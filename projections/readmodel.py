@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -39,6 +40,10 @@ Apply = Callable[[Any, "Row | None", Envelope], "Row | None"]
 # The events of a stream from the event store (the source of truth), upcast, with a version
 # above `after` and below `before`: (stream_id, after, before) -> envelopes in version order.
 Fill = Callable[[str, int, int], Sequence[Envelope]]
+
+
+# The request's X-Min-Position (api/reads.py sets it): by-id reads answer no row older.
+MIN_POSITION: ContextVar[int] = ContextVar("min_position", default=0)
 
 
 class StreamQuarantined(Exception):
@@ -296,6 +301,10 @@ class Progress(Protocol):
 
     def generation_of(self, name: str) -> int: ...
 
+    def cache_position_of(self, name: str) -> int:
+        """Up to which position the cache holds no row older than the read model's."""
+        ...
+
     def quarantined_of(self, name: str) -> Mapping[str, Mapping[str, Any]]:
         """The read model's quarantined streams: id -> first quarantined event and error."""
         ...
@@ -331,7 +340,12 @@ class ReadModelQueries:
         if held is not None:
             raise StreamQuarantined(self.model.name, row_id, held)
         kind = self.model.cache_kind
-        if kind is None:
+        wanted = MIN_POSITION.get()
+        if kind is None or (
+            wanted and self._side.progress.cache_position_of(self.model.name) < wanted
+        ):
+            # Read-your-writes: the cache may still hold a row older than `wanted`'s (its
+            # tombstones not known written), so this read goes to the read model.
             return await run_in_threadpool(self.model.get, row_id)
         generation = self._side.progress.generation_of(self.model.name)
         row = await self._side.cache.get_async(kind, row_id, generation)

@@ -398,7 +398,7 @@ class ReadModels:
             stale = [
                 row["key"]
                 for row in cursor.fetchall()
-                if row["key"].startswith(("offset:", "watermark:"))
+                if row["key"].startswith(("offset:", "watermark:", "cached:"))
                 and row["key"].split(":", 1)[1].rsplit(":", 1)[0] not in kept
             ]
             if stale:
@@ -491,6 +491,15 @@ class ReadModels:
         with self.db.transaction() as cursor:
             retired._drop_tables(cursor)
         return generations
+
+
+def cache_position_of(progress: Mapping[str, int]) -> int:
+    """Up to which position the cache is known to hold no row older than the read model's:
+    the Kafka feed records after each batch (`cached:` keys) the watermarks whose tombstones
+    the cache accepted; without such keys (the log feed writes its tombstones before it
+    moves its position), the position itself."""
+    cached = [v for k, v in progress.items() if k.startswith("cached:")]
+    return min(cached) if cached else position_of(progress)
 
 
 def position_of(progress: Mapping[str, int]) -> int:

@@ -92,6 +92,10 @@ class RedisCache:
                 args=[row["version"], value, TTL_SECONDS],
             )
 
+    def settled(self) -> bool:
+        with self._lock:
+            return not self._pending
+
     def forget(self, changes: Iterable[Change]) -> None:
         """Writes tombstones, including any a Redis outage left pending; keeps what fails."""
         with self._lock:

@@ -4,22 +4,28 @@ cannot apply is set aside with its stream, the rest goes on, and queries of that
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
+from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.metrics import GAPS, QUARANTINED
 from eventkeep.projections.log_feed import fill_from
 from eventkeep.projections.readmodels import LOG, ReadModels
 from eventkeep.replay.rebuild import rebuild
+from tests.api.conftest import distributed_settings
 from tests.api.shopping import answer, create_product
+from tests.conftest_services import KAFKA_BOOTSTRAP, require_env
 
 
 @pytest.fixture
@@ -174,3 +180,67 @@ def test_a_quarantined_stream_answers_503_stream_quarantined(
             cursor.execute(
                 f"DELETE FROM {models.table('quarantine')} WHERE stream_id = %s", (product["id"],)
             )
+
+
+# --- read-your-writes with any cache (issue 8 item 5) ------------------------------------------
+
+
+@pytest.fixture
+def cut_off(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
+    """The wiring projected with the projector unable to reach Redis (its URL: a closed
+    port) while the API reads through the real one; embedded: its in-process feed."""
+    if wiring.feed is not None:
+        yield wiring
+        return
+    unique = uuid.uuid4().hex[:10]
+    settings = distributed_settings(tmp_path / "home").model_copy(
+        update={
+            "kafka_bootstrap": require_env(KAFKA_BOOTSTRAP),
+            "topic_prefix": f"t{unique}",
+            "topic_partitions": 2,
+            "projector_group": f"g{unique}",
+        }
+    )
+    assert settings.redis_url is not None  # the API's cache is Redis
+    models = projector_read_models(settings)
+    nowhere = settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:9/1")})
+    assert wiring.built is not None
+    workers = [
+        build_relay(settings, wiring.shop),
+        build_projector(nowhere, models, store=wiring.built.recorder),
+    ]
+    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
+    for thread in threads:
+        thread.start()
+    wiring.min_position_wait = 15  # the first events through new topics are slow
+    yield wiring
+    for worker in workers:
+        worker.stop()
+    for thread in threads:
+        thread.join(15)
+    models.close()
+
+
+def read(client: TestClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = client.get(path, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_x_min_position_never_answers_an_older_cached_version(
+    client: TestClient, bearer: Callable[[Role], dict[str, str]], cut_off: Wiring
+) -> None:
+    admin = bearer(Role.admin)
+    product = create_product(client, sku=f"RYW-{uuid.uuid4().hex[:6]}")
+    path = f"/v1/products/{product['id']}"
+    for round_ in range(5):
+        price = f"{round_ + 2}.00"
+        # Read at the last write: the answer (now cached) is that version.
+        wanted = {"X-Min-Position": str(product["position"])}
+        assert read(client, path, wanted)["version"] >= product["version"]
+        assert read(client, path, wanted)["version"] >= product["version"]
+        body = {"price": price, "currency": "EUR"}
+        product = answer(client.post(f"{path}/price", json=body, headers=admin))
+        # The projector cannot tell the cache; the read still answers the new version.
+        after = read(client, path, {"X-Min-Position": str(product["position"])})
+        assert (after["version"], after["price"]) == (product["version"], price)

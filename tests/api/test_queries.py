@@ -222,6 +222,9 @@ class OneBehind:
     def quarantined_of(self, name: str) -> Any:
         return self._real.quarantined_of(name)
 
+    def cache_position_of(self, name: str) -> int:
+        return self._real.cache_position_of(name)
+
 
 def test_a_query_waits_only_for_the_read_model_it_reads(client: TestClient, wiring: Wiring) -> None:
     user = register(client)
