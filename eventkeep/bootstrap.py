@@ -25,8 +25,9 @@ from pydantic import SecretStr
 from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
 from eventkeep.commands.shop import Shop
-from eventkeep.deployment_secret import email_claim_key
+from eventkeep.deployment_secret import derive, email_claim_key
 from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
+from eventkeep.eventstore.feed_mac import FEED_LABEL
 from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
 from eventkeep.eventstore.recorder import EventRecorder, RecorderFactory
 from eventkeep.eventstore.write_store import ApplicationWriteStore
@@ -362,6 +363,7 @@ def relay_settings(settings: Settings) -> RelaySettings:
         partitions=settings.topic_partitions,
         tls=kafka_tls(settings),
         request_timeout=settings.kafka_request_timeout,
+        feed_key=derive(claim_secret(settings), FEED_LABEL),
     )
 
 

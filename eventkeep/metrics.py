@@ -111,6 +111,11 @@ QUARANTINE_SIZE = Gauge(
     ["projection"],
     multiprocess_mode="livemostrecent",
 )
+FEED_REJECTED = Counter(
+    "eventkeep_feed_rejected",
+    "Kafka messages a projector refused: their MAC did not verify (forged or altered).",
+    ["topic"],
+)
 GAPS = Counter(
     "eventkeep_projection_gaps",
     "Gaps in a stream's versions a projection met (and filled from the store).",

@@ -38,6 +38,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from eventkeep.domain.catalog import STREAM_TYPES  # the one spelling: "User", "Product", …
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.feed_mac import FEED_MAC_HEADER, sign
 from eventkeep.eventstore.kafka_tls import KafkaTLS
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
@@ -66,6 +67,8 @@ class RelaySettings:
     request_timeout: float = 7.0
     # Plaintext unless the settings name a CA (eventstore/kafka_tls.py).
     tls: KafkaTLS = field(default_factory=KafkaTLS)
+    # Signs each message (eventstore/feed_mac.py); projectors holding it verify each one.
+    feed_key: bytes | None = field(default=None, repr=False)
 
     def topic(self, stream_type: str) -> str:
         return f"{self.topic_prefix}.{stream_type}"
@@ -257,6 +260,7 @@ class Relay:
         for event in batch:
             key, value, headers = message_of(event)
             topic = self._settings.topic(event.stream_type)
+            headers = self._signed(topic, key, value, headers)
             futures.append(producer.send(topic, key=key, value=value, headers=headers))
         futures += self._send_watermarks(producer, batch[-1].id)
         producer.flush(timeout=30)
@@ -265,13 +269,22 @@ class Relay:
 
     def _send_watermarks(self, producer: KafkaProducer, position: int) -> list[Any]:
         """Tells every partition's readers that the log up to `position` has been sent."""
-        value = orjson.dumps({"watermark": position})
-        headers = [(WATERMARK_HEADER, b"1")]
-        return [
-            producer.send(topic, value=value, partition=partition, headers=headers)
-            for topic in map(self._settings.topic, STREAM_TYPES)
-            for partition in sorted(producer.partitions_for(topic))
-        ]
+        sent = []
+        for topic in map(self._settings.topic, STREAM_TYPES):
+            for partition in sorted(producer.partitions_for(topic)):
+                # Its partition in the value: a signed watermark copied elsewhere fails.
+                value = orjson.dumps({"watermark": position, "partition": partition})
+                headers = self._signed(topic, None, value, [(WATERMARK_HEADER, b"1")])
+                sent.append(producer.send(topic, value=value, partition=partition, headers=headers))
+        return sent
+
+    def _signed(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> list[tuple[str, bytes]]:
+        if self._settings.feed_key is None:
+            return headers
+        mac = sign(self._settings.feed_key, topic, key, value, headers)
+        return [*headers, (FEED_MAC_HEADER, mac)]
 
 
 def discard_producer(producer: KafkaProducer, *, timeout: float) -> None:

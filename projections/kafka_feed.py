@@ -25,9 +25,10 @@ from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.feed_mac import verifies
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
-from eventkeep.metrics import KAFKA_CONSUMER_LAG, observe_applied, observe_idle
+from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.readmodels import LOG, ReadModels
 
@@ -106,6 +107,21 @@ class KafkaProjector:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _trusted(self, message: Any) -> bool:
+        """Whether the message carries the relay's MAC (with the feed key set): a forged or
+        altered one is counted, logged and never applied (nor moves a position)."""
+        key = self._settings.feed_key
+        if key is None or verifies(key, message.topic, message.key, message.value, message.headers):
+            return True
+        FEED_REJECTED.labels(message.topic).inc()
+        log.error(
+            "message %s:%s@%s refused: its MAC does not verify (forged or altered)",
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        return False
 
     def _settle(self) -> None:
         """Once the cache holds every tombstone given to it, the watermarks of the batches
@@ -252,6 +268,8 @@ class KafkaProjector:
             self._consumed[partition] = messages[-1].offset + 1
             mark = 0
             for message in messages:
+                if not self._trusted(message):
+                    continue
                 value = orjson.loads(message.value)
                 if any(name == WATERMARK_HEADER for name, _ in message.headers):
                     mark = max(mark, value["watermark"])

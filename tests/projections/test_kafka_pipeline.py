@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -337,3 +338,74 @@ def test_a_new_topic_prefix_leaves_no_frozen_position(
         if key.startswith(("offset:", "watermark:")) and settings.topic_prefix in key
     ]
     assert_equal_to_rebuild(wiring)
+
+
+# --- the trusted feed (issue 10 item 4) ------------------------------------------------------
+
+
+def test_forged_and_altered_messages_are_refused_and_counted(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    from kafka import KafkaProducer
+
+    from eventkeep.bootstrap import relay_settings
+    from eventkeep.eventstore.feed_mac import sign
+    from eventkeep.eventstore.relay import WATERMARK_HEADER, message_of
+    from eventkeep.metrics import FEED_REJECTED
+
+    store = wiring.shop.recorder
+    threads.start(build_relay(settings, wiring.shop))
+    threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)
+    topic = f"{settings.topic_prefix}.Product"
+    refused = FEED_REJECTED.labels(topic)._value.get()
+
+    # A forged product (a new stream, signed with a wrong key), an altered copy of a real
+    # event (its price changed, the relay's MAC kept), and a forged watermark far ahead.
+    real = store.select_notifications(0, 1000)
+    [created] = [e for e in real if e.stream_type == "Product"][:1]
+    key, value, headers = message_of(created)
+    feed_key = relay_settings(settings).feed_key
+    assert feed_key is not None
+    signed = [*headers, ("ek-mac", sign(feed_key, topic, key, value, headers))]
+    forged_id = str(uuid.uuid4())
+    forged = orjson.loads(value) | {"stream_id": forged_id}
+    altered = orjson.loads(value) | {"data": orjson.loads(value)["data"] | {"price": "0.01"}}
+    options = kafka_tls(settings).options()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **options)
+    try:
+        sent = [
+            producer.send(
+                topic,
+                key=forged_id.encode(),
+                value=orjson.dumps(forged),
+                headers=[*headers, ("ek-mac", b"\0" * 32)],
+            ),
+            producer.send(topic, key=key, value=orjson.dumps(altered), headers=signed),
+            producer.send(
+                topic,
+                value=orjson.dumps({"watermark": 10**12}),
+                partition=0,
+                headers=[(WATERMARK_HEADER, b"1")],
+            ),
+        ]
+        producer.flush(10)
+        for future in sent:
+            future.get(10)
+    finally:
+        producer.close()
+
+    deadline = time.monotonic() + 30
+    while FEED_REJECTED.labels(topic)._value.get() < refused + 3:
+        assert time.monotonic() < deadline, "the forged messages were never refused"
+        time.sleep(0.1)
+    traffic(client, rounds=1)  # the feed goes on
+    assert_equal_to_rebuild(wiring)
+    assert projector_models["products"].get(forged_id) is None
+    head = store.max_notification_id()
+    assert wiring.queries.models.position() <= head  # no forged watermark moved it
