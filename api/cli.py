@@ -407,12 +407,13 @@ def project() -> None:
             f"projector: {settings.kafka_bootstrap} topics {settings.topic_prefix}.* "
             f"-> read models; group {settings.projector_group}"
         )
-        models, recorder = system.read_models, system.recorder
-        lag = LagCollector(
-            recorder.max_notification_id,
-            lambda: {name: models.position(name) for name in models.names},
-        )
-        serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
+        if settings.metrics_port is not None:  # the log's head needs the event store too
+            models, recorder = system.read_models, system.recorder
+            lag = LagCollector(
+                recorder.max_notification_id,
+                lambda: {name: models.position(name) for name in models.names},
+            )
+            serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
         _run_until_signalled(worker, settings)
 
 
