@@ -28,6 +28,7 @@ from eventkeep.commands.shop import Shop
 from eventkeep.deployment_secret import derive, email_claim_key
 from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
 from eventkeep.eventstore.feed_mac import FEED_LABEL
+from eventkeep.eventstore.hashchain import chain_key
 from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
 from eventkeep.eventstore.recorder import EventRecorder, RecorderFactory
 from eventkeep.eventstore.write_store import ApplicationWriteStore
@@ -38,6 +39,7 @@ from eventkeep.settings import Settings
 
 if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, nor serve the relay
     from eventkeep.api.keys import ApiKeyStore
+    from eventkeep.eventstore.checkpoints import CheckpointFile
     from eventkeep.eventstore.circuit import CircuitBreaker
     from eventkeep.eventstore.kafka_tls import KafkaTLS
     from eventkeep.eventstore.relay import Relay, RelaySettings
@@ -235,6 +237,29 @@ class Eventkeep:
 def claim_secret(settings: Settings) -> bytes:
     assert settings.claim_secret is not None  # Settings fills or demands it
     return settings.claim_secret.get_secret_value().encode()
+
+
+def chain_secret(settings: Settings) -> bytes:
+    """The hash chain's HMAC key: EVENTKEEP_CHAIN_KEY, else HOME/chain-key, made at first use
+    from the deployment secret (HKDF with the chain's label) so that it outlives a rotation
+    of that secret (the log's hashes cannot be recomputed)."""
+    if settings.chain_key is not None:
+        return chain_key(settings.chain_key.get_secret_value().encode())
+    path = settings.home / "chain-key"
+    if not path.exists():
+        from eventkeep.private_files import write_private
+
+        write_private(path, chain_key(claim_secret(settings)).hex())
+    return bytes.fromhex(path.read_text().strip())
+
+
+def checkpoint_file(settings: Settings) -> CheckpointFile:
+    """The hash chain's signed checkpoints (`eventstore.checkpoints`), signed with a key
+    derived from the chain key (which, unlike the deployment secret, is never rotated)."""
+    from eventkeep.eventstore.checkpoints import CheckpointFile
+
+    path = settings.checkpoint_file or settings.home / "chain-checkpoints.jsonl"
+    return CheckpointFile(path, chain_secret(settings))
 
 
 def database_url(settings: Settings, role: DatabaseRole) -> str | None:
@@ -438,6 +463,8 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         # Wraps the per-user keys of personal data (eventstore.pii), and tells the store which
         # fields are personal and which event erases them.
         PII_SECRET: claim_secret(settings).decode(),
+        # The hash chain's HMAC key (eventstore/hashchain.py), never stored in the database.
+        RecorderFactory.CHAIN_KEY: chain_secret(settings).hex(),
         **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT).to_env(),
         # Recently used aggregates stay in memory and are fast-forwarded with the events
         # stored since (one query instead of snapshot + events); a stale copy cannot win, the

@@ -231,6 +231,19 @@ class Settings(BaseSettings):
         description="Seconds a Redis connect or request of the read-model cache may take; then "
         "the read goes to the read models (a slow Redis never slows a query more than this).",
     )
+    chain_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the hash chain's HMAC (at least 32 bytes), the same in every "
+        "process; the database never sees it. Unset: the key derived from the deployment "
+        "secret at first use, kept in HOME/chain-key (0600) so that it outlives a rotation of "
+        "the secret. Set it explicitly when processes run on several hosts.",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="Append-only file of the hash chain's signed checkpoints (default "
+        "HOME/chain-checkpoints.jsonl): outside the database, written by `eventkeep audit "
+        "checkpoint`, read by `eventkeep audit verify`. Keep a copy in append-only storage.",
+    )
     commit_wait_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -149,8 +149,11 @@ class BatchPlan:
         return bool(self.rows or self.claims or self.idempotency or self.tracking)
 
 
-def plan_batch(appends: Sequence[Append], state: StoreState, now: datetime) -> BatchPlan:
-    """Decide which appends commit, number their events and link them into the chain."""
+def plan_batch(
+    appends: Sequence[Append], state: StoreState, now: datetime, key: bytes | None = None
+) -> BatchPlan:
+    """Decide which appends commit, number their events and link them into the chain (keyed
+    with `key`: `eventstore.hashchain`)."""
     plan = BatchPlan()
     position, prev_hash = state.last_position, state.last_hash
     for append in appends:
@@ -161,7 +164,7 @@ def plan_batch(appends: Sequence[Append], state: StoreState, now: datetime) -> B
         positions = []
         for event in append.events:
             position += 1
-            row = _row(event, position, prev_hash, append.metadata, now)
+            row = _row(event, position, prev_hash, append.metadata, now, key)
             prev_hash = row.hash
             plan.rows.append(row)
             positions.append(position)
@@ -211,7 +214,12 @@ def _conflict(append: Append, state: StoreState) -> Exception | None:
 
 
 def _row(
-    event: StoredEvent, position: int, prev_hash: bytes, metadata: dict[str, Any], now: datetime
+    event: StoredEvent,
+    position: int,
+    prev_hash: bytes,
+    metadata: dict[str, Any],
+    now: datetime,
+    key: bytes | None = None,
 ) -> Row:
     if isinstance(event, RecordedEvent):
         stream_type, schema_version, recorded_at = (
@@ -232,7 +240,7 @@ def _row(
         "data": event.state,
         "metadata": metadata,
     }
-    return Row(**fields, prev_hash=prev_hash, hash=event_hash(prev_hash, **fields))
+    return Row(**fields, prev_hash=prev_hash, hash=event_hash(prev_hash, **fields, key=key))
 
 
 class BatchStorage(Protocol):
@@ -286,6 +294,7 @@ class GroupCommitter:
         self._result_wait = result_wait
         self._verify_timeout = verify_timeout
         self._name = name
+        self.chain_key: bytes | None = None  # the hash chain's HMAC key (set by the store)
         self._thread = self._new_thread()
         self._started = threading.Lock()
         self._closed = False
@@ -397,7 +406,8 @@ class GroupCommitter:
         sent = False
         try:
             with self._storage.locked_transaction() as transaction:
-                plan = plan_batch(batch, transaction.read_state(batch), datetime.now(UTC))
+                state = transaction.read_state(batch)
+                plan = plan_batch(batch, state, datetime.now(UTC), self.chain_key)
                 if plan.writes_anything:
                     sent = True
                     transaction.write(plan)

@@ -1,7 +1,12 @@
 """The hash chain that makes stored history tamper-evident.
 
-Each event's hash is SHA-256 over the previous event's hash and this event's canonical bytes;
-the first event links to `GENESIS`. Canonical bytes are the length-prefixed fields below, so no
+Each event's hash is HMAC-SHA256, keyed with `chain_key` (derived from the deployment secret,
+which no database role ever sees), over the previous event's hash and this event's canonical
+bytes; the first event links to `GENESIS`. Without the key nobody — not the database's owner —
+can recompute a valid chain after changing an event. Events written before the chain was keyed
+carry plain SHA-256 hashes (the same bytes, no key); verification accepts them only as the
+log's leading part that the first checkpoint recorded (`eventstore.checkpoints`).
+Canonical bytes are the length-prefixed fields below, so no
 field can bleed into its neighbour. Metadata is hashed as sorted-key JSON because the database
 may re-format it (PostgreSQL `jsonb`).
 """
@@ -9,6 +14,7 @@ may re-format it (PostgreSQL `jsonb`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,6 +26,16 @@ import orjson
 from eventkeep.eventstore.records import LoggedEvent
 
 GENESIS = bytes(32)
+
+
+def chain_key(secret: bytes) -> bytes:
+    """The chain's HMAC key, derived from the deployment secret with a label of its own."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"eventkeep hash chain v1"
+    ).derive(secret)
 
 
 def canonical_time(moment: datetime) -> str:
@@ -42,7 +58,10 @@ def event_hash(
     recorded_at: datetime,
     data: bytes,
     metadata: Mapping[str, Any],
+    key: bytes | None = None,
 ) -> bytes:
+    """The event's chain hash: HMAC-SHA256 with `key`; without one, the unkeyed SHA-256 of
+    history written before the chain was keyed."""
     fields = (
         str(position).encode(),
         str(stream_id).encode(),
@@ -55,13 +74,15 @@ def event_hash(
         canonical_metadata(metadata),
     )
     framed = b"".join(_PREFIX.pack(len(field)) + field for field in fields)
+    if key is not None:
+        return hmac.new(key, prev_hash + framed, hashlib.sha256).digest()
     return hashlib.sha256(prev_hash + framed).digest()
 
 
 _PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
 
 
-def recomputed_hash(event: LoggedEvent, prev_hash: bytes) -> bytes:
+def recomputed_hash(event: LoggedEvent, prev_hash: bytes, key: bytes | None = None) -> bytes:
     """The hash a logged event (as stored: not decrypted) must carry after `prev_hash`: what
     verification compares with the stored one."""
     return event_hash(
@@ -75,4 +96,5 @@ def recomputed_hash(event: LoggedEvent, prev_hash: bytes) -> bytes:
         recorded_at=event.recorded_at,
         data=event.state,
         metadata=event.metadata,
+        key=key,
     )

@@ -29,7 +29,7 @@ from eventsourcing.persistence import (
 )
 
 from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
-from eventkeep.eventstore.hashchain import GENESIS
+from eventkeep.eventstore.hashchain import GENESIS, chain_key
 from eventkeep.eventstore.migrations import (
     Migration,
     Schema,
@@ -216,6 +216,14 @@ class EventRecorder:
         if self.personal_data is not None:
             append = replace(append, events=self.personal_data.seal(append.events))
         return self._committer.append(append)
+
+    @property
+    def chain_key(self) -> bytes | None:
+        """The hash chain's HMAC key (None: unkeyed, as before the chain was keyed)."""
+        return self._committer.chain_key
+
+    def set_chain_key(self, key: bytes | None) -> None:
+        self._committer.chain_key = key
 
     def set_commit_timeouts(
         self, *, result_wait: float | None = None, verify_timeout: float | None = None
@@ -551,6 +559,8 @@ class RecorderFactory:
     # spends finding out whether a batch whose connection failed while committing is stored.
     COMMIT_RESULT_WAIT = "COMMIT_RESULT_WAIT"
     COMMIT_VERIFY_TIMEOUT = "COMMIT_VERIFY_TIMEOUT"
+    # The hash chain's HMAC key, hex (else derived from the deployment secret, PII_SECRET).
+    CHAIN_KEY = "CHAIN_KEY"
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)  # type: ignore[call-arg]  # the library factory (see the class)
@@ -574,6 +584,11 @@ class RecorderFactory:
         )
         if not self.env_create_table():
             recorder.check_schema()
+        if key := self.env.get(self.CHAIN_KEY):
+            recorder.set_chain_key(bytes.fromhex(key))
+        elif secret := self.env.get(PII_SECRET):
+            # The deployment secret keys the hash chain: the database never sees it.
+            recorder.set_chain_key(chain_key(secret.encode()))
         if secret := self.env.get(PII_SECRET):
             fields = PersonalFields.from_env(self.env)
             recorder.personal_data = PersonalData(secret.encode(), DataKeys(recorder), fields)

@@ -2,13 +2,14 @@
 anything stored was altered, and the whole log as JSON Lines.
 
 Verification recomputes the hash chain over the bytes as stored (personal data still
-sealed), so it needs no keys, and an erasure — which destroys a key, not a row — leaves the
-chain intact.
+sealed), so it needs no data keys, and an erasure — which destroys a key, not a row — leaves
+the chain intact. It needs the chain's HMAC key (derived from the deployment secret) and
+compares the log with the signed checkpoints (`eventstore.checkpoints`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ import orjson
 from eventsourcing.application import Application
 
 from eventkeep.domain.upcasters import upcast
+from eventkeep.eventstore.checkpoints import Checkpoint, CheckpointFile
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
 from eventkeep.eventstore.records import LoggedEvent
@@ -92,6 +94,8 @@ class Verdict:
     checked: int
     last_position: int
     altered: dict[str, Any] | None
+    last_hash: bytes = GENESIS
+    unkeyed_until: int = 0  # the last event of the leading part hashed without the key
 
     @property
     def intact(self) -> bool:
@@ -99,27 +103,90 @@ class Verdict:
 
 
 def verify(
-    recorder: Any, advance: Callable[[int, int], None] = lambda position, head: None
+    recorder: Any,
+    advance: Callable[[int, int], None] = lambda position, head: None,
+    checkpoints: Sequence[Checkpoint] = (),
+    *,
+    adopt_unkeyed: bool = False,
 ) -> Verdict:
     """Walks the whole log in position order, recomputing each hash from the stored fields
-    and its predecessor's hash; stops at the first event whose hash, link or position is off."""
+    and its predecessor's hash (keyed with the recorder's `chain_key`, when it has one), and
+    compares it with every signed checkpoint; stops at the first event whose hash, link or
+    position is off, or reports the tail a checkpoint covers and the log lacks.
+
+    Unkeyed hashes (history written before the chain was keyed) are accepted only as the
+    log's leading part, up to the first checkpoint's `unkeyed_until`; with no checkpoint,
+    only when `adopt_unkeyed` (`eventkeep audit checkpoint`'s first run)."""
+    key: bytes | None = getattr(recorder, "chain_key", None)
+    for checkpoint in checkpoints:
+        if not checkpoint.valid:
+            return Verdict(0, 0, _missing(checkpoint.position, "a checkpoint's signature fails"))
+    unkeyed_until: int | None = (
+        checkpoints[0].unkeyed_until if checkpoints else (None if adopt_unkeyed else 0)
+    )
+    signed = {checkpoint.position: checkpoint for checkpoint in checkpoints}
     head = recorder.max_notification_id() or 0
-    prev_hash, expected, checked = GENESIS, 1, 0
+    prev_hash, expected, checked, keyed_seen, last_unkeyed = GENESIS, 1, 0, False, 0
     for event in _log(recorder, decrypt=False):
         problem = None
         if event.id != expected:
             problem = f"position {expected} is missing (the next stored is {event.id})"
         elif event.prev_hash != prev_hash:
             problem = "its link to the previous event does not match that event's hash"
-        elif recomputed_hash(event, prev_hash) != event.hash:
+        elif recomputed_hash(event, prev_hash, key) == event.hash:
+            keyed_seen = key is not None
+        elif (
+            key is not None
+            and not keyed_seen
+            and (unkeyed_until is None or event.id <= unkeyed_until)
+            and recomputed_hash(event, prev_hash) == event.hash
+        ):
+            last_unkeyed = event.id
+        elif key is not None and recomputed_hash(event, prev_hash) == event.hash:
+            problem = (
+                "its hash was computed without the chain's key (a chain recomputed by someone "
+                "without it, or history never adopted: see `eventkeep audit checkpoint`)"
+            )
+        else:
             problem = "its stored content does not match its hash"
+        if problem is None and (mark := signed.get(event.id)) and mark.hash != event.hash:
+            problem = f"its hash differs from the checkpoint signed at {mark.time}"
         if problem is not None:
-            return Verdict(checked, expected - 1, _named(event, expected, problem))
+            return Verdict(checked, expected - 1, _named(event, expected, problem), prev_hash)
         prev_hash, expected, checked = event.hash, expected + 1, checked + 1
         if checked % PAGE == 0:
             advance(event.id, head)
     advance(expected - 1, head)
-    return Verdict(checked, expected - 1, None)
+    beyond = [c for c in checkpoints if c.position > expected - 1]
+    if beyond:
+        mark = max(beyond, key=lambda c: c.position)
+        problem = (
+            f"the log ends at {expected - 1}, but the checkpoint signed at {mark.time} covers "
+            f"position {mark.position}: events were removed from the tail"
+        )
+        return Verdict(checked, expected - 1, _missing(expected, problem), prev_hash)
+    return Verdict(checked, expected - 1, None, prev_hash, last_unkeyed)
+
+
+def checkpoint(recorder: Any, checkpoints: CheckpointFile) -> tuple[Verdict, Checkpoint | None]:
+    """Verifies the log against the key and the checkpoints so far, then, if intact, signs
+    its head into the file (the first run adopts the unkeyed leading part, if any)."""
+    existing = checkpoints.read()
+    verdict = verify(recorder, checkpoints=existing, adopt_unkeyed=not existing)
+    if not verdict.intact:
+        return verdict, None
+    unkeyed = existing[0].unkeyed_until if existing else verdict.unkeyed_until
+    return verdict, checkpoints.append(verdict.last_position, verdict.last_hash, unkeyed)
+
+
+def _missing(position: int, problem: str) -> dict[str, Any]:
+    return {
+        "position": position,
+        "stream_id": None,
+        "stream_version": None,
+        "event_type": None,
+        "problem": problem,
+    }
 
 
 def _named(event: LoggedEvent, position: int, problem: str) -> dict[str, Any]:

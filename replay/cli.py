@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from eventkeep.bootstrap import Eventkeep, Role, build
+from eventkeep.bootstrap import Eventkeep, Role, build, checkpoint_file
 from eventkeep.metrics import record_verify
 from eventkeep.private_files import open_private
 from eventkeep.replay import audit
@@ -225,12 +225,15 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Walk the hash chain; exit 0 when intact, 1 naming the first altered or missing event."""
+    """Walk the hash chain with its key and compare it with every signed checkpoint; exit 0
+    when intact, 1 naming the first altered or missing event."""
     with _built() as system, _events_bar() as bar:
+        checkpoints = checkpoint_file(system.settings).read()
         task = bar.add_task("verifying", total=None, rate="")
         verdict = audit.verify(
             system.shop.recorder,
             lambda position, head: bar.update(task, completed=position, total=head, rate=""),
+            checkpoints,
         )
     record_verify(verdict.intact, metrics_file)
     if verdict.intact:
@@ -245,6 +248,25 @@ def verify(
     )
     typer.echo(orjson.dumps(bad).decode())
     raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def checkpoint() -> None:
+    """Verify the chain, then sign its head (position, hash, time) into the checkpoint file
+    (EVENTKEEP_CHECKPOINT_FILE); the first run adopts history hashed before the chain was
+    keyed. Exit 1, writing nothing, when the chain is not intact."""
+    with _built() as system:
+        file = checkpoint_file(system.settings)
+        verdict, written = audit.checkpoint(system.shop.recorder, file)
+    if written is None:
+        bad = verdict.altered or {}
+        out.print(f"[red]ALTERED:[/red] position {bad['position']}: {bad['problem']}")
+        typer.echo(orjson.dumps(bad).decode())
+        raise typer.Exit(1)
+    out.print(
+        f"Checkpoint: position {written.position}, hash {written.hash.hex()[:16]}…, "
+        f"{written.time} → {file.path}"
+    )
 
 
 @audit_app.command("export")

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from eventkeep.api.keys import SqliteApiKeyStore
 from eventkeep.bootstrap import build_key_store, shop_env
 from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
+from eventkeep.eventstore.hashchain import chain_key
 from eventkeep.eventstore.pii import PersonalFields
 from eventkeep.settings import Settings
 
@@ -68,6 +69,9 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
     settings = Settings(home=tmp_path / "home", postgres_url=None, claim_secret=None)
     env = shop_env(settings)
     secret = (tmp_path / "home" / "secret").read_text()
+    # The chain's key: made once from the secret, kept in the home (it outlives a rotation).
+    chain = (tmp_path / "home" / "chain-key").read_text()
+    assert bytes.fromhex(chain) == chain_key(secret.encode())
     assert env == {
         "PERSISTENCE_MODULE": "eventkeep.eventstore.sqlite",
         "SQLITE_DBNAME": str(tmp_path / "home" / "events.db"),
@@ -78,6 +82,7 @@ def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> Non
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "COMMIT_RESULT_WAIT": "30.0",
         "COMMIT_VERIFY_TIMEOUT": "10.0",
+        "CHAIN_KEY": chain,
     }
     assert secret
     assert isinstance(build_key_store(settings), SqliteApiKeyStore)
@@ -92,6 +97,7 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         pool_size=7,
     )
     env = shop_env(settings)
+    chain = (tmp_path / "chain-key").read_text()
     # Bounded waits on both ends of the connection (eventkeep.bootstrap.bounded_connection).
     assert conninfo_to_dict(env.pop("POSTGRES_CONNINFO")) == {
         "keepalives": "1",
@@ -121,4 +127,5 @@ def test_distributed_shop_env_is_parsed_from_the_url(tmp_path: Path) -> None:
         "AGGREGATE_CACHE_FASTFORWARD": "y",
         "COMMIT_RESULT_WAIT": "30.0",
         "COMMIT_VERIFY_TIMEOUT": "10.0",
+        "CHAIN_KEY": chain,
     }
