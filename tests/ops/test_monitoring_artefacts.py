@@ -81,10 +81,10 @@ def test_every_alert_reads_defined_metrics_and_has_a_runbook_entry() -> None:
         assert f"### {alert['alert']}" in operations, alert["alert"]
 
 
-@pytest.mark.timeout(3600)  # the first run on a machine builds promtool (about 17 minutes)
+@pytest.mark.timeout(900)  # the first run on a machine installs promtool with apt
 def test_the_rules_pass_promtool_check_and_their_unit_tests() -> None:
     done = subprocess.run(
-        [str(REPO / "infra" / "alerts-check")], capture_output=True, text=True, timeout=3600
+        [str(REPO / "infra" / "alerts-check")], capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout + done.stderr
