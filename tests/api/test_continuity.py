@@ -308,3 +308,106 @@ def test_a_tailing_reader_and_the_read_models_under_8_concurrent_writers(
     live = [r for r in projected.queries.models.dump()["products"] if r["id"] in ids]
     assert [r["stock"] for r in live] == [10 + 15] * 8
     assert live == [r for r in rebuilt(store, fresh)["products"] if r["id"] in ids]
+
+
+# --- fast recovery (issue 8 item 7, the read side) ---------------------------------------------
+
+
+def test_the_projector_works_again_within_10_s_of_redis_and_postgresql_coming_back(
+    wiring: Wiring,
+    client: TestClient,
+    bearer: Callable[[Role], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    """The projector reaches Redis and its read models' PostgreSQL through TCP proxies the
+    test cuts: while either is down reads at a write's position still answer it (Redis) or
+    wait (PostgreSQL); within 10 s of each coming back the read models and the cache's
+    settled position reach the log's head. (The embedded feed has neither.)"""
+    from urllib.parse import urlsplit
+
+    from eventkeep.projections.readmodels import cache_position_of
+    from tests.faults.tcp_proxy import TcpProxy
+
+    if wiring.feed is not None:
+        pytest.skip("the embedded mode's feed uses neither Redis nor a PostgreSQL connection")
+    unique = uuid.uuid4().hex[:10]
+    settings = distributed_settings(tmp_path / "home").model_copy(
+        update={
+            "kafka_bootstrap": require_env(KAFKA_BOOTSTRAP),
+            "topic_prefix": f"t{unique}",
+            "topic_partitions": 2,
+            "projector_group": f"g{unique}",
+        }
+    )
+    assert settings.redis_url is not None and settings.postgres_url is not None
+    redis_url = urlsplit(settings.redis_url.get_secret_value())
+    postgres_url = urlsplit(settings.postgres_url.get_secret_value())
+    redis_proxy = TcpProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379)
+    postgres_proxy = TcpProxy(postgres_url.hostname or "127.0.0.1", postgres_url.port or 5432)
+    proxied_redis = redis_url._replace(netloc=f"127.0.0.1:{redis_proxy.port}").geturl()
+    netloc = postgres_url.netloc.rsplit("@", 1)
+    proxied_pg = postgres_url._replace(
+        netloc=f"{netloc[0]}@127.0.0.1:{postgres_proxy.port}"
+        if len(netloc) == 2
+        else f"127.0.0.1:{postgres_proxy.port}"
+    ).geturl()
+    projector_settings = settings.model_copy(
+        update={"redis_url": SecretStr(proxied_redis), "postgres_url": SecretStr(proxied_pg)}
+    )
+    models = projector_read_models(projector_settings)
+    assert wiring.built is not None
+    workers = [
+        build_relay(settings, wiring.shop),
+        build_projector(projector_settings, models, store=wiring.built.recorder),
+    ]
+    threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
+    for thread in threads:
+        thread.start()
+    wiring.min_position_wait = 15
+    admin = bearer(Role.admin)
+
+    def settled() -> int:
+        return min(cache_position_of(p) for p in wiring.queries.models.progress_by_name().values())
+
+    def within_10_s(done: Callable[[], bool]) -> float:
+        began = time.monotonic()
+        while not done():
+            assert time.monotonic() - began < 10, "not working again within 10 s"
+            time.sleep(0.05)
+        return time.monotonic() - began
+
+    try:
+        product = create_product(client, sku=f"REC-{uuid.uuid4().hex[:6]}")
+        path = f"/v1/products/{product['id']}"
+        read(client, path, {"X-Min-Position": str(product["position"])})
+        assert redis_proxy._pairs and postgres_proxy._pairs  # the projector goes through them
+        with redis_proxy.down():
+            product = answer(
+                client.post(
+                    f"{path}/price", json={"price": "7.00", "currency": "EUR"}, headers=admin
+                )
+            )
+            shown = read(client, path, {"X-Min-Position": str(product["position"])})
+            assert shown["price"] == "7.00"
+            time.sleep(1)
+        head = wiring.shop.recorder.max_notification_id() or 0
+        within_10_s(lambda: settled() >= head)
+
+        with postgres_proxy.down():
+            product = answer(
+                client.post(
+                    f"{path}/price", json={"price": "8.00", "currency": "EUR"}, headers=admin
+                )
+            )
+            time.sleep(3)
+        head = wiring.shop.recorder.max_notification_id() or 0
+        within_10_s(lambda: wiring.queries.models.position() >= head)
+        assert read(client, path, {"X-Min-Position": str(head)})["price"] == "8.00"
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            thread.join(15)
+        models.close()
+        redis_proxy.close()
+        postgres_proxy.close()
