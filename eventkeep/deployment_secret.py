@@ -10,7 +10,7 @@ tells nothing about the other:
 | --- | --- |
 | `eventkeep email claims v1` | the HMAC that stores an email's uniqueness claim without plaintext |
 | `eventkeep data keys` | the AES-GCM key that wraps each user's data key (eventstore/pii.py) |
-| `eventkeep kafka feed` | the HMAC the relay signs each Kafka message with, projectors check (eventstore/feed_mac.py) |
+| `eventkeep kafka feed` | the HMAC that signs each Kafka message (eventstore/feed_mac.py) |
 """
 
 from __future__ import annotations
