@@ -1,8 +1,9 @@
 """The truth about a commit (issue 8 item 4): when the connection fails while a batch commits,
 every writer is told what the table holds — stored (success), not stored (`CommitNotWritten`,
 safe to retry) or, when the store cannot be asked, `CommitOutcomeUnknown` — and never a
-failure for an append that is stored. Faults come from a TCP proxy in front of the real
-PostgreSQL."""
+failure for an append that is stored. Faults come from a TCP proxy in front of a real
+PostgreSQL: a plaintext cluster of this module's own (tests/ops/cluster.py), because the proxy
+must read the protocol to cut right after COMMIT and the shared server accepts TLS only."""
 
 from __future__ import annotations
 
@@ -22,6 +23,22 @@ from eventkeep.eventstore.group_commit import Append, CommitNotWritten, CommitOu
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 from tests.eventstore.stores import drop_postgres_tables, postgres_params, postgres_url
 from tests.faults.tcp_proxy import TcpProxy
+from tests.ops.cluster import Cluster
+
+
+@pytest.fixture(scope="module")
+def plaintext_cluster() -> Iterator[Cluster]:
+    cluster = Cluster.create(archive_timeout=60)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(autouse=True)
+def on_plaintext_cluster(plaintext_cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module's store is the plaintext cluster, reached as its owner (no role URLs)."""
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", plaintext_cluster.url)
+    for role in ("OWNER", "WRITER", "RELAY", "PROJECTOR", "QUERY", "AUDITOR"):
+        monkeypatch.delenv(f"EVENTKEEP_POSTGRES_{role}_URL", raising=False)
 
 
 @pytest.fixture
