@@ -16,6 +16,7 @@ from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.keys import ApiKeyStore, Role
 from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
+from eventkeep.projections.log_feed import fill_from
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.settings import Settings
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env
@@ -44,7 +45,15 @@ def embedded_settings(home: Path) -> Settings:
 
 
 def distributed_settings(home: Path) -> Settings:
-    settings = Settings(home=home, postgres_url=require_env(POSTGRES_URL), claim_secret=TEST_SECRET)
+    # The first events through a test's new Kafka topics take seconds to reach the read models
+    # on a busy machine: queries wait up to 15 s for their X-Min-Position (tests of the 503
+    # answer set a short wait themselves).
+    settings = Settings(
+        home=home,
+        postgres_url=require_env(POSTGRES_URL),
+        claim_secret=TEST_SECRET,
+        min_position_wait=15,
+    )
     # Tests rebuild and extend the read models through the wiring's own (one process doing
     # both, as in the embedded mode): its read side connects as the projector, which may. The
     # query role's refusals are shown by tests/eventstore/test_roles.py.
@@ -98,9 +107,11 @@ def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
     )
     # The projector writes on its own role's connection (the query side's only reads).
     projector_models = projector_read_models(settings)
+    # As the composition root builds a projector: gaps and a lost feed filled from the store.
+    projector_models.fill = fill_from(wiring.shop.recorder)
     workers = [
         build_relay(settings, wiring.shop),
-        build_projector(settings, projector_models),
+        build_projector(settings, projector_models, store=wiring.shop.recorder),
     ]
     threads = [threading.Thread(target=worker.run, daemon=True) for worker in workers]
     for thread in threads:
