@@ -154,8 +154,8 @@ def test_order_counts_and_daily_sales_are_for_analysts(
 @contextlib.contextmanager
 def statements(wiring: Wiring) -> Iterator[list[str]]:
     """Every SQL statement the read models' queries run while the block runs (a counting
-    cursor around the real one, in SQLite or PostgreSQL); progress reads of the background
-    feed or poller are left out."""
+    cursor around the real one, in SQLite or PostgreSQL); progress and quarantine reads of the
+    background feed or poller are left out."""
     seen: list[str] = []
     databases = {id(model.db): model.db for model in wiring.queries.models.models.values()}
     originals = {key: db.reading for key, db in databases.items()}
@@ -165,7 +165,8 @@ def statements(wiring: Wiring) -> Iterator[list[str]]:
             self._cursor = cursor
 
         def execute(self, sql: str, params: Any = ()) -> Any:
-            if "rm_progress" not in sql:  # the feed's or the poller's, not the request's
+            # The feed's or the poller's (progress, quarantined streams), not the request's.
+            if "rm_progress" not in sql and "rm_quarantine" not in sql:
                 seen.append(sql)
             return self._cursor.execute(sql, params)
 
