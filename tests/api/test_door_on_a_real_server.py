@@ -45,14 +45,14 @@ def test_a_30_mb_command_without_a_key_is_refused_without_being_read(server: Ser
     )
     answer, took = _head(server.port, head)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]  # too large, before the key
-    assert took < 1.0
+    assert took < 3.0  # not waiting for a body that never comes (the socket waits 10 s)
     chunked = (
         "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     )
     answer, took = _head(server.port, chunked)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]  # no key: nothing is read
-    assert took < 1.0
+    assert took < 3.0  # not waiting for a body that never comes (the socket waits 10 s)
 
 
 def test_health_stays_fast_while_a_large_body_is_refused(server: Server) -> None:

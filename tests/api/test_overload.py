@@ -49,7 +49,7 @@ def test_requests_past_the_in_flight_limit_are_refused_at_once(wiring: Wiring, b
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "OVERLOADED"
         assert refused.headers["Retry-After"] == "1"
-        assert elapsed < 0.5  # refused, not queued behind the two
+        assert elapsed < 1.5  # refused, not queued behind the two (their 3 s wait)
         assert health.status_code == 200
         # Once they are answered, requests are admitted again.
         assert client.get(f"/v1/users/{user['id']}").status_code in (200, 404)
@@ -121,7 +121,7 @@ def test_the_commit_queue_is_bounded_and_nothing_acknowledged_is_lost() -> None:
     write(4)  # the queue is full: refused after the bounded wait
     waited = time.monotonic() - started
     assert isinstance(answers[4], CommitQueueFull)
-    assert 0.15 < waited < 1.0
+    assert 0.15 < waited < 3.0  # waited its 0.2 s, then refused: bounded
     storage.release.set()
     for thread in (first, *queued):
         thread.join(5)
