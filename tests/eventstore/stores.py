@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from eventsourcing.postgres import PostgresDatastore
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest_services import POSTGRES_URL, require_env
+
+if TYPE_CHECKING:
+    from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 
 OUR_TABLES = (
     "stored_events",
@@ -77,3 +82,21 @@ def drop_postgres_tables(*names: str) -> None:
     with psycopg.connect(postgres_url(), autocommit=True) as conn:
         for name in names or OUR_TABLES:
             conn.execute(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+
+
+@contextlib.contextmanager
+def postgres_log(table: str) -> Iterator[PostgresApplicationRecorder]:
+    """A fresh event log in `table` (and its side tables) of the shared database, dropped after."""
+    from eventkeep.eventstore.postgres import PostgresApplicationRecorder
+
+    tables = (table, f"{table}_claims", f"{table}_idempotency")
+    drop_postgres_tables(*tables)
+    datastore = postgres_datastore(pool_size=4, max_overflow=8)
+    recorder = PostgresApplicationRecorder(datastore, events_table_name=table)
+    recorder.create_table()
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+        datastore.close()
+        drop_postgres_tables(*tables)

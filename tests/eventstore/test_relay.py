@@ -26,7 +26,7 @@ from eventkeep.eventstore.relay import (
     ensure_topics,
 )
 from tests.conftest_services import services
-from tests.eventstore.stores import drop_postgres_tables, postgres_datastore
+from tests.eventstore.stores import postgres_log
 
 pytestmark = pytest.mark.services
 TABLE = "relay_test_events"
@@ -34,14 +34,8 @@ TABLE = "relay_test_events"
 
 @pytest.fixture
 def log() -> Iterator[PostgresApplicationRecorder]:
-    drop_postgres_tables(TABLE, f"{TABLE}_claims", f"{TABLE}_idempotency")
-    datastore = postgres_datastore(pool_size=4, max_overflow=8)
-    recorder = PostgresApplicationRecorder(datastore, events_table_name=TABLE)
-    recorder.create_table()
-    yield recorder
-    recorder.close()
-    datastore.close()
-    drop_postgres_tables(TABLE, f"{TABLE}_claims", f"{TABLE}_idempotency")
+    with postgres_log(TABLE) as recorder:
+        yield recorder
 
 
 @pytest.fixture

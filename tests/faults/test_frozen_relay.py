@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from eventkeep.eventstore.kafka_tls import KafkaTLS
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 from eventkeep.eventstore.relay import Relay, RelayCursor, RelaySettings
-from tests.eventstore.stores import drop_postgres_tables, postgres_datastore, postgres_params
+from tests.eventstore.stores import postgres_log, postgres_params
 from tests.eventstore.test_relay import (
     append,
     assert_complete_and_ordered,
@@ -30,14 +30,8 @@ TABLE = "frozen_relay_events"
 
 @pytest.fixture
 def log() -> Iterator[PostgresApplicationRecorder]:
-    drop_postgres_tables(TABLE, f"{TABLE}_claims", f"{TABLE}_idempotency")
-    datastore = postgres_datastore(pool_size=4, max_overflow=8)
-    recorder = PostgresApplicationRecorder(datastore, events_table_name=TABLE)
-    recorder.create_table()
-    yield recorder
-    recorder.close()
-    datastore.close()
-    drop_postgres_tables(TABLE, f"{TABLE}_claims", f"{TABLE}_idempotency")
+    with postgres_log(TABLE) as recorder:
+        yield recorder
 
 
 def test_a_frozen_relay_loses_leadership_and_cannot_move_the_cursor_back(
