@@ -4,6 +4,7 @@ HTTP status comes from its code through STATUS_BY_CODE, the one table of that ma
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from http import HTTPStatus
 from typing import Any, cast
@@ -143,34 +144,37 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _store_unavailable(connection: HTTPConnection, exc: Exception) -> Response | None:
-    if connection.scope["type"] == "websocket":
-        await _close_websocket(connection, exc)
-        return None
-    logger.warning(
-        "event store unavailable on %s %s: %s", connection.scope["method"], connection.url.path, exc
-    )
-    return error_response(
-        "STORE_UNAVAILABLE",
-        "The event store cannot be reached; retry later.",
-        headers={"Retry-After": "1"},
-    )
+def _retry_later(
+    code: str, message: str, *, level: int, what: str
+) -> Callable[[HTTPConnection, Exception], Awaitable[Response | None]]:
+    """A handler answering 503 `code` with Retry-After (a WebSocket is closed with 1011)."""
+
+    async def handle(connection: HTTPConnection, exc: Exception) -> Response | None:
+        if connection.scope["type"] == "websocket":
+            await _close_websocket(connection, exc)
+            return None
+        logger.log(
+            level, "%s on %s %s: %s", what, connection.scope["method"], connection.url.path, exc
+        )
+        return error_response(code, message, headers={"Retry-After": "1"})
+
+    return handle
 
 
-async def _commit_outcome_unknown(connection: HTTPConnection, exc: Exception) -> Response | None:
-    if connection.scope["type"] == "websocket":
-        await _close_websocket(connection, exc)
-        return None
-    logger.error(
-        "commit outcome unknown on %s %s: %s", connection.scope["method"], connection.url.path, exc
-    )
-    return error_response(
-        "COMMIT_OUTCOME_UNKNOWN",
-        "The connection to the event store failed while this change was being committed and"
-        " whether it was stored could not be found out. Retry with the same Idempotency-Key"
-        " (safe), or read the resource before repeating the request without one.",
-        headers={"Retry-After": "1"},
-    )
+_store_unavailable = _retry_later(
+    "STORE_UNAVAILABLE",
+    "The event store cannot be reached; retry later.",
+    level=logging.WARNING,
+    what="event store unavailable",
+)
+_commit_outcome_unknown = _retry_later(
+    "COMMIT_OUTCOME_UNKNOWN",
+    "The connection to the event store failed while this change was being committed and"
+    " whether it was stored could not be found out. Retry with the same Idempotency-Key"
+    " (safe), or read the resource before repeating the request without one.",
+    level=logging.ERROR,
+    what="commit outcome unknown",
+)
 
 
 async def _close_websocket(connection: HTTPConnection, exc: Exception) -> None:
