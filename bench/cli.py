@@ -186,7 +186,7 @@ def overload_bench(
     ] = 10.0,
     overload_connections: Annotated[
         int, typer.Option(help="wrk connections of the overload phase.")
-    ] = 256,
+    ] = 512,
     workers: Annotated[int, typer.Option(help="API processes of the server under test.")] = 1,
     max_in_flight: Annotated[
         int | None, typer.Option(help="The server's EVENTKEEP_MAX_IN_FLIGHT (default its own).")

@@ -154,13 +154,21 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_wrk(
-    base: str, key: str, connections: int, seconds: float, script: Path, rate: float | None = None
+    base: str,
+    key: str,
+    connections: int,
+    seconds: float,
+    script: Path,
+    rate: float | None = None,
+    held: int = 0,
 ) -> Phase:
     """wrk for `seconds`; with `rate`, each connection pauses between its requests so that
-    together they offer about `rate` requests per second (refused answers come back at once,
-    so the pause, not the server, sets the pace)."""
+    together they offer about `rate` requests per second. Refused answers come back at once,
+    so the pause, not the server, sets the pace of a refused connection; the `held` ones the
+    server admitted wait for their answer, so only the others count toward the pace."""
     threads = max(1, min(4, connections))
-    pause_ms = 0 if rate is None else round(connections * 1000 / rate)
+    cycling = max(1, connections - held)
+    pause_ms = 0 if rate is None else max(1, round(cycling * 1000 / rate))
     # Emails unique to this run of wrk: each phase registers new users only.
     run = uuid.uuid4().hex[:12] + "-"
     script.write_text(WRK_SCRIPT.replace("RUN", run).replace("DELAY_MS", str(pause_ms)))
@@ -268,7 +276,12 @@ def overload(
         sampler.start()
         prober.start()
         target = factor * sustained.admitted_rate
-        overloaded = run_wrk(base, client_key, overload_connections, seconds, script, target)
+        admitted_at_once = workers * (
+            max_in_flight or Settings.model_fields["max_in_flight"].default
+        )
+        overloaded = run_wrk(
+            base, client_key, overload_connections, seconds, script, target, admitted_at_once
+        )
         probe.stopping.set()
         prober.join(35)
         sampling.set()
