@@ -34,5 +34,12 @@ PERSONAL_FIELDS: dict[str, frozenset[str]] = {
     "UserEmailChanged": frozenset({"email"}),
     # Free text about a user may name people (a relative, a phone number): sealed like the rest.
     "UserDeactivated": frozenset({"reason"}),
+    # An order's cancellation reason is about its user: sealed under that user's key.
+    "OrderCancelled": frozenset({"reason"}),
+    # A stock adjustment's reason names no user the shop knows: sealed under the product's own
+    # stream key (encrypted in every copy; no erasure reaches it, see docs/events.md).
+    "ProductStockAdjusted": frozenset({"reason"}),
 }
+# Event types sealed under another stream's key: the data field that names that stream.
+KEY_OWNERS: dict[str, str] = {"OrderCancelled": "user_id"}
 ERASING_EVENT = "UserPersonalDataErased"

@@ -38,7 +38,10 @@ class Order(Aggregate):
         pass
 
     class OrderCancelled(Aggregate.Event):
-        reason: str
+        # The ordering user: the reason is sealed under that user's data key (catalog).
+        user_id: str | None
+        reason: str | None
+        class_version = 2
 
     @event(OrderPlaced)
     def __init__(self, user_id: str, lines: list[dict[str, Any]], total: str, currency: str):
@@ -71,7 +74,7 @@ class Order(Aggregate):
 
     def cancel(self, reason: str) -> None:
         self._require(CANCELLED, PLACED, PAID)
-        self._cancelled(plain_text(reason, "reason", multiline=True))
+        self._cancelled(self.user_id, plain_text(reason, "reason", multiline=True))
 
     def _require(self, target: str, *allowed: str) -> None:
         if self.status not in allowed:
@@ -95,5 +98,5 @@ class Order(Aggregate):
         self.status = DELIVERED
 
     @event(OrderCancelled)
-    def _cancelled(self, reason: str) -> None:
+    def _cancelled(self, user_id: str | None, reason: str | None) -> None:
         self.status = CANCELLED

@@ -17,6 +17,7 @@ CURRENT_SCHEMA_VERSIONS: dict[str, int] = {
     "ProductCreated": 2,
     "ProductPriceChanged": 2,
     "OrderPlaced": 2,
+    "OrderCancelled": 2,
 }
 
 
@@ -54,11 +55,17 @@ def order_placed_v1_v2(data: Data) -> Data:
     }
 
 
+def order_cancelled_v1_v2(data: Data) -> Data:
+    # Before schema 2 the user was not named (nor the reason sealed under that user's key).
+    return {"user_id": None, **data}
+
+
 STEPS: dict[tuple[str, int], Callable[[Data], Data]] = {
     ("UserRegistered", 1): user_registered_v1_v2,
     ("ProductCreated", 1): price_cents_v1_v2,
     ("ProductPriceChanged", 1): price_cents_v1_v2,
     ("OrderPlaced", 1): order_placed_v1_v2,
+    ("OrderCancelled", 1): order_cancelled_v1_v2,
 }
 
 

@@ -26,10 +26,10 @@ from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
 from eventkeep.commands.shop import Shop
 from eventkeep.deployment_secret import derive, email_claim_key
-from eventkeep.domain.catalog import ERASING_EVENT, PERSONAL_FIELDS
+from eventkeep.domain.catalog import ERASING_EVENT, KEY_OWNERS, PERSONAL_FIELDS
 from eventkeep.eventstore.feed_mac import FEED_LABEL
 from eventkeep.eventstore.hashchain import chain_key
-from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
+from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
 from eventkeep.eventstore.recorder import EventRecorder, RecorderFactory
 from eventkeep.eventstore.write_store import ApplicationWriteStore
 from eventkeep.projections.cache import Cache, LocalCache, NoCache
@@ -423,8 +423,14 @@ def build_relay(settings: Settings, shop: Shop) -> Relay:
 
 
 def build_projector(
-    settings: Settings, models: ReadModels, *, store: EventRecorder | None = None
+    settings: Settings,
+    models: ReadModels,
+    *,
+    store: EventRecorder | None = None,
+    personal: PersonalData | None = None,
 ) -> KafkaProjector:
+    """A projector; it opens the messages' sealed fields with the store's data keys
+    (`personal`, default the store's)."""
     from eventkeep.projections.kafka_feed import KafkaProjector
 
     return KafkaProjector(
@@ -433,6 +439,7 @@ def build_projector(
         relay_settings(settings),
         group=settings.projector_group,
         store=store,
+        personal=personal or (store.personal_data if store is not None else None),
     )
 
 
@@ -465,7 +472,7 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         PII_SECRET: claim_secret(settings).decode(),
         # The hash chain's HMAC key (eventstore/hashchain.py), never stored in the database.
         RecorderFactory.CHAIN_KEY: chain_secret(settings).hex(),
-        **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT).to_env(),
+        **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS).to_env(),
         # Recently used aggregates stay in memory and are fast-forwarded with the events
         # stored since (one query instead of snapshot + events); a stale copy cannot win, the
         # append's version check refuses it and the bus retries on a fresh load.

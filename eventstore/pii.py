@@ -9,6 +9,15 @@ from the deployment's secret) in the `<events>_data_keys` table, beside the log 
 Reading, the recorders open those fields again; once the key is gone — deleted in the same
 transaction that appends the erasing event — they read as null. The stored bytes never
 change, so the hash chain still verifies and the history still replays after an erasure.
+
+A field may be sealed under another stream's key (`PersonalFields.key_owners`: the event's data
+field naming that stream), e.g. an order's cancellation reason under its user's key, so that
+erasing the user makes it unreadable too. A stream's key is made with the first event that
+needs it, unless the stream was erased (its erasing event is in the log): then an event of its
+own is refused (`IntegrityError`) and a field of another stream's event under its key is
+stored as null — nothing about an erased person is written again.
+
+The relay publishes events as stored (sealed); a projector opens them with `open_envelopes`.
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -28,6 +38,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 PII_SECRET = "PII_SECRET"  # the persistence environment's key for the deployment secret
 PII_FIELDS = "PII_FIELDS"  # … for the personal fields: JSON {event type: [field, …]}
 PII_ERASING_EVENT = "PII_ERASING_EVENT"  # … for the event type that erases a stream's data
+PII_KEY_OWNERS = "PII_KEY_OWNERS"  # … for {event type: data field naming the key's stream}
 MARK = "pii:1:"
 NONCE = 12
 E = TypeVar("E", bound=StoredEvent)
@@ -40,6 +51,10 @@ class DataKeyTable(Protocol):
 
     def add_missing(self, wrapped: dict[str, bytes]) -> None: ...
 
+    def erased(self, stream_ids: Iterable[str], erasing_event: str) -> set[str]:
+        """Those of the streams whose log holds the erasing event."""
+        ...
+
 
 @dataclass(frozen=True)
 class PersonalFields:
@@ -47,11 +62,17 @@ class PersonalFields:
 
     fields: Mapping[str, frozenset[str]]  # event type -> its personal fields
     erasing_event: str
+    # event type -> the data field naming the stream whose key seals its fields (default: its own)
+    key_owners: Mapping[str, str] = field(default_factory=dict)
 
     def to_env(self) -> dict[str, str]:
         """The persistence environment's entries that tell a store about them."""
         fields = {event_type: sorted(names) for event_type, names in self.fields.items()}
-        return {PII_FIELDS: orjson.dumps(fields).decode(), PII_ERASING_EVENT: self.erasing_event}
+        return {
+            PII_FIELDS: orjson.dumps(fields).decode(),
+            PII_ERASING_EVENT: self.erasing_event,
+            PII_KEY_OWNERS: orjson.dumps(dict(self.key_owners)).decode(),
+        }
 
     @classmethod
     def from_env(cls, env: Any) -> PersonalFields:
@@ -62,7 +83,8 @@ class PersonalFields:
                 "cannot tell which fields to encrypt"
             )
         names = orjson.loads(fields)
-        return cls({t: frozenset(n) for t, n in names.items()}, erasing_event)
+        owners = orjson.loads(env.get(PII_KEY_OWNERS) or "{}")
+        return cls({t: frozenset(n) for t, n in names.items()}, erasing_event, owners)
 
 
 class PersonalData:
@@ -71,55 +93,99 @@ class PersonalData:
         self._kek = AESGCM(kek)
         self._keys = keys
         self._fields = personal.fields
+        self._owners = personal.key_owners
         self.erasing_event = personal.erasing_event
 
     def seal(self, events: Sequence[E]) -> list[E]:
-        """Events with their personal fields encrypted; a user's first event makes its key."""
-        personal = [e for e in events if e.topic in self._fields]
+        """Events with their personal fields encrypted; a key is made for each stream that
+        needs one and has none (an erased stream's own event is refused)."""
+        fields = self._fields
+        personal = {i: orjson.loads(e.state) for i, e in enumerate(events) if e.topic in fields}
         if not personal:
             return list(events)
-        keys = self._keys_of(personal, create_for_new_streams=True)
-
-        def sealed(event: E, key: AESGCM) -> E:
-            return replace(
-                event, state=self._map_fields(event, lambda f, v: _seal(key, event, f, v))
-            )
-
-        return [
-            sealed(e, keys[str(e.originator_id)]) if e.topic in self._fields else e for e in events
-        ]
+        owners = {
+            i: self._owner(events[i].topic, str(events[i].originator_id), data)
+            for i, data in personal.items()
+        }
+        keys = self._keys_for_sealing({o for o in owners.values() if o is not None})
+        sealed = list(events)
+        for i, data in personal.items():
+            event, owner = events[i], owners[i]
+            stream = str(event.originator_id)
+            if owner == stream and owner not in keys:
+                raise IntegrityError(f"no data key for {owner}: personal data erased")
+            if owner is None:
+                continue  # an older schema naming no owner: stored as written (docs/events.md)
+            key = keys.get(owner)
+            data = self._map_fields(event.topic, data, partial(_seal, key, stream))
+            sealed[i] = replace(event, state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+        return sealed
 
     def open(self, events: Sequence[E]) -> list[E]:
         """Events with their personal fields readable, or null where the key was erased."""
         personal = [e for e in events if e.topic in self._fields]
         if not personal:
             return list(events)
-        keys = self._keys_of(personal, create_for_new_streams=False)
+        opened = iter(
+            self._opened([(e.topic, str(e.originator_id), orjson.loads(e.state)) for e in personal])
+        )
+        return [
+            replace(e, state=orjson.dumps(next(opened), option=orjson.OPT_SORT_KEYS))
+            if e.topic in self._fields
+            else e
+            for e in events
+        ]
 
-        def opened(event: E) -> E:
-            key = keys.get(str(event.originator_id))
-            return replace(
-                event, state=self._map_fields(event, lambda f, v: _open(key, event, f, v))
-            )
+    def open_envelopes(self, envelopes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Export envelopes (as the relay publishes them, sealed) with their personal fields
+        readable, or null where the key was erased."""
+        opened = self._opened([(e["event_type"], e["stream_id"], e["data"]) for e in envelopes])
+        return [
+            e if data is None else {**e, "data": data}
+            for e, data in zip(envelopes, opened, strict=True)
+        ]
 
-        return [opened(e) if e.topic in self._fields else e for e in events]
+    def _opened(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> list[dict | None]:
+        """Each event's data opened (None: it has no personal field)."""
+        owners = [
+            self._owner(topic, stream, data) if topic in self._fields else None
+            for topic, stream, data in events
+        ]
+        wanted = {o for o in owners if o is not None}
+        keys = self._unwrapped(self._keys.fetch(wanted)) if wanted else {}
+        return [
+            self._map_fields(topic, data, partial(_open, keys.get(owner or ""), stream))
+            if topic in self._fields
+            else None
+            for (topic, stream, data), owner in zip(events, owners, strict=True)
+        ]
 
-    def _map_fields(self, event: StoredEvent, change: Callable[[str, Any], Any]) -> bytes:
-        data = orjson.loads(event.state)
-        for name in self._fields[event.topic] & data.keys():
-            data[name] = change(name, data[name])
-        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    def _owner(self, event_type: str, stream_id: str, data: Mapping[str, Any]) -> str | None:
+        """The stream whose key seals the event's personal fields (None: no stream named)."""
+        name = self._owners.get(event_type)
+        if name is None:
+            return stream_id
+        owner = data.get(name)
+        return str(owner) if owner else None
 
-    def _keys_of(self, events: Sequence[StoredEvent], *, create_for_new_streams: bool) -> dict:
-        ids = {str(e.originator_id) for e in events}
-        wrapped = self._keys.fetch(ids)
-        if create_for_new_streams:
-            new = {str(e.originator_id) for e in events if e.originator_version == 1} - set(wrapped)
+    def _map_fields(
+        self, event_type: str, data: dict[str, Any], change: Callable[[str, Any], Any]
+    ) -> dict[str, Any]:
+        changed = dict(data)
+        for name in self._fields[event_type] & data.keys():
+            changed[name] = change(name, data[name])
+        return changed
+
+    def _keys_for_sealing(self, streams: set[str]) -> dict[str, AESGCM]:
+        wrapped = self._keys.fetch(streams) if streams else {}
+        if missing := streams - set(wrapped):
+            new = missing - self._keys.erased(missing, self.erasing_event)
             if new:
                 self._keys.add_missing({i: self._wrap(os.urandom(32), i) for i in new})
-                wrapped = self._keys.fetch(ids)  # another process may have won the insert
-            if missing := ids - set(wrapped):
-                raise IntegrityError(f"no data key for {sorted(missing)}: personal data erased")
+                wrapped = self._keys.fetch(streams)  # another process may have won the insert
+        return self._unwrapped(wrapped)
+
+    def _unwrapped(self, wrapped: Mapping[str, bytes]) -> dict[str, AESGCM]:
         return {i: AESGCM(self._unwrap(w, i)) for i, w in wrapped.items()}
 
     def _wrap(self, key: bytes, stream_id: str) -> bytes:
@@ -130,20 +196,23 @@ class PersonalData:
         return self._kek.decrypt(wrapped[:NONCE], wrapped[NONCE:], stream_id.encode())
 
 
-def _context(event: StoredEvent, field: str) -> bytes:
-    return f"{event.originator_id}/{field}".encode()
+def _context(stream_id: str, name: str) -> bytes:
+    return f"{stream_id}/{name}".encode()
 
 
-def _seal(key: AESGCM, event: StoredEvent, field: str, value: Any) -> str:
+def _seal(key: AESGCM | None, stream_id: str, name: str, value: Any) -> str | None:
+    """The sealed value; None without a key (its owner was erased) or for a null value."""
+    if key is None or value is None:
+        return None
     nonce = os.urandom(NONCE)
-    sealed = key.encrypt(nonce, orjson.dumps(value), _context(event, field))
+    sealed = key.encrypt(nonce, orjson.dumps(value), _context(stream_id, name))
     return MARK + base64.b64encode(nonce + sealed).decode()
 
 
-def _open(key: AESGCM | None, event: StoredEvent, field: str, value: Any) -> Any:
+def _open(key: AESGCM | None, stream_id: str, name: str, value: Any) -> Any:
     if not (isinstance(value, str) and value.startswith(MARK)):
-        return value  # stored before encryption was configured
+        return value  # stored before encryption was configured (or null)
     if key is None:
         return None
     raw = base64.b64decode(value[len(MARK) :])
-    return orjson.loads(key.decrypt(raw[:NONCE], raw[NONCE:], _context(event, field)))
+    return orjson.loads(key.decrypt(raw[:NONCE], raw[NONCE:], _context(stream_id, name)))

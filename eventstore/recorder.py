@@ -530,6 +530,7 @@ class DataKeys:
     def __init__(self, recorder: EventRecorder) -> None:
         self._sql = recorder.sql
         self._table = recorder._data_keys
+        self._events = recorder._events
 
     def fetch(self, stream_ids: Iterable[str]) -> dict[str, bytes]:
         wanted, params = self._sql.one_of(("stream_id",), ("uuid",), [(i,) for i in stream_ids])
@@ -543,6 +544,14 @@ class DataKeys:
         self._sql.write(
             Insert(self._table, columns, ("uuid", "bytea"), rows, "ON CONFLICT DO NOTHING")
         )
+
+    def erased(self, stream_ids: Iterable[str], erasing_event: str) -> set[str]:
+        wanted, params = self._sql.one_of(("stream_id",), ("uuid",), [(i,) for i in stream_ids])
+        rows = self._sql.read(
+            f"SELECT DISTINCT stream_id FROM {self._events} WHERE event_type = %s AND {wanted}",
+            [erasing_event, *params],
+        )
+        return {str(self._sql.uuid(row["stream_id"])) for row in rows}
 
 
 class RecorderFactory:

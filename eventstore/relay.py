@@ -2,8 +2,11 @@
 
 - Topic per stream type (`<prefix>.<StreamType>`), created with a fixed partition count
   (adding partitions later would remap keys and break per-stream order); key = stream id, so
-  each stream stays ordered within its partition; value = the upcast export envelope (orjson);
-  headers `event_type`, `schema_version`, `position`.
+  each stream stays ordered within its partition; value = the export envelope as stored
+  (orjson): its stored schema version, personal fields sealed (`eventstore/pii.py`) — the relay
+  never opens them, so a topic holds no personal data in clear and an erasure (the key's
+  deletion) reaches every copy; projectors open, then upcast. Headers `event_type`,
+  `schema_version`, `position`.
 - Idempotent producer with `acks=all`. A batch is sent, `flush()`ed, and only then is the
   relay's durable cursor advanced: a crash between the two re-sends (at-least-once); consumers
   drop what they already applied by stream version.
@@ -27,7 +30,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
@@ -36,7 +39,6 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from eventkeep.domain.catalog import STREAM_TYPES  # the one spelling: "User", "Product", …
-from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.feed_mac import FEED_MAC_HEADER, sign
 from eventkeep.eventstore.kafka_tls import KafkaTLS
@@ -74,9 +76,44 @@ class RelaySettings:
         return f"{self.topic_prefix}.{stream_type}"
 
 
+class StoredLog(Protocol):
+    """The event store's log, read as stored (`decrypt=False`: personal fields sealed)."""
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+        decrypt: bool = True,
+    ) -> Sequence[LoggedEvent]: ...
+
+
+class _Sealed:
+    """The log as the relay follows it: never opened."""
+
+    def __init__(self, log: StoredLog) -> None:
+        self._log = log
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[LoggedEvent]:
+        return self._log.select_notifications(
+            start, limit, stop, topics, inclusive_of_start=inclusive_of_start, decrypt=False
+        )
+
+
 def message_of(event: LoggedEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Key, value and headers of an event's Kafka message."""
-    envelope = upcast(to_envelope(event))
+    """Key, value and headers of an event's Kafka message (the event as stored)."""
+    envelope = to_envelope(event)
     headers = [
         ("event_type", envelope["event_type"].encode()),
         ("schema_version", str(envelope["schema_version"]).encode()),
@@ -120,13 +157,13 @@ class RelayCursor:
 class Relay:
     def __init__(
         self,
-        log_reader: GlobalLog,
+        log_reader: StoredLog,
         postgres_url: str,
         settings: RelaySettings,
         *,
         on_published: Callable[[int], None] = lambda position: None,
     ) -> None:
-        self._log = log_reader
+        self._log: GlobalLog = _Sealed(log_reader)
         self._postgres_url = postgres_url
         self._settings = settings
         self._on_published = on_published

@@ -59,6 +59,11 @@ class Database(Protocol):
         """`INSERT INTO table (columns) <rows> <conflict>`; the rows' keys are distinct."""
         ...
 
+    def forget_overwritten(self) -> None:
+        """After a transaction that overwrote personal data (an erasure): no older copy of
+        the rows is left in the database's own files where this database can see to it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -140,6 +145,9 @@ class PostgresDatabase:
             f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {conflict}",
             by_column,
         )
+
+    def forget_overwritten(self) -> None:
+        """Nothing here: PostgreSQL's dead row versions are its VACUUM's (docs/security.md)."""
 
     def close(self) -> None:
         self._pool.close()
@@ -232,6 +240,12 @@ class SqliteDatabase:
         cursor.executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) {conflict}", rows
         )
+
+    def forget_overwritten(self) -> None:
+        """The write-ahead log's frames hold the rows' older versions: copied back into the
+        file (where secure_delete overwrote them) and the log truncated, as the event store
+        does after an erasure (`eventstore/sqlite.py`). Waits for readers (busy timeout)."""
+        self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:

@@ -9,6 +9,10 @@
   watermark over all partitions (`watermark:<topic>:<partition>`) is a position every event
   up to which is applied: what `X-Min-Position` waits for.
 - Offsets are also committed to Kafka after each batch, only so that its tools show the lag.
+- Messages carry events as stored, personal fields sealed: each batch is opened with the
+  store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
+  upcast. A field whose key was erased reads as null, so a topic replayed from offset 0 after
+  an erasure puts no personal data back in the read models.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.feed_mac import verifies
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
+from eventkeep.eventstore.pii import PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.cache import Cache
@@ -84,8 +89,11 @@ class KafkaProjector:
         group: str,
         batch_size: int = 2000,
         store: GlobalLog | None = None,
+        personal: PersonalData | None = None,
     ) -> None:
         self._models = models
+        # Opens the messages' sealed fields (None: no secret, nothing was sealed).
+        self._personal = personal
         self._store = store  # the event store: catch-ups Kafka cannot give
         self._cache = cache
         self._settings = settings
@@ -279,6 +287,7 @@ class KafkaProjector:
             progress[offset_key(partition)] = messages[-1].offset + 1
             progress[watermark_key(partition)] = mark
             marks[cached_key(partition)] = mark
+        envelopes = [upcast(envelope) for envelope in self._opened(envelopes)]
         changes = self._models.apply(envelopes, progress | self._settled)
         self._settled = {}
         self._cache.forget(changes)
@@ -286,6 +295,11 @@ class KafkaProjector:
         self._settle()
         self.applied += len(envelopes)
         observe_applied(self._models.names, envelopes)
+
+    def _opened(self, envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self._personal is None or not envelopes:
+            return envelopes
+        return self._personal.open_envelopes(envelopes)
 
 
 def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:

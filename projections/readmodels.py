@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from eventkeep.domain.catalog import ERASING_EVENT
 from eventkeep.metrics import QUARANTINE_SIZE, QUARANTINED
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
 from eventkeep.projections.readmodel import Change, Envelope, Fill, ReadModel
@@ -151,9 +152,13 @@ class ReadModels:
         self, events: Sequence[Mapping[str, Any]], progress: Mapping[str, int]
     ) -> list[Change]:
         """Applies upcast envelopes to every read model and records `progress` for each, all
-        in one transaction; the rows changed, for the cache."""
+        in one transaction; the rows changed, for the cache. After a batch with an erasure, no
+        older copy of the erased rows stays in the database's files (`forget_overwritten`)."""
         with self.db.transaction() as cursor:
-            return self.apply_in(cursor, events, progress)
+            changes = self.apply_in(cursor, events, progress)
+        if any(event["event_type"] == ERASING_EVENT for event in events):
+            self.db.forget_overwritten()
+        return changes
 
     def apply_in(
         self, cursor: Any, events: Sequence[Mapping[str, Any]], progress: Mapping[str, int]

@@ -146,7 +146,7 @@ CURRENT_EVENTS = [
     ),
     ("UserEmailChanged", 1, {"email": "x@y.zz"}),
     ("ProductStockAdjusted", 1, {"delta": -2, "reason": "damaged"}),
-    ("OrderCancelled", 1, {"reason": "changed mind"}),
+    ("OrderCancelled", 2, {"user_id": "u", "reason": "changed mind"}),
 ]
 
 
@@ -156,6 +156,17 @@ def test_current_envelopes_pass_unchanged(
 ) -> None:
     current = envelope(event_type, version, data)
     assert upcast(current) == current
+
+
+# --- OrderCancelled v1 → v2 -----------------------------------------------------------------
+
+
+def test_order_cancelled_v1_names_no_user_and_keeps_its_reason() -> None:
+    # Written before the reason was sealed under the user's key: it stays as written.
+    assert upcast_data("OrderCancelled", {"reason": "changed mind"}) == {
+        "user_id": None,
+        "reason": "changed mind",
+    }
 
 
 LEGACY_EVENTS = [
@@ -171,6 +182,7 @@ LEGACY_EVENTS = [
             "total_cents": 100,
         },
     ),
+    ("OrderCancelled", {"reason": "changed mind"}),
 ]
 
 

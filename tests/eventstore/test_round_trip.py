@@ -91,6 +91,7 @@ DATA: dict[tuple[str, int], st.SearchStrategy[dict[str, Any]]] = {
     ("OrderPaid", 1): st.fixed_dictionaries({"amount": money, "payment_ref": word}),
     ("OrderShipped", 1): st.fixed_dictionaries({"tracking_number": word}),
     ("OrderDelivered", 1): nothing,
+    ("OrderCancelled", 2): st.fixed_dictionaries({"user_id": ids, "reason": text}),
     ("OrderCancelled", 1): st.fixed_dictionaries({"reason": text}),
 }
 EVENTS = st.sampled_from(sorted(DATA)).flatmap(lambda key: st.tuples(st.just(key), DATA[key]))
@@ -104,6 +105,7 @@ def test_every_catalog_event_and_version_is_drawn() -> None:
         ("ProductCreated", 1),
         ("ProductPriceChanged", 1),
         ("OrderPlaced", 1),
+        ("OrderCancelled", 1),
     }
 
 

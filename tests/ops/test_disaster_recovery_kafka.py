@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring, wire
-from eventkeep.bootstrap import build_projector, build_relay, projector_read_models
+from eventkeep.bootstrap import build_projector, build_relay, event_recorder, projector_read_models
 from eventkeep.eventstore.backup_cli import backup_app
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -68,9 +68,10 @@ class ReadSide:
     def __init__(self, settings: Settings, wiring: Wiring) -> None:
         # The projector writes on its own role's connection (the query side's only reads).
         self.models = projector_read_models(settings)
+        personal = event_recorder(wiring.shop).personal_data
         self.workers: list[Any] = [
             build_relay(settings, wiring.shop),  # type: ignore[arg-type]
-            build_projector(settings, self.models),
+            build_projector(settings, self.models, personal=personal),
         ]
         self.threads = [threading.Thread(target=w.run, daemon=True) for w in self.workers]
         for thread in self.threads:

@@ -22,7 +22,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.bootstrap import build_projector, build_relay, kafka_tls, projector_read_models
+from eventkeep.bootstrap import (
+    build_projector,
+    build_relay,
+    event_recorder,
+    kafka_tls,
+    projector_read_models,
+)
 from eventkeep.eventstore.relay import STREAM_TYPES
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -166,7 +172,8 @@ def test_a_partition_replayed_from_offset_zero_changes_nothing(
     projector_models: ReadModels,
 ) -> None:
     threads.start(build_relay(settings, wiring.shop))
-    projector = threads.start(build_projector(settings, projector_models))
+    personal = event_recorder(wiring.shop).personal_data
+    projector = threads.start(build_projector(settings, projector_models, personal=personal))
     traffic(client, rounds=5)
     wait_until_projected(wiring)
     before = wiring.queries.models.dump()
@@ -243,7 +250,8 @@ def test_kafka_stopped_and_started_while_commands_flow(
     projector_models: ReadModels,
 ) -> None:
     threads.start(build_relay(settings, wiring.shop))
-    threads.start(build_projector(settings, projector_models))
+    personal = event_recorder(wiring.shop).personal_data
+    threads.start(build_projector(settings, projector_models, personal=personal))
     traffic(client, rounds=3)
     services("down", "kafka")
     try:
