@@ -90,14 +90,12 @@ def wiring(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wiring]:
 
 
 @pytest.fixture
-def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
-    """The wiring with its events reaching the read models: embedded, its in-process feed;
-    distributed, a relay and a projector (threads here) through Kafka topics of this test."""
+def feed_settings(wiring: Wiring, tmp_path: Path) -> Settings | None:
+    """The distributed mode's Kafka settings for this test's topics (None: embedded)."""
     if wiring.feed is not None:
-        yield wiring
-        return
+        return None
     unique = uuid.uuid4().hex[:10]
-    settings = distributed_settings(tmp_path / "home").model_copy(
+    return distributed_settings(tmp_path / "home").model_copy(
         update={
             "kafka_bootstrap": require_env(KAFKA_BOOTSTRAP),
             "topic_prefix": f"t{unique}",
@@ -105,6 +103,16 @@ def projected(wiring: Wiring, tmp_path: Path) -> Iterator[Wiring]:
             "projector_group": f"g{unique}",
         }
     )
+
+
+@pytest.fixture
+def projected(wiring: Wiring, feed_settings: Settings | None) -> Iterator[Wiring]:
+    """The wiring with its events reaching the read models: embedded, its in-process feed;
+    distributed, a relay and a projector (threads here) through Kafka topics of this test."""
+    if feed_settings is None:
+        yield wiring
+        return
+    settings = feed_settings
     # The projector writes on its own role's connection (the query side's only reads).
     projector_models = projector_read_models(settings)
     # As the composition root builds a projector: gaps and a lost feed filled from the store.

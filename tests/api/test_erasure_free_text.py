@@ -1,24 +1,25 @@
 """Free text about a user is personal data: a deactivation's reason is sealed with the user's
 data key (never stored in plaintext), readable until the erasure, null after it; an erased
-user cannot be deactivated (there is no key left to seal a reason with)."""
+user cannot be deactivated (there is no key left to seal a reason with). An order's
+cancellation reason is sealed under the ordering user's key; a stock adjustment's reason under
+the product's own (docs/events.md)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from tests.api.shopping import answer, register
+from tests.api.shopping import PRODUCT, answer, place_order, register
+from tests.api.sinks import files_under, postgres_rows
 
 
 def ok(response: Any) -> Any:
@@ -30,13 +31,11 @@ REASON = "moved in with Grace Hopper, call +44 20 7946 0958"
 
 
 def stored_bytes(wiring: Wiring, home: Path) -> bytes:
-    """Everything the event store holds, raw: its files, or its PostgreSQL table's rows."""
+    """Everything the event store holds, raw: its files, or every PostgreSQL table's rows
+    (bytes columns as their bytes: as text, PostgreSQL would show them in hex)."""
     if wiring.feed is not None:
-        return b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
-    table = wiring.shop.recorder.events_table_name
-    with psycopg.connect(os.environ["EVENTKEEP_POSTGRES_URL"]) as connection:
-        rows = connection.execute(f"SELECT t::text FROM {table} t").fetchall()
-    return "".join(row[0] for row in rows).encode()
+        return files_under(home)
+    return postgres_rows()
 
 
 def test_a_deactivation_reason_is_sealed_and_erased_with_the_user(
@@ -58,6 +57,42 @@ def test_a_deactivation_reason_is_sealed_and_erased_with_the_user(
     refused = client.post(f"{base}/deactivate", json={"reason": "again"})
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "PERSONAL_DATA_ERASED"
+
+
+def test_a_cancellation_reason_is_sealed_under_the_users_key_and_erased_with_the_user(
+    client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]], tmp_path: Path
+) -> None:
+    admin, auditor = bearer(Role.admin), bearer(Role.auditor)
+    user = register(client, "grace@example.com")
+    product = answer(client.post("/v1/products", json=PRODUCT, headers=admin), 201)
+    first = answer(place_order(client, user["id"], product["id"], 1), 201)
+    second = answer(place_order(client, user["id"], product["id"], 1), 201)
+    answer(client.post(f"/v1/orders/{first['id']}/cancel", json={"reason": REASON}))
+
+    def reason(order: dict[str, Any]) -> Any:
+        history = ok(client.get(f"/v1/audit/streams/{order['id']}/events", headers=auditor))
+        return history["items"][-1]["data"]["reason"]
+
+    assert reason(first) == REASON
+    assert REASON.encode() not in stored_bytes(wiring, tmp_path / "home")
+    answer(client.delete(f"/v1/users/{user['id']}/personal-data", headers=admin))
+    assert reason(first) is None
+    # The user's other order can still be cancelled; its reason is not written.
+    answer(client.post(f"/v1/orders/{second['id']}/cancel", json={"reason": REASON}))
+    assert reason(second) is None
+
+
+def test_a_stock_adjustment_reason_is_sealed_under_the_products_key(
+    client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]], tmp_path: Path
+) -> None:
+    admin, auditor = bearer(Role.admin), bearer(Role.auditor)
+    product = answer(client.post("/v1/products", json=PRODUCT, headers=admin), 201)
+    stock = f"/v1/products/{product['id']}/stock"
+    answer(client.post(stock, json={"delta": 1, "reason": REASON}, headers=admin))
+
+    assert REASON.encode() not in stored_bytes(wiring, tmp_path / "home")
+    history = ok(client.get(f"/v1/audit/streams/{product['id']}/events", headers=auditor))
+    assert history["items"][-1]["data"]["reason"] == REASON  # no erasure reaches a product
 
 
 def test_an_erased_users_data_key_leaves_the_sqlite_files(

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 import orjson
 import pytest
-from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 from eventsourcing.utils import Environment
 
 from eventkeep.api.bootstrap import Wiring
@@ -140,3 +140,51 @@ def test_a_store_with_a_secret_but_no_personal_fields_refuses_to_open(
             factory.application_recorder()
     finally:
         factory.close()
+
+
+# --- a field sealed under another stream's key ------------------------------------------------
+
+SHARED = PersonalFields(
+    {"NoteWritten": frozenset({"secret"}), "NoteShared": frozenset({"secret"})},
+    erasing_event="NoteForgotten",
+    key_owners={"NoteShared": "author"},
+)
+
+
+def test_a_field_under_another_streams_key_is_erased_with_that_stream(
+    store_env: dict[str, str],
+) -> None:
+    """An order's cancellation reason under its user's key, in the store's own terms: erasing
+    the author makes the shared note's secret null; one written after the erasure is stored
+    null; one written before the field was sealed (no author named) reads as written."""
+    plain = InfrastructureFactory.construct(Environment("", store_env | {PII_SECRET: ""}))
+    legacy_id = uuid4()
+    plain.application_recorder().insert_events(
+        [note(legacy_id, 1, "NoteShared", {"secret": "old", "author": None})]
+    )
+    plain.close()
+
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **SHARED.to_env()}))
+    store: Any = factory.application_recorder()
+    author, shared, later = uuid4(), uuid4(), uuid4()
+    store.insert_events([note(author, 1, "NoteWritten", {"secret": "mine"})])
+    store.insert_events([note(shared, 1, "NoteShared", {"secret": "s3", "author": str(author)})])
+    raw = {e.originator_id: e.state for e in store.select_notifications(None, 10, decrypt=False)}
+    assert b"s3" not in raw[shared]
+
+    def read() -> dict[Any, Any]:
+        return {
+            e.originator_id: orjson.loads(e.state)["secret"]
+            for e in store.select_notifications(None, 10)
+            if e.topic != "NoteForgotten"
+        }
+
+    assert read() == {legacy_id: "old", author: "mine", shared: "s3"}
+    store.insert_events([note(author, 2, "NoteForgotten", {})])
+    store.insert_events([note(later, 1, "NoteShared", {"secret": "s4", "author": str(author)})])
+    raw = {e.originator_id: e.state for e in store.select_notifications(None, 10, decrypt=False)}
+    assert orjson.loads(raw[later])["secret"] is None  # nothing about the erased author is written
+    assert read() == {legacy_id: "old", author: None, shared: None, later: None}
+    with pytest.raises(IntegrityError, match="erased"):  # the erased stream's own event
+        store.insert_events([note(author, 3, "NoteWritten", {"secret": "again"})])
+    factory.close()

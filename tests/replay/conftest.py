@@ -12,6 +12,7 @@ from tests.api.conftest import (  # noqa: F401  (fixtures)
     app,
     bearer,
     client,
+    feed_settings,
     keys,
     projected,
     wiring,
