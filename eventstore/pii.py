@@ -107,7 +107,13 @@ class PersonalData:
             i: self._owner(events[i].topic, str(events[i].originator_id), data)
             for i, data in personal.items()
         }
-        keys = self._keys_for_sealing({o for o in owners.values() if o is not None})
+        # A stream's first event cannot follow its erasure: no need to look for one.
+        fresh = {
+            o
+            for i, o in owners.items()
+            if events[i].originator_version == 1 and o == str(events[i].originator_id)
+        }
+        keys = self._keys_for_sealing({o for o in owners.values() if o is not None}, fresh)
         sealed = list(events)
         for i, data in personal.items():
             event, owner = events[i], owners[i]
@@ -176,10 +182,14 @@ class PersonalData:
             changed[name] = change(name, data[name])
         return changed
 
-    def _keys_for_sealing(self, streams: set[str]) -> dict[str, AESGCM]:
+    def _keys_for_sealing(self, streams: set[str], fresh: set[str]) -> dict[str, AESGCM]:
+        """The keys of `streams`, made for those without one that were not erased (`fresh`:
+        streams known not to be, which are not looked up)."""
         wrapped = self._keys.fetch(streams) if streams else {}
         if missing := streams - set(wrapped):
-            new = missing - self._keys.erased(missing, self.erasing_event)
+            unknown = missing - fresh
+            erased = self._keys.erased(unknown, self.erasing_event) if unknown else set()
+            new = missing - erased
             if new:
                 self._keys.add_missing({i: self._wrap(os.urandom(32), i) for i in new})
                 wrapped = self._keys.fetch(streams)  # another process may have won the insert
