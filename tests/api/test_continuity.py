@@ -26,7 +26,7 @@ from eventkeep.projections.readmodels import LOG, ReadModels
 from eventkeep.replay.rebuild import rebuild
 from tests.api.conftest import distributed_settings
 from tests.api.shopping import answer, create_product
-from tests.conftest_services import KAFKA_BOOTSTRAP, REDIS_URL, require_env, service_url
+from tests.conftest_services import KAFKA_BOOTSTRAP, require_env
 
 
 @pytest.fixture
@@ -318,27 +318,16 @@ def test_the_projector_works_again_within_10_s_of_redis_and_postgresql_coming_ba
     client: TestClient,
     bearer: Callable[[Role], dict[str, str]],
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
     """The projector reaches Redis and its read models' PostgreSQL through TCP proxies the
     test cuts: while either is down reads at a write's position still answer it (Redis) or
     wait (PostgreSQL); within 10 s of each coming back the read models and the cache's
     settled position reach the log's head. (The embedded feed has neither.)"""
-    from urllib.parse import urlsplit
-
     from eventkeep.projections.readmodels import cache_position_of
     from tests.faults.tcp_proxy import TcpProxy
 
     if wiring.feed is not None:
         pytest.skip("the embedded mode's feed uses neither Redis nor a PostgreSQL connection")
-    if (service_url(REDIS_URL) or "").startswith("rediss://"):
-        # KNOWN BUG, open (issue 8 item 7): over TLS with an ACL user, the projector's cache
-        # client reconnecting through the proxy is answered "HELLO must be called with the
-        # client already authenticated", and its tombstones do not settle within 10 s. The test
-        # still runs and reports XPASS once fixed; it passes with plaintext Redis.
-        request.node.add_marker(
-            pytest.mark.xfail(reason="TLS Redis: cache client does not reconnect", strict=False)
-        )
     unique = uuid.uuid4().hex[:10]
     settings = distributed_settings(tmp_path / "home").model_copy(
         update={
@@ -349,17 +338,10 @@ def test_the_projector_works_again_within_10_s_of_redis_and_postgresql_coming_ba
         }
     )
     assert settings.redis_url is not None and settings.postgres_url is not None
-    redis_url = urlsplit(settings.redis_url.get_secret_value())
-    postgres_url = urlsplit(settings.postgres_url.get_secret_value())
-    redis_proxy = TcpProxy(redis_url.hostname or "127.0.0.1", redis_url.port or 6379)
-    postgres_proxy = TcpProxy(postgres_url.hostname or "127.0.0.1", postgres_url.port or 5432)
-    proxied_redis = redis_url._replace(netloc=f"127.0.0.1:{redis_proxy.port}").geturl()
-    netloc = postgres_url.netloc.rsplit("@", 1)
-    proxied_pg = postgres_url._replace(
-        netloc=f"{netloc[0]}@127.0.0.1:{postgres_proxy.port}"
-        if len(netloc) == 2
-        else f"127.0.0.1:{postgres_proxy.port}"
-    ).geturl()
+    redis_proxy = TcpProxy.to(settings.redis_url.get_secret_value())
+    postgres_proxy = TcpProxy.to(settings.postgres_url.get_secret_value())
+    proxied_redis = redis_proxy.url(settings.redis_url.get_secret_value())
+    proxied_pg = postgres_proxy.url(settings.postgres_url.get_secret_value())
     projector_settings = settings.model_copy(
         update={"redis_url": SecretStr(proxied_redis), "postgres_url": SecretStr(proxied_pg)}
     )
