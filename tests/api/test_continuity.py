@@ -152,6 +152,68 @@ def test_a_poison_event_is_quarantined_with_its_stream_and_retried_after_a_fix(
     ]
 
 
+def test_poison_events_among_10_000_are_quarantined_and_everything_else_applied(
+    wiring: Wiring, store: Any, fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over 10,000 events seeded in bulk (a shop's users, products and orders), applied in
+    the projector's batches: an event the read model cannot hold and events a projection bug
+    fails on, spread from early to late, are set aside with the later events of their streams;
+    everything else is applied; after the fix, `retry` makes the read models equal a rebuild."""
+    from eventkeep.bench.seed import Seeder, SeedSizes
+    from eventkeep.projections.readmodel import ReadModel
+
+    assert wiring.built is not None
+    sizes = SeedSizes(users=300, products=200, orders=3000, per_save=500)
+    Seeder(wiring.built.bus, sizes, seed=8).run(lambda phase, done: None)
+    events = [upcast(to_envelope(e)) for e in store.select_notifications(1, 100_000)]
+    assert len(events) >= 10_000
+    later = [e for e in events if e["stream_version"] >= 2]
+    bugs = {
+        (e["stream_id"], e["stream_version"])
+        for e in (later[len(later) // 3], later[len(later) // 2], later[-50])
+    }
+    # The read model cannot hold it: a product created at a price beyond 64-bit cents.
+    created = [i for i, e in enumerate(events) if e["event_type"] == "ProductCreated"]
+    at = created[len(created) // 2]
+    events[at] = events[at] | {"data": events[at]["data"] | {"price": "9" * 30}}
+    poisoned = bugs | {(events[at]["stream_id"], 1)}
+    fold = ReadModel._fold
+
+    def buggy(self: ReadModel, batch: Any, event: Any) -> None:
+        if (event["stream_id"], event["stream_version"]) in bugs:
+            raise ValueError("a bug in the projection")
+        fold(self, batch, event)
+
+    monkeypatch.setattr(ReadModel, "_fold", buggy)
+    models = fresh()
+    for first in range(0, len(events), 500):  # the projector's batch size
+        batch = events[first : first + 500]
+        models.apply(batch, {LOG: batch[-1]["position"]})
+
+    first_bad = dict(poisoned)
+    expected = {
+        (model.name, e["stream_id"], e["stream_version"])
+        for model in models.models.values()
+        for e in events
+        if e["stream_type"] == model.stream_type
+        and e["stream_version"] >= first_bad.get(e["stream_id"], 1 << 62)
+    }
+    quarantine = models.quarantine()
+    assert {(q["projection"], q["stream_id"], q["stream_version"]) for q in quarantine} == expected
+    causes = {
+        q["error"].split(":")[0]
+        for q in quarantine
+        if (q["stream_id"], q["stream_version"]) in poisoned
+    }
+    # The bug's error, and PostgreSQL's or SQLite's for the price.
+    assert causes in ({"ValueError", "NumericValueOutOfRange"}, {"ValueError", "OverflowError"})
+
+    monkeypatch.undo()  # the fix
+    models.retry()
+    assert models.quarantine() == []
+    assert models.dump() == rebuilt(store, fresh)
+
+
 def test_a_quarantined_stream_answers_503_stream_quarantined(
     client: TestClient,
     bearer: Callable[[Role], dict[str, str]],
