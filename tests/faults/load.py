@@ -15,6 +15,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
+from eventkeep.settings import Settings
 from tests.api.shopping import PRODUCT
 
 Ack = tuple[str, int, int]  # stream id, version, position the command answered
@@ -160,3 +161,29 @@ def cache_settled_within(seconds: float, wiring: Wiring) -> float:
         assert time.monotonic() - began < seconds, f"cache not settled within {seconds} s"
         time.sleep(0.05)
     return time.monotonic() - began
+
+
+def until_kafka_serves_groups(settings: Settings, timeout: float = 120) -> None:
+    """After `infra/services up kafka` (the broker answers metadata requests): until its group
+    coordinator has loaded the projectors' group too. A restarted broker answers
+    NOT_COORDINATOR until then (up to ~9 s on a loaded two-core machine), and no consumer of a
+    group can fetch before: Kafka serves consumers again from here, where the 10 s start."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from eventkeep.bootstrap import relay_settings
+
+    deadline = time.monotonic() + timeout
+    admin = KafkaAdminClient(**relay_settings(settings).client_options())
+    try:
+        while True:
+            try:
+                group = admin.describe_groups([settings.projector_group])
+                if group[settings.projector_group]["error"] is None:
+                    return
+            except KafkaError:
+                pass
+            assert time.monotonic() < deadline, "Kafka's group coordinator never loaded"
+            time.sleep(0.1)
+    finally:
+        admin.close()

@@ -33,6 +33,7 @@ from tests.faults.load import (
     assert_the_store_tells_the_truth,
     cache_settled_within,
     recovered_within,
+    until_kafka_serves_groups,
 )
 from tests.faults.tcp_proxy import TcpProxy
 from tests.projections.test_kafka_pipeline import (
@@ -105,6 +106,8 @@ def test_commands_and_projections_under_a_fault_every_few_seconds(soak: Soak) ->
                 time.sleep(rng.uniform(1, 3))  # the outage
             finally:
                 services("up", service)
+            if service == "kafka":
+                until_kafka_serves_groups(settings)
 
         return fault
 

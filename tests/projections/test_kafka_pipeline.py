@@ -30,7 +30,12 @@ from eventkeep.settings import Settings
 from tests.api.conftest import distributed_settings, distributed_wiring
 from tests.api.shopping import answer, create_product, pay, place_order, register
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env, services
-from tests.faults.load import Load, assert_the_store_tells_the_truth, recovered_within
+from tests.faults.load import (
+    Load,
+    assert_the_store_tells_the_truth,
+    recovered_within,
+    until_kafka_serves_groups,
+)
 
 pytestmark = pytest.mark.services
 
@@ -244,7 +249,8 @@ def test_kafka_stopped_and_started_while_commands_flow(
     projector_models: ReadModels,
 ) -> None:
     """Commands keep succeeding while Kafka is down (the log is the outbox); within 10 s of
-    Kafka answering again the relay publishes and the projector applies what waited."""
+    Kafka serving consumers again (its group coordinator loaded) the relay publishes and the
+    projector applies what waited."""
     store = wiring.shop.recorder
     threads.start(build_relay(settings, wiring.shop))
     threads.start(build_projector(settings, projector_models, store=store))
@@ -260,6 +266,7 @@ def test_kafka_stopped_and_started_while_commands_flow(
             load.wait_for(during + 10)  # acknowledged while Kafka is down
         finally:
             services("up", "kafka")
+        until_kafka_serves_groups(settings)
         recovered_within(10, client, wiring, load)
     finally:
         load.stop()
