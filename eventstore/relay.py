@@ -67,6 +67,10 @@ class RelaySettings:
     # Seconds a Kafka request (and a producer's wait for metadata or buffer room) may take;
     # a consumer's must exceed its 6 s session timeout (EVENTKEEP_KAFKA_REQUEST_TIMEOUT).
     request_timeout: float = 7.0
+    # A client's longest wait between attempts to reconnect to a broker. kafka-python's own
+    # (30 s, doubling from 50 ms) let a projector sleep half a minute after Kafka came back;
+    # capped so that every client is working again within 10 s of a restart.
+    reconnect_backoff_max: float = 1.0
     # Plaintext unless the settings name a CA (eventstore/kafka_tls.py).
     tls: KafkaTLS = field(default_factory=KafkaTLS)
     # Signs each message (eventstore/feed_mac.py); projectors holding it verify each one.
@@ -74,6 +78,15 @@ class RelaySettings:
 
     def topic(self, stream_type: str) -> str:
         return f"{self.topic_prefix}.{stream_type}"
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python's keyword arguments every client (producer, consumer, admin) takes."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": int(self.request_timeout * 1000),
+            "reconnect_backoff_max_ms": int(self.reconnect_backoff_max * 1000),
+            **self.tls.options(),
+        }
 
 
 class StoredLog(Protocol):
@@ -282,14 +295,12 @@ class Relay:
     def _producer(self) -> KafkaProducer:
         ensure_topics(self._settings)
         return KafkaProducer(
-            bootstrap_servers=self._settings.bootstrap,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             max_in_flight_requests_per_connection=5,
-            request_timeout_ms=int(self._settings.request_timeout * 1000),
             max_block_ms=int(self._settings.request_timeout * 1000),
-            **self._settings.tls.options(),
+            **self._settings.client_options(),
         )
 
     def _send(self, producer: KafkaProducer, batch: Sequence[LoggedEvent]) -> None:
@@ -334,11 +345,7 @@ def discard_producer(producer: KafkaProducer, *, timeout: float) -> None:
 
 def ensure_topics(settings: RelaySettings) -> None:
     """Creates the stream-type topics with the fixed partition count, if missing."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap,
-        request_timeout_ms=int(settings.request_timeout * 1000),
-        **settings.tls.options(),
-    )
+    admin = KafkaAdminClient(**settings.client_options())
     try:
         existing = set(admin.list_topics())
         wanted = [

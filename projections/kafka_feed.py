@@ -209,7 +209,6 @@ class KafkaProjector:
         ensure_topics(self._settings)
         self.pending.clear()
         consumer = KafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap,
             group_id=self._group,
             enable_auto_commit=False,
             # Never a silent reset: an offset out of range (records removed by retention while
@@ -222,8 +221,7 @@ class KafkaProjector:
             # connection is given up after 7 s instead of the default 30.
             session_timeout_ms=6000,
             heartbeat_interval_ms=2000,
-            request_timeout_ms=int(self._settings.request_timeout * 1000),
-            **self._settings.tls.options(),
+            **self._settings.client_options(),
         )
         try:
             topics = [self._settings.topic(t) for t in STREAM_TYPES]

@@ -68,12 +68,14 @@ def embedded_wiring(home: Path) -> Wiring:
     return wire(embedded_settings(home))
 
 
-def distributed_wiring(home: Path) -> Wiring:
+def distributed_wiring(home: Path, settings: Settings | None = None) -> Wiring:
+    """A wiring on emptied tables; `settings` (e.g. through a fault test's proxies) or
+    `distributed_settings(home)`."""
     drop_postgres_tables(*SHOP_TABLES)
     stale = ReadModels.open(postgres_url=require_env(POSTGRES_URL))
     stale.drop()
     stale.close()
-    return wire(distributed_settings(home))
+    return wire(settings or distributed_settings(home))
 
 
 MODES: dict[str, Callable[[Path], Wiring]] = {

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -35,6 +36,20 @@ class TcpProxy:
         self._muted: set[int] = set()  # ids of client sockets whose answers are held back
         self._accepting = threading.Thread(target=self._accept, daemon=True)
         self._accepting.start()
+
+    @classmethod
+    def to(cls, url: str) -> TcpProxy:
+        """A proxy to the server of a URL (postgresql://, redis://, rediss://)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 0)
+
+    def url(self, url: str) -> str:
+        """`url` going through the proxy: the same user, password, database and options
+        (an ACL user's credentials must survive: without them a RESP3 client's handshake
+        is refused with "HELLO must be called with the client already authenticated")."""
+        parts = urlsplit(url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        return urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{self.port}"))
 
     # --- faults ------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from eventkeep.bootstrap import build_cache, relay_settings
 from eventkeep.settings import Settings
@@ -17,15 +16,13 @@ from tests.faults.tcp_proxy import TcpProxy
 
 
 def test_a_frozen_redis_costs_a_cached_read_at_most_its_timeout(tmp_path: Path) -> None:
-    real = urlsplit(require_env(REDIS_URL))
-    proxy = TcpProxy(real.hostname or "127.0.0.1", real.port or 6379)
+    proxy = TcpProxy.to(require_env(REDIS_URL))
     try:
-        netloc = real.netloc.rsplit(":", 1)[0] + f":{proxy.port}"
         settings = Settings(
             home=tmp_path,
             postgres_url=None,
             claim_secret=TEST_SECRET,
-            redis_url=urlunsplit(real._replace(netloc=netloc)),
+            redis_url=proxy.url(require_env(REDIS_URL)),
             redis_timeout=1.0,
         )
         cache = build_cache(settings)

@@ -36,6 +36,12 @@ from eventkeep.settings import Settings
 from tests.api.conftest import distributed_settings, distributed_wiring
 from tests.api.shopping import answer, create_product, pay, place_order, register
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env, services
+from tests.faults.load import (
+    Load,
+    assert_the_store_tells_the_truth,
+    recovered_within,
+    until_kafka_serves_groups,
+)
 
 pytestmark = pytest.mark.services
 
@@ -249,16 +255,65 @@ def test_kafka_stopped_and_started_while_commands_flow(
     threads: Threads,
     projector_models: ReadModels,
 ) -> None:
+    """Commands keep succeeding while Kafka is down (the log is the outbox); within 10 s of
+    Kafka serving consumers again (its group coordinator loaded) the relay publishes and the
+    projector applies what waited."""
+    store = wiring.shop.recorder
     threads.start(build_relay(settings, wiring.shop))
-    personal = event_recorder(wiring.shop).personal_data
-    threads.start(build_projector(settings, projector_models, personal=personal))
-    traffic(client, rounds=3)
-    services("down", "kafka")
+    threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)  # the pipeline works before the fault
+    start = store.max_notification_id() or 0
+    load = Load(client).start()
     try:
-        traffic(client, rounds=3)  # commands keep succeeding: the log is the outbox
+        load.wait_for(5)
+        services("down", "kafka")
+        try:
+            during = len(load.acked)
+            load.wait_for(during + 10)  # acknowledged while Kafka is down
+        finally:
+            services("up", "kafka")
+        until_kafka_serves_groups(settings)
+        recovered_within(10, client, wiring, load)
     finally:
-        services("up", "kafka")
-    traffic(client, rounds=2)
+        load.stop()
+    assert load.refused == load.unknown == 0
+    assert_the_store_tells_the_truth(wiring, load, start)
+    traffic(client, rounds=1)  # and the pipeline goes on
+    assert_equal_to_rebuild(wiring)
+
+
+def test_postgresql_restarted_twice_while_commands_and_the_projector_run(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    """A real restart of PostgreSQL (every connection of every part killed) under load: the
+    API, relay and projector work again within 10 s of PostgreSQL answering, without being
+    restarted; every acknowledged command is in the store and the read models, nothing refused
+    was written."""
+    store = wiring.shop.recorder
+    threads.start(build_relay(settings, wiring.shop))
+    threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)  # the pipeline works before the fault
+    start = store.max_notification_id() or 0
+    load = Load(client).start()
+    try:
+        for _ in range(2):
+            load.wait_for(len(load.acked) + 5)
+            services("down", "postgres")
+            try:
+                time.sleep(2)  # commands are refused meanwhile
+            finally:
+                services("up", "postgres")
+            recovered_within(10, client, wiring, load)
+    finally:
+        load.stop()
+    assert_the_store_tells_the_truth(wiring, load, start)
+    traffic(client, rounds=1)  # and the pipeline goes on
     assert_equal_to_rebuild(wiring)
 
 
