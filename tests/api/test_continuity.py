@@ -375,6 +375,7 @@ def test_a_tailing_reader_and_the_read_models_under_8_concurrent_writers(
 # --- fast recovery (issue 8 item 7, the read side) ---------------------------------------------
 
 
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)  # the embedded feed has neither
 def test_the_projector_works_again_within_10_s_of_redis_and_postgresql_coming_back(
     wiring: Wiring,
     client: TestClient,
@@ -388,8 +389,6 @@ def test_the_projector_works_again_within_10_s_of_redis_and_postgresql_coming_ba
     from eventkeep.projections.readmodels import cache_position_of
     from tests.faults.tcp_proxy import TcpProxy
 
-    if wiring.feed is not None:
-        pytest.skip("the embedded mode's feed uses neither Redis nor a PostgreSQL connection")
     unique = uuid.uuid4().hex[:10]
     settings = distributed_settings(tmp_path / "home").model_copy(
         update={

@@ -95,13 +95,12 @@ def test_a_stock_adjustment_reason_is_sealed_under_the_products_key(
     assert history["items"][-1]["data"]["reason"] == REASON  # no erasure reaches a product
 
 
+@pytest.mark.parametrize("wiring", ["embedded"], indirect=True)  # SQLite's files
 def test_an_erased_users_data_key_leaves_the_sqlite_files(
     client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]], tmp_path: Path
 ) -> None:
     """Secure delete and a checkpoint after the erasure: the wrapped key's bytes are in no
     page and no write-ahead log frame of the embedded store."""
-    if wiring.feed is None:
-        pytest.skip("the embedded mode's SQLite store")
     user = register(client, "grace@example.com")
     home = tmp_path / "home"
     table = wiring.shop.recorder.events_table_name + "_data_keys"
