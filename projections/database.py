@@ -59,6 +59,12 @@ class Database(Protocol):
         """`INSERT INTO table (columns) <rows> <conflict>`; the rows' keys are distinct."""
         ...
 
+    def copy_rows(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Loads new rows (no key already in `table`) the fastest way the database has."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -140,6 +146,22 @@ class PostgresDatabase:
             f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) {conflict}",
             by_column,
         )
+
+    def copy_rows(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """COPY in binary: no SQL to parse per row, values sent in their wire form (the
+        column types read from the catalog, which binary COPY needs)."""
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+        types = {row["attname"]: row["type"] for row in cursor.fetchall()}
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([types[column] for column in columns])
+            for row in rows:
+                copy.write_row(row)
 
     def close(self) -> None:
         self._pool.close()
@@ -232,6 +254,14 @@ class SqliteDatabase:
         cursor.executemany(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) {conflict}", rows
         )
+
+    def copy_rows(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """SQLite has no COPY: one prepared INSERT run over every row (in the caller's
+        transaction, into a table whose indexes come after)."""
+        values = ", ".join("%s" for _ in columns)
+        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})", rows)
 
     def close(self) -> None:
         with self._lock:
