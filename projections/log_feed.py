@@ -132,7 +132,7 @@ class LogFeed:
             return
         self._read_generations()
         start = self._follower.position
-        reached = catch_up(self._log, self._models, start, self._applied)
+        reached = catch_up(self._log, self._models, start, self._applied, CATCH_UP_BATCH)
         log.info("caught up from position %d to %d in bulk", start, reached)
 
     def _idle(self) -> None:

@@ -25,6 +25,8 @@ from eventkeep.domain.ordering import cancel_order, place_order
 from eventkeep.domain.product import Product
 from eventkeep.domain.user import User
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
+from eventkeep.projections import log_feed
+from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
 from tests.replay.conftest import LEGACY, import_history
@@ -193,3 +195,30 @@ def test_the_bulk_rebuild_builds_the_indexes_after_the_load(store: Wiring) -> No
             cursor.execute("SELECT count(*) AS n FROM bulk_products_fts")
             fts = cursor.fetchone()["n"]
         assert fts == len(bulk[0]["products"]) > 0
+
+
+def test_a_feed_far_behind_catches_up_in_bulk_before_it_follows(
+    store: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read model new to a feed (its tables empty) catches up in big batches read ahead,
+    before the feed's first live batch, to the tables a rebuild gives."""
+    monkeypatch.setattr(log_feed, "CATCH_UP_BATCH", 50)  # the legacy history is ~850 events
+    db = store.queries.models.db
+    late = ReadModels(db, "late_")
+    late.migrate()
+    try:
+        feed = LogFeed(store.shop.recorder, late, store.queries.cache)
+        batches: list[int] = []
+        monkeypatch.setattr(
+            late, "apply", lambda events, progress: batches.append(len(events)) or
+            ReadModels.apply(late, events, progress),
+        )  # fmt: skip
+        feed.catch_up()
+        head = store.shop.recorder.max_notification_id()
+        assert feed.position == late.position() == head
+        assert max(batches) == 50 and sum(batches) == head  # in the catch-up's batches
+        reference = ReadModels(db, "rowwise_")
+        rebuild(store.shop.recorder, reference, bulk=False)
+        assert late.dump() == reference.dump()
+    finally:
+        late.drop()
