@@ -217,6 +217,17 @@ class EventRecorder:
             append = replace(append, events=self.personal_data.seal(append.events))
         return self._committer.append(append)
 
+    def append_all(self, appends: Iterable[Append]) -> int:
+        """Writes appends in their order, many per transaction, without waiting for each
+        commit (`GroupCommitter.append_all`: a bulk import); the events written."""
+        sealed = (
+            replace(a, events=self.personal_data.seal(a.events))
+            if self.personal_data is not None
+            else a
+            for a in appends
+        )
+        return self._committer.append_all(sealed)
+
     @property
     def chain_key(self) -> bytes | None:
         """The hash chain's HMAC key (None: unkeyed, as before the chain was keyed)."""

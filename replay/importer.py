@@ -32,7 +32,7 @@ from eventkeep.domain.bounds import (
 from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
 from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
 from eventkeep.domain.user import normalize_email
-from eventkeep.eventstore.group_commit import UniqueClaim
+from eventkeep.eventstore.group_commit import Append, UniqueClaim
 from eventkeep.eventstore.records import RecordedEvent
 
 MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
@@ -202,32 +202,30 @@ def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int
 
 
 def import_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
-    """Appends the (checked) file: consecutive events with the same metadata go together.
-    Each line is checked again as it goes, against the store as it now is."""
-    checker = Checker(recorder, claim)
-    pending: list[RecordedEvent] = []
-    claims: list[UniqueClaim] = []
-    metadata: dict[str, Any] | None = None
-    emails: dict[str, str] = {}  # stream -> its current email, to release it when it changes
-    written = 0
+    """Appends the (checked) file: consecutive events with the same metadata go together,
+    and the appends are pipelined (`append_all`: many per transaction, in the file's order,
+    none waiting for the one before to commit). Each line is checked again as it goes,
+    against the store as it now is."""
 
-    def flush() -> None:
-        nonlocal pending, claims
-        if pending:
-            recorder.insert_events(pending, metadata=metadata, claims=claims)
-        pending, claims = [], []
-
-    for number, text, done in lines_of(path):
-        envelope = checker.check(number, text)
-        if envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE:
-            flush()
+    def appends() -> Iterator[Append]:
+        checker = Checker(recorder, claim)
+        pending: list[RecordedEvent] = []
+        claims: list[UniqueClaim] = []
+        metadata: dict[str, Any] = {}
+        emails: dict[str, str] = {}  # stream -> its current email, released when it changes
+        for number, text, done in lines_of(path):
+            envelope = checker.check(number, text)
+            if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
+                yield Append(pending, metadata, claims)
+                pending, claims = [], []
             metadata = envelope["metadata"]
-        pending.append(_recorded(envelope))
-        claims += _claims(envelope, emails, claim)
-        written += 1
-        advance(done)
-    flush()
-    return written
+            pending.append(_recorded(envelope))
+            claims += _claims(envelope, emails, claim)
+            advance(done)
+        if pending:
+            yield Append(pending, metadata, claims)
+
+    return int(recorder.append_all(appends()))
 
 
 def _recorded(envelope: dict[str, Any]) -> RecordedEvent:
