@@ -25,6 +25,7 @@ by other projectors of the group — so it writes in place, not by COPY into new
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import queue
@@ -160,6 +161,10 @@ class BulkLoad:
         try:
             for page in pages:
                 self._fold_page(page)
+                # The cycle collector scans only what the last page allocated: a full scan
+                # of every folded row held costs a third of the load (cProfile). Cyclic
+                # garbage frozen meanwhile is freed at the end (`unfreeze`).
+                gc.freeze()
                 if self._unwritten >= self._flush_events or any(
                     len(f.batch.rows) >= self._rows_bound for f in self._folds.values()
                 ):
@@ -172,6 +177,7 @@ class BulkLoad:
             self._writer.finish()
         finally:
             self._writer.close()
+            gc.unfreeze()
         for position in self._writer.committed():
             advance(position)
             reported = position
