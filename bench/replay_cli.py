@@ -157,6 +157,6 @@ def replay_bench(
         exported(system.shop.recorder, history)
     system.close()
     if i1:
-        i1_import(url, env, history, events, report)
+        i1_import(settings, history, events, report)
     report.console.print(report.table())
     report.console.print(f"results: {report.save(results)}")
