@@ -332,6 +332,27 @@ class EventRecorder:
         )
         return self.sql.uuid(rows[0]["owner"]) if rows else None
 
+    def last_versions(self, stream_ids: Sequence[UUID | str]) -> dict[str, int]:
+        """Each stream's last version, in one statement (streams with no event left out)."""
+        if not stream_ids:
+            return {}
+        where, params = self.sql.one_of(("stream_id",), ("uuid",), [(s,) for s in stream_ids])
+        rows = self.sql.read(
+            f"SELECT stream_id, max(stream_version) AS version FROM {self._events}"
+            f" WHERE {where} GROUP BY stream_id",
+            params,
+        )
+        return {str(self.sql.uuid(row["stream_id"])): int(row["version"]) for row in rows}
+
+    def claim_owners(self, claims: Sequence[tuple[str, str]]) -> dict[tuple[str, str], UUID]:
+        """Who holds each of the unique claims (scope, key), in one statement (a claim
+        nobody holds left out)."""
+        if not claims:
+            return {}
+        where, params = self.sql.one_of(("scope", "key"), ("text", "text"), claims)
+        rows = self.sql.read(f"SELECT scope, key, owner FROM {self._claims} WHERE {where}", params)
+        return {(row["scope"], row["key"]): self.sql.uuid(row["owner"]) for row in rows}
+
     def find_idempotent(self, key: str) -> tuple[str, Any] | None:
         """The request hash and the answer (parsed JSON, as the command layer stored it)
         recorded under an idempotency key; None when the key is unused."""
