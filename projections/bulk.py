@@ -42,8 +42,11 @@ from eventkeep.projections.readmodels import LOG, SET_ASIDE, ReadModels
 
 log = logging.getLogger(__name__)
 
-ROWS_BOUND = 100_000  # rows of one read model held in memory before they are written
-FLUSH_EVENTS = 200_000  # events folded between two writes (the resume granularity)
+# Rows of one read model held in memory before they are written (an order's row with its
+# lines is ~1.5 KB of Python objects: M1 allows a rebuild 500 MB), and events folded between
+# two writes (the resume granularity).
+ROWS_BOUND = 50_000
+FLUSH_EVENTS = 100_000
 # Events per catch-up batch (SQLite takes up to 32,766 ids in one IN list), and the lag from
 # which a feed catches up before it follows.
 CATCH_UP_BATCH = 20_000
@@ -290,7 +293,12 @@ class _Writer:
         self._raise()
         with self._idle:
             self._pending += 1
-        self._loads.put(load)
+        while True:  # never blocked for good on a writer that has failed
+            try:
+                self._loads.put(load, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise()
 
     def drain(self) -> None:
         """Waits until every load submitted is committed."""

@@ -26,6 +26,7 @@ from eventkeep.domain.product import Product
 from eventkeep.domain.user import User
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
 from eventkeep.projections import log_feed
+from eventkeep.projections.bulk import BulkLoad, upcast_pages
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
@@ -222,3 +223,17 @@ def test_a_feed_far_behind_catches_up_in_bulk_before_it_follows(
         assert late.dump() == reference.dump()
     finally:
         late.drop()
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_write_ends_the_load_with_its_error_never_a_hang(store: Wiring) -> None:
+    """The writer thread's failure (here: a table gone under it) is raised in the folding
+    thread at its next step, however many loads wait behind it."""
+    models = ReadModels(store.queries.models.db, "bulk_")
+    models.drop()
+    models.migrate(defer_indexes=True)
+    with models.db.transaction() as cursor:
+        cursor.execute("DROP TABLE bulk_orders")
+    load = BulkLoad(models, rows_bound=2, flush_events=1)
+    with pytest.raises(Exception, match="bulk_orders"):
+        load.run(upcast_pages(store.shop.recorder, 0, 7), lambda position: None)
