@@ -21,7 +21,7 @@ description, a reason) may hold line breaks and tabs.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from decimal import Decimal
 
 from eventkeep.domain.errors import InvalidInput
@@ -34,18 +34,18 @@ MAX_STOCK = 1_000_000_000
 MAX_STOCK_DELTA = 1_000_000_000
 INT64_MAX = 2**63 - 1
 
-_LINE_BREAKS = frozenset("\n\r\t")
+# Unicode's control characters (category Cc: U+0000-U+001F, U+007F-U+009F, fixed by its
+# stability policy) and surrogates (Cs), as one compiled class: a scan in C, where a
+# `unicodedata.category` call per character took a fifth of an import (cProfile).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_FORBIDDEN_MULTILINE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def forbidden_character(value: str, *, multiline: bool = False) -> str | None:
-    """The first character `value` may not hold (a control character or a lone surrogate),
-    or None."""
-    for char in value:
-        if multiline and char in _LINE_BREAKS:
-            continue
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            return char
-    return None
+    """The first character `value` may not hold (a control character or a lone surrogate;
+    tab and line breaks allowed when `multiline`), or None."""
+    found = (_FORBIDDEN_MULTILINE if multiline else _FORBIDDEN).search(value)
+    return None if found is None else found.group()
 
 
 def plain_text(value: str, field: str, *, multiline: bool = False) -> str:

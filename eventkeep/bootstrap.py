@@ -47,7 +47,9 @@ if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, 
     from eventkeep.projections.log_feed import LogFeed
 
 # What a process is built for: `relay` and `project` need the distributed mode and Kafka.
-Role = Literal["serve", "relay", "project", "replay", "audit", "seed", "keys", "bench", "test"]
+Role = Literal[
+    "serve", "relay", "project", "replay", "audit", "import", "seed", "keys", "bench", "test"
+]
 DISTRIBUTED_ROLES: frozenset[Role] = frozenset({"relay", "project"})
 
 # The PostgreSQL role each part connects as (eventstore/roles.py), by what the process is built
@@ -57,7 +59,7 @@ DATABASE_ROLES: tuple[DatabaseRole, ...] = ("writer", "relay", "projector", "que
 EVENT_STORE_ROLE: dict[Role, DatabaseRole] = {
     "relay": "relay",
     "project": "projector",
-    "audit": "auditor",
+    "audit": "auditor",  # reads only; `audit import` writes, as "import" (the writer)
 }  # any other process: the writer
 READ_MODELS_ROLE: dict[Role, DatabaseRole] = {
     "serve": "query",

@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager
@@ -322,6 +323,39 @@ class GroupCommitter:
             raise CommitOutcomeUnknown(
                 f"the append's commit did not end within {self._result_wait:g}s"
             ) from None
+
+    def append_all(self, appends: Iterable[Append], window: int = 1024) -> int:
+        """Queues appends in their order without waiting for each commit (up to `window`
+        unanswered): the committer writes them in that order, many per transaction. Waits
+        for every answer; raises the first refusal (the appends before it are written).
+        Returns the number of events written."""
+        pending: deque[Append] = deque()
+        written = 0
+
+        def settle(append: Append) -> int:
+            try:
+                return len(append.done.result(timeout=self._result_wait))
+            except FutureTimeout:
+                raise CommitOutcomeUnknown(
+                    f"an append's commit did not end within {self._result_wait:g}s"
+                ) from None
+
+        if self._closed:
+            raise RuntimeError("the event store is closed")
+        self._ensure_started()
+        try:
+            for append in appends:
+                if len(pending) >= window:
+                    written += settle(pending.popleft())
+                append.queued_at = time.monotonic()
+                self._queue.put(append, timeout=self._result_wait)
+                pending.append(append)
+            while pending:
+                written += settle(pending.popleft())
+        finally:
+            for append in pending:  # after a refusal: the rest not begun is withdrawn
+                append.done.cancel()
+        return written
 
     def set_timeouts(
         self, *, result_wait: float | None = None, verify_timeout: float | None = None

@@ -217,6 +217,17 @@ class EventRecorder:
             append = replace(append, events=self.personal_data.seal(append.events))
         return self._committer.append(append)
 
+    def append_all(self, appends: Iterable[Append]) -> int:
+        """Writes appends in their order, many per transaction, without waiting for each
+        commit (`GroupCommitter.append_all`: a bulk import); the events written."""
+        sealed = (
+            replace(a, events=self.personal_data.seal(a.events))
+            if self.personal_data is not None
+            else a
+            for a in appends
+        )
+        return self._committer.append_all(sealed)
+
     @property
     def chain_key(self) -> bytes | None:
         """The hash chain's HMAC key (None: unkeyed, as before the chain was keyed)."""
@@ -320,6 +331,27 @@ class EventRecorder:
             f"SELECT owner FROM {self._claims} WHERE scope = %s AND key = %s", (scope, key)
         )
         return self.sql.uuid(rows[0]["owner"]) if rows else None
+
+    def last_versions(self, stream_ids: Sequence[UUID | str]) -> dict[str, int]:
+        """Each stream's last version, in one statement (streams with no event left out)."""
+        if not stream_ids:
+            return {}
+        where, params = self.sql.one_of(("stream_id",), ("uuid",), [(s,) for s in stream_ids])
+        rows = self.sql.read(
+            f"SELECT stream_id, max(stream_version) AS version FROM {self._events}"
+            f" WHERE {where} GROUP BY stream_id",
+            params,
+        )
+        return {str(self.sql.uuid(row["stream_id"])): int(row["version"]) for row in rows}
+
+    def claim_owners(self, claims: Sequence[tuple[str, str]]) -> dict[tuple[str, str], UUID]:
+        """Who holds each of the unique claims (scope, key), in one statement (a claim
+        nobody holds left out)."""
+        if not claims:
+            return {}
+        where, params = self.sql.one_of(("scope", "key"), ("text", "text"), claims)
+        rows = self.sql.read(f"SELECT scope, key, owner FROM {self._claims} WHERE {where}", params)
+        return {(row["scope"], row["key"]): self.sql.uuid(row["owner"]) for row in rows}
 
     def find_idempotent(self, key: str) -> tuple[str, Any] | None:
         """The request hash and the answer (parsed JSON, as the command layer stored it)

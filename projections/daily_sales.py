@@ -69,8 +69,7 @@ class DailySales(ReadModel):
             _book(batch, row, day, -1)
         return super().apply_event(batch, row, event)
 
-    def write(self, cursor: Any, batch: Batch) -> None:
-        super().write(cursor, batch)
+    def write_effects(self, cursor: Any, batch: Batch) -> None:
         if batch.extra:
             sales = self.table(SALES)
             self.db.insert_rows(

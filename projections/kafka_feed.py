@@ -28,14 +28,14 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
-from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.feed_mac import verifies
-from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
+from eventkeep.eventstore.log_follower import GlobalLog
 from eventkeep.eventstore.pii import PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
+from eventkeep.projections.bulk import catch_up
 from eventkeep.projections.cache import Cache
-from eventkeep.projections.readmodels import LOG, ReadModels
+from eventkeep.projections.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
 
@@ -172,23 +172,20 @@ class KafkaProjector:
                 consumer.seek_to_beginning(partition)
             return
         start = self._models.position()
-        follower = LogFollower(self._store, start, batch_size=self._batch_size)
-        applied = 0
-        for events in follower.batches(live=False):
-            envelopes = [upcast(to_envelope(event)) for event in events]
-            self._cache.forget(self._models.apply(envelopes, {LOG: events[-1].id}))
-            follower.advance_to(events[-1].id)
-            applied += len(envelopes)
+        # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread.
+        reached = catch_up(
+            self._store, self._models, start, lambda changes, _: self._cache.forget(changes)
+        )
         self._models.apply([], {offset_key(p): ends[p] for p in partitions})
         for partition in partitions:
             consumer.seek(partition, ends[partition])
         log.warning(
             "partitions %s: stored offsets not in Kafka (a new group or records removed by"
-            " retention); %d events caught up from the event store after position %d, Kafka"
+            " retention); caught up from the event store from position %d to %d, Kafka"
             " read on from offsets %s",
             sorted((p.topic, p.partition) for p in partitions),
-            applied,
             start,
+            reached,
             {f"{p.topic}:{p.partition}": ends[p] for p in partitions},
         )
 

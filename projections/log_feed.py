@@ -17,6 +17,7 @@ from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
 from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.metrics import observe_applied, observe_idle
+from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.readmodel import Change, Envelope, Fill
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
@@ -48,6 +49,7 @@ class LogFeed:
         poll_interval: float = 0.05,
     ) -> None:
         self._models = models
+        self._log = global_log
         if models.fill is None:
             models.fill = fill_from(global_log)
         self._cache = cache
@@ -114,10 +116,24 @@ class LogFeed:
         self._read_generations()
         envelopes = [upcast(to_envelope(event)) for event in events]
         changes = self._models.apply(envelopes, {LOG: events[-1].id})
+        self._applied(changes, events[-1].id)
+        observe_applied(self._models.names, envelopes)
+
+    def _applied(self, changes: list[Change], position: int) -> None:
         self._cache.forget(changes)
         self._refresh_quarantine()
-        self._follower.advance_to(events[-1].id)
-        observe_applied(self._models.names, envelopes)
+        self._follower.advance_to(position)
+
+    def catch_up(self) -> None:
+        """Far behind the log (a read model new to it, or a feed stopped long): the bulk
+        catch-up first (`projections/bulk.py`), then the live feed from where it ended."""
+        head = self._log.max_notification_id() or 0  # type: ignore[attr-defined]
+        if head - self._follower.position < CATCH_UP_BATCH:
+            return
+        self._read_generations()
+        start = self._follower.position
+        reached = catch_up(self._log, self._models, start, self._applied, CATCH_UP_BATCH)
+        log.info("caught up from position %d to %d in bulk", start, reached)
 
     def _idle(self) -> None:
         self._read_generations()
@@ -127,6 +143,7 @@ class LogFeed:
     def _run(self) -> None:
         while not self._follower.stopped:
             try:
+                self.catch_up()
                 for batch in self._follower.batches(on_idle=self._idle):
                     self._apply(batch)
             except Exception:  # a bad batch must not end the feed: log, wait, retry

@@ -97,6 +97,7 @@ class Batch:
     rows: dict[str, Row] = field(default_factory=dict)
     changed: dict[str, int] = field(default_factory=dict)
     extra: dict[Any, Any] = field(default_factory=dict)  # a read model's own effects
+    seen: dict[str, int] = field(default_factory=dict)  # versions handled of row-less streams
 
 
 class ReadModel:
@@ -171,36 +172,41 @@ class ReadModel:
         if not mine:
             return []
         batch = Batch(rows=self._load(cursor, sorted({e["stream_id"] for e in mine})))
-        seen: dict[str, int] = {}  # versions handled in this batch for streams with no row
         for event in mine:
-            stream_id, version = event["stream_id"], event["stream_version"]
-            current = batch.rows.get(stream_id)
-            applied = current["version"] if current else seen.get(stream_id, 0)
-            if version <= applied:
-                continue  # already applied: a redelivery
-            if version > applied + 1:
-                missing = fill(stream_id, applied, version) if fill is not None else []
-                if [e["stream_version"] for e in missing] != list(range(applied + 1, version)):
-                    raise StreamGap(
-                        f"{self.name}: {stream_id} is at version {applied}, next given"
-                        f" {version}, and the store does not hold the versions between"
-                    )
-                GAPS.labels(self.name).inc()
-                log.warning(
-                    "%s: versions %d-%d of %s filled from the event store",
-                    self.name,
-                    applied + 1,
-                    version - 1,
-                    stream_id,
-                )
-                for earlier in missing:
-                    self._fold(batch, earlier)
-            self._fold(batch, event)
-            seen[stream_id] = version
+            self.fold_in(batch, event, fill)
         self.write(cursor, batch)
         if self.cache_kind is None:
             return []
         return [Change(self.cache_kind, i, v, generation) for i, v in batch.changed.items()]
+
+    def fold_in(self, batch: Batch, event: Envelope, fill: Fill | None = None) -> None:
+        """Folds one event of its stream type into `batch`'s rows, keeping per-stream
+        continuity (see `apply_in`); raises StreamGap for a gap `fill` cannot close. The
+        event-by-event path and the bulk path (`projections/bulk.py`) both fold with it."""
+        stream_id, version = event["stream_id"], event["stream_version"]
+        current = batch.rows.get(stream_id)
+        applied = current["version"] if current else batch.seen.get(stream_id, 0)
+        if version <= applied:
+            return  # already applied: a redelivery
+        if version > applied + 1:
+            missing = fill(stream_id, applied, version) if fill is not None else []
+            if [e["stream_version"] for e in missing] != list(range(applied + 1, version)):
+                raise StreamGap(
+                    f"{self.name}: {stream_id} is at version {applied}, next given"
+                    f" {version}, and the store does not hold the versions between"
+                )
+            GAPS.labels(self.name).inc()
+            log.warning(
+                "%s: versions %d-%d of %s filled from the event store",
+                self.name,
+                applied + 1,
+                version - 1,
+                stream_id,
+            )
+            for earlier in missing:
+                self._fold(batch, earlier)
+        self._fold(batch, event)
+        batch.seen[stream_id] = version
 
     def _fold(self, batch: Batch, event: Envelope) -> None:
         stream_id, version = event["stream_id"], event["stream_version"]
@@ -233,7 +239,7 @@ class ReadModel:
         return {row["id"]: self.decoded(row) for row in cursor.fetchall()}
 
     def write(self, cursor: Any, batch: Batch) -> None:
-        """Writes the changed rows back (one statement)."""
+        """Writes the changed rows back (one statement), then the batch's other effects."""
         changed = [batch.rows[row_id] for row_id in batch.changed]
         if changed:
             self.db.insert_rows(
@@ -243,6 +249,14 @@ class ReadModel:
                 [self.encoded(row) for row in changed],
                 on_conflict_replace(self.columns, ("id",)),
             )
+        self.write_effects(cursor, batch)
+
+    def write_effects(self, cursor: Any, batch: Batch) -> None:
+        """Writes what a batch did beyond its rows (`batch.extra`); none by default."""
+
+    def after_bulk_load(self, cursor: Any) -> None:
+        """After rows were loaded in bulk into tables whose indexes and triggers came after
+        (`projections/bulk.py`): whatever those triggers would have kept (none by default)."""
 
     def encoded(self, row: Row) -> tuple[Any, ...]:
         return tuple(

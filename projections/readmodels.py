@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 LOG = "log"  # progress key: the last log position applied
 GENERATION = "generation"  # progress key: the rebuild of the tables now live (0: never)
+# Progress key: its tables were created for a bulk load, their indexes and triggers not yet
+# (built after the load, `build_deferred`; kept across a crash, so a resumed load builds them).
+INDEXES_PENDING = "indexes_pending"
+# Statements that come after a bulk load: maintaining an index row by row costs more than
+# building it once over the loaded table.
+_DEFERRABLE = ("CREATE INDEX", "CREATE UNIQUE INDEX", "CREATE TRIGGER")
 
 # Applies the log after the rebuilt tables' position up to (at least) a position, in the
 # given transaction.
@@ -92,9 +98,11 @@ class ReadModels:
 
     # --- tables ----------------------------------------------------------------------------
 
-    def migrate(self, tag: str | None = None) -> None:
+    def migrate(self, tag: str | None = None, *, defer_indexes: bool = False) -> None:
         """Creates, in one transaction, the progress table and each read model's tables that
-        do not exist. `tag` names their indexes and triggers (default: the prefix)."""
+        do not exist. `tag` names their indexes and triggers (default: the prefix). With
+        `defer_indexes`, the tables created now get no secondary index nor trigger until
+        `build_deferred` (a bulk load comes first)."""
         self._drop_shared_layout()
         with self.db.transaction() as cursor:
             if not self.db.table_exists(cursor, self.table("progress")):
@@ -113,7 +121,29 @@ class ReadModels:
             for model in self.models.values():
                 if not model.exists(cursor):
                     for statement in model.schema(tag or self.prefix):
+                        if not (defer_indexes and statement.startswith(_DEFERRABLE)):
+                            cursor.execute(statement)
+                    if defer_indexes:
+                        cursor.execute(
+                            f"INSERT INTO {self.table('progress')} (projection, key, value)"
+                            " VALUES (%s, %s, 1)",
+                            (model.name, INDEXES_PENDING),
+                        )
+
+    def build_deferred(self, tag: str) -> None:
+        """Builds the indexes and triggers `migrate(defer_indexes=True)` left out (named
+        after `tag`), and what those triggers would have kept, in one transaction."""
+        pending = [n for n, p in self.progress_by_name().items() if p.get(INDEXES_PENDING)]
+        if not pending:
+            return
+        with self.db.transaction() as cursor:
+            for name in pending:
+                model = self.models[name]
+                for statement in model.schema(tag):
+                    if statement.startswith(_DEFERRABLE):
                         cursor.execute(statement)
+                model.after_bulk_load(cursor)
+            self._delete_progress(cursor, pending, [INDEXES_PENDING])
 
     def drop(self) -> None:
         """Drops these read models' tables and progress (all of them: the progress table)."""
@@ -173,17 +203,22 @@ class ReadModels:
             mine = [e for e in events if e["stream_type"] == model.stream_type]
             generation = current[name].get(GENERATION, 0)
             changes += self._apply_or_quarantine(cursor, model, mine, generation, held[name])
-        if progress:  # never backwards, even from a late batch of a former partition owner
+        self.record_progress(cursor, progress)
+        return changes
+
+    def record_progress(self, cursor: Any, progress: Mapping[str, int]) -> None:
+        """Each read model's `progress` keys, in the caller's transaction; never backwards,
+        even from a late batch of a former partition owner."""
+        if progress:
             table = self.table("progress")
             self.db.insert_rows(
                 cursor,
                 table,
                 ("projection", "key", "value"),
-                [(name, key, value) for name in names for key, value in progress.items()],
+                [(name, key, value) for name in self.names for key, value in progress.items()],
                 "ON CONFLICT (projection, key) DO UPDATE"
                 f" SET value = {self.db.greatest}({table}.value, excluded.value)",
             )
-        return changes
 
     def _apply_or_quarantine(
         self,
@@ -371,8 +406,14 @@ class ReadModels:
                 found[row["projection"]][row["key"]] = row["value"]
         return found
 
-    def _delete_progress(self, cursor: Any, names: list[str]) -> None:
+    def _delete_progress(
+        self, cursor: Any, names: list[str], keys: Sequence[str] | None = None
+    ) -> None:
+        """Deletes the progress of `names` (only `keys` of it, when given)."""
         where, params = self.db.in_list("projection", names)
+        if keys is not None:
+            key_where, key_params = self.db.in_list("key", list(keys))
+            where, params = f"{where} AND {key_where}", [*params, *key_params]
         cursor.execute(f"DELETE FROM {self.table('progress')} WHERE {where}", params)
 
     def progress_by_name(self) -> dict[str, dict[str, int]]:

@@ -309,7 +309,7 @@ def import_(
     schema versions. Every line is checked first: a bad one refuses the file, naming the line
     and the reason, and nothing is written."""
     size = file.stat().st_size
-    with _built() as system:
+    with _built("import") as system:  # the writer's role: the auditor's may only read
         shop, bus = system.shop, system.bus
         bytes_bar = Progress(
             TextColumn("{task.description}"),

@@ -32,7 +32,7 @@ from eventkeep.domain.bounds import (
 from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
 from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
 from eventkeep.domain.user import normalize_email
-from eventkeep.eventstore.group_commit import UniqueClaim
+from eventkeep.eventstore.group_commit import Append, UniqueClaim
 from eventkeep.eventstore.records import RecordedEvent
 
 MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
@@ -45,6 +45,8 @@ COUNT_BOUNDS = {"stock": (0, MAX_STOCK), "delta": (-MAX_STOCK_DELTA, MAX_STOCK_D
                 "quantity": (1, MAX_QUANTITY * 100)}  # fmt: skip
 METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
 APPEND_SIZE = 1000  # events per append, when they share their metadata
+READ_AHEAD = 1000  # lines whose streams' versions and emails' owners are read together
+EMAIL_EVENTS = ("UserRegistered", "UserEmailChanged")
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
 Advance = Callable[[int], None]  # bytes of the file done
@@ -70,6 +72,33 @@ class Checker:
     claim: Claim
     versions: dict[str, int] = field(default_factory=dict)
     emails: dict[str, str] = field(default_factory=dict)  # normalised email -> its stream
+    # Claims' owners in the store, read ahead for a page of lines (None: nobody's).
+    owners: dict[tuple[str, str], UUID | None] = field(default_factory=dict)
+
+    def read_ahead(self, texts: list[bytes]) -> None:
+        """Reads from the store, in one statement each, the last versions of the streams and
+        the owners of the emails these lines name that were not read yet: `check` then asks
+        the store nothing per line (a round trip per new stream bound the import)."""
+        streams: set[str] = set()
+        claims: set[tuple[str, str]] = set()
+        for text in texts:
+            try:
+                envelope = orjson.loads(text)
+                stream_id = str(UUID(str(envelope["stream_id"])))
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+                continue  # `check` refuses it, naming the line
+            if stream_id not in self.versions:
+                streams.add(stream_id)
+            data = envelope.get("data")
+            email = data.get("email") if isinstance(data, dict) else None
+            if isinstance(email, str) and envelope.get("event_type") in EMAIL_EVENTS:
+                claim = self.claim(email, None)
+                if (claim.scope, claim.key) not in self.owners:
+                    claims.add((claim.scope, claim.key))
+        found = self.recorder.last_versions(sorted(streams))
+        self.versions.update({s: found.get(s, 0) for s in streams})
+        owners = self.recorder.claim_owners(sorted(claims))
+        self.owners.update({c: owners.get(c) for c in claims})
 
     def check(self, number: int, text: bytes) -> dict[str, Any]:
         def refuse(reason: str) -> ImportRefused:
@@ -114,7 +143,7 @@ class Checker:
         if not isinstance(metadata, dict) or not set(METADATA_FIELDS) <= set(metadata):
             raise refuse(f"metadata needs {', '.join(METADATA_FIELDS)}")
         self._check_data(envelope, refuse)
-        if event_type in ("UserRegistered", "UserEmailChanged"):
+        if event_type in EMAIL_EVENTS:
             self._check_email(stream_id, envelope["data"].get("email"), refuse)
         return envelope | {"stream_id": stream_id, "recorded_at": recorded}
 
@@ -175,7 +204,11 @@ class Checker:
         if owner != stream_id:
             raise refuse(f"email {email!r} already belongs to stream {owner}")
         claim = self.claim(email, None)
-        stored = self.recorder.claim_owner(claim.scope, claim.key)
+        wanted = (claim.scope, claim.key)
+        if wanted in self.owners:
+            stored = self.owners[wanted]
+        else:
+            stored = self.recorder.claim_owner(claim.scope, claim.key)
         if stored is not None and str(stored) != stream_id:
             raise refuse(f"email {email!r} already belongs to user {stored} in the store")
 
@@ -190,11 +223,24 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
                 yield number, text, done
 
 
+def read_ahead(path: Path, checker: Checker) -> Iterator[tuple[int, bytes, int]]:
+    """`lines_of`, the store read for each page of `READ_AHEAD` lines before it is checked."""
+    page: list[tuple[int, bytes, int]] = []
+    for line in lines_of(path):
+        page.append(line)
+        if len(page) == READ_AHEAD:
+            checker.read_ahead([text for _, text, _ in page])
+            yield from page
+            page = []
+    checker.read_ahead([text for _, text, _ in page])
+    yield from page
+
+
 def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
     """Checks every line; raises ImportRefused at the first bad one. Returns the event count."""
     checker = Checker(recorder, claim)
     count = 0
-    for number, text, done in lines_of(path):
+    for number, text, done in read_ahead(path, checker):
         checker.check(number, text)
         count += 1
         advance(done)
@@ -202,32 +248,30 @@ def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int
 
 
 def import_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
-    """Appends the (checked) file: consecutive events with the same metadata go together.
-    Each line is checked again as it goes, against the store as it now is."""
-    checker = Checker(recorder, claim)
-    pending: list[RecordedEvent] = []
-    claims: list[UniqueClaim] = []
-    metadata: dict[str, Any] | None = None
-    emails: dict[str, str] = {}  # stream -> its current email, to release it when it changes
-    written = 0
+    """Appends the (checked) file: consecutive events with the same metadata go together,
+    and the appends are pipelined (`append_all`: many per transaction, in the file's order,
+    none waiting for the one before to commit). Each line is checked again as it goes,
+    against the store as it now is."""
 
-    def flush() -> None:
-        nonlocal pending, claims
-        if pending:
-            recorder.insert_events(pending, metadata=metadata, claims=claims)
-        pending, claims = [], []
-
-    for number, text, done in lines_of(path):
-        envelope = checker.check(number, text)
-        if envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE:
-            flush()
+    def appends() -> Iterator[Append]:
+        checker = Checker(recorder, claim)
+        pending: list[RecordedEvent] = []
+        claims: list[UniqueClaim] = []
+        metadata: dict[str, Any] = {}
+        emails: dict[str, str] = {}  # stream -> its current email, released when it changes
+        for number, text, done in read_ahead(path, checker):
+            envelope = checker.check(number, text)
+            if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
+                yield Append(pending, metadata, claims)
+                pending, claims = [], []
             metadata = envelope["metadata"]
-        pending.append(_recorded(envelope))
-        claims += _claims(envelope, emails, claim)
-        written += 1
-        advance(done)
-    flush()
-    return written
+            pending.append(_recorded(envelope))
+            claims += _claims(envelope, emails, claim)
+            advance(done)
+        if pending:
+            yield Append(pending, metadata, claims)
+
+    return int(recorder.append_all(appends()))
 
 
 def _recorded(envelope: dict[str, Any]) -> RecordedEvent:

@@ -10,17 +10,21 @@ their progress, so a rebuild that crashed resumes where it stopped when run agai
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
+from eventkeep.projections.bulk import (
+    FLUSH_EVENTS,
+    ROWS_BOUND,
+    BulkLoad,
+    catch_up,
+    upcast_pages,
+)
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels, position_of
 from eventkeep.projections.registry import READ_MODELS
 
@@ -31,59 +35,27 @@ PROJECTIONS = tuple(READ_MODELS)  # the names `eventkeep replay rebuild` takes
 Advance = Callable[[int, int], None]  # (position reached, log head)
 
 
-def rebuild(global_log: GlobalLog, models: ReadModels, *, batch_size: int = BATCH) -> int:
-    """Empties `models` and applies the whole log to them; returns the last position."""
-    models.drop()
-    models.migrate()
-    return apply_log(global_log, models, 0, batch_size, lambda position: None)
-
-
-def pages(global_log: GlobalLog, after: int, batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """The log after `after` as pages of upcast envelopes, the next page read by a thread of
-    its own while the caller applies this one (the store's round trips overlap the fold)."""
-    ready: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    follower = LogFollower(global_log, after, batch_size=batch_size, stopping=stop)
-
-    def read() -> None:
-        try:
-            for events in follower.batches(live=False):
-                ready.put([upcast(to_envelope(event)) for event in events])
-                follower.advance_to(events[-1].id)
-            ready.put(None)
-        except BaseException as error:  # handed to the caller, raised there
-            ready.put(error)
-
-    reader = threading.Thread(target=read, name="rebuild-reader", daemon=True)
-    reader.start()
-    try:
-        while (page := ready.get()) is not None:
-            if isinstance(page, BaseException):
-                raise page
-            yield page
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                ready.get_nowait()
-            reader.join(0.05)
-
-
-def apply_log(
+def rebuild(
     global_log: GlobalLog,
     models: ReadModels,
-    after: int,
-    batch_size: int,
-    advance: Callable[[int], None],
+    *,
+    batch_size: int = BATCH,
+    bulk: bool = True,
+    rows_bound: int = ROWS_BOUND,
+    flush_events: int = FLUSH_EVENTS,
 ) -> int:
-    """Applies the log after `after` to `models` (progress key `log`); the last position."""
-    position = after
-    for page in pages(global_log, after, batch_size):
-        position = page[-1]["position"]
-        models.apply(page, {LOG: position})
-        advance(position)
-    return position
+    """Empties `models` and applies the whole log to them; returns the last position. `bulk`:
+    folded in memory and loaded (`projections/bulk.py`), indexes after; else event by event,
+    a batch per transaction (the reference the bulk path is tested against)."""
+    models.drop()
+    if not bulk:
+        models.migrate()
+        return catch_up(global_log, models, 0, lambda changes, position: None, batch_size)
+    models.migrate(defer_indexes=True)
+    load = BulkLoad(models, rows_bound=rows_bound, flush_events=flush_events)
+    reached = load.run(upcast_pages(global_log, 0, batch_size), lambda position: None)
+    models.build_deferred(models.prefix)
+    return reached
 
 
 @dataclass(frozen=True)
@@ -112,11 +84,13 @@ class Rebuild:
         names: Iterable[str] | None = None,
         *,
         batch_size: int = BATCH,
+        flush_events: int = FLUSH_EVENTS,
     ) -> None:
         self._log = global_log
         self._live = live
         self._target = ReadModels(live.db, REBUILD_PREFIX, names or live.names)
         self._batch_size = batch_size
+        self._flush_events = flush_events
 
     def status(self) -> list[RebuildStatus]:
         """Every live read model (not only those this rebuild names)."""
@@ -142,18 +116,19 @@ class Rebuild:
         """Catches up fresh tables with the log, then swaps them in; returns the new
         generation of each read model rebuilt."""
         # A tag of its own per build: index names outlive the renames of the swap.
-        self._target.migrate(tag=f"rb{time.time_ns()}_")
+        tag = f"rb{time.time_ns()}_"
+        self._target.migrate(tag=tag, defer_indexes=True)
         # Where a crashed rebuild stopped (each read model skips what it already holds).
         start = min(p.get(LOG, 0) for p in self._target.progress_by_name().values())
         head = self._log.max_notification_id() or 0  # type: ignore[attr-defined]
         advance(start, head)
-        reached = apply_log(
-            self._log,
-            self._target,
-            start,
-            self._batch_size,
+        load = BulkLoad(self._target, flush_events=self._flush_events)
+        reached = load.run(
+            upcast_pages(self._log, start, self._batch_size),
             lambda position: advance(position, max(head, position)),
         )
+        reached = max(reached, start)
+        self._target.build_deferred(tag)
 
         def catch_up(cursor: Any, furthest: int) -> None:
             """Under the swap's lock: the few events committed since, in its transaction."""

@@ -4,6 +4,7 @@ store (domain.bounds); a value beyond them is refused with VALIDATION_FAILED nam
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ from eventkeep.domain.bounds import (
     MAX_QUANTITY,
     MAX_STOCK,
     MAX_STOCK_DELTA,
+    forbidden_character,
 )
 from eventkeep.domain.errors import InvalidInput
 from eventkeep.domain.order import Order
@@ -121,3 +123,17 @@ def test_emails_are_stored_in_the_one_normalised_form() -> None:
     assert normalize_email(" Straße@Example.ORG ") == "strasse@example.org"
     assert normalize_email("ａｄａ@example.org") == "ada@example.org"  # fullwidth
     assert User.register(kelvin, "K", "").email == "kelvin@example.org"
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+def test_every_character_is_forbidden_exactly_when_unicode_calls_it_control_or_surrogate(
+    multiline: bool,
+) -> None:
+    """The compiled character class agrees with `unicodedata.category` on every code point
+    (tab and line breaks allowed in multi-line text), and names the first one in a text."""
+    allowed = "\t\n\r" if multiline else ""
+    for code in range(0x110000):
+        char = chr(code)
+        expected = unicodedata.category(char) in ("Cc", "Cs") and char not in allowed
+        assert (forbidden_character(char, multiline=multiline) == char) is expected, hex(code)
+    assert forbidden_character("ok\x01then\x02", multiline=multiline) == "\x01"

@@ -12,6 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
+from tests.api.conftest import SHOP_TABLES, TEST_SECRET
+from tests.conftest_services import require_env
+from tests.eventstore.stores import drop_postgres_tables
 from tests.replay.conftest import LEGACY
 
 runner = CliRunner()
@@ -124,3 +127,20 @@ def test_a_quarantined_stream_is_listed_and_retried_after_the_fix(
     finally:
         live.close()
         fresh.close()
+
+
+def test_import_writes_as_the_writer_role_in_the_distributed_mode(
+    monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """With least-privilege roles (as `infra/services env` sets them, and production), the
+    import connects as the writer: the auditor's role may only read (it was refused with
+    `permission denied for table shop_events_claims`)."""
+    assert require_env("EVENTKEEP_POSTGRES_AUDITOR_URL")  # the roles are in use
+    monkeypatch.setenv("EVENTKEEP_POSTGRES_URL", postgres_url)
+    monkeypatch.setenv("EVENTKEEP_CLAIM_SECRET", TEST_SECRET)
+    drop_postgres_tables(*SHOP_TABLES)
+    imported = run("audit", "import", str(LEGACY))
+    assert imported.exit_code == 0, imported.output
+    assert "Imported 859 events" in imported.output
+    verified = run("audit", "verify")  # the auditor's role reads what the writer wrote
+    assert verified.exit_code == 0 and "Intact: 859 events" in verified.output

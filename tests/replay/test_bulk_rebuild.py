@@ -1,0 +1,239 @@
+"""The bulk rebuild (folded in memory, loaded with COPY / one prepared INSERT, indexes after)
+gives exactly the tables of the event-by-event rebuild, in both modes, over generated shop
+histories imported into the real store on top of the legacy (schema v1, upcast) history; and
+with bounds so small that rows are written, dropped from memory and read back many times."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventkeep.api.bootstrap import Wiring
+from eventkeep.domain.catalog import stream_type_of
+from eventkeep.domain.errors import DomainError
+from eventkeep.domain.ordering import cancel_order, place_order
+from eventkeep.domain.product import Product
+from eventkeep.domain.user import User
+from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
+from eventkeep.projections import log_feed
+from eventkeep.projections.bulk import BulkLoad, upcast_pages
+from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.readmodels import ReadModels
+from eventkeep.replay.rebuild import rebuild
+from tests.replay.conftest import LEGACY, import_history
+
+Op = tuple[Any, ...]
+N = st.integers(0, 50)  # an index into what exists, taken modulo its size
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("user")),
+        st.tuples(st.just("email"), N),
+        st.tuples(st.just("product"), st.integers(1, 10_000), st.integers(0, 20)),
+        st.tuples(st.just("rename"), N),
+        st.tuples(st.just("price"), N, st.integers(1, 10_000)),
+        st.tuples(st.just("stock"), N, st.integers(-5, 20)),
+        st.tuples(st.just("discontinue"), N),
+        st.tuples(st.just("order"), N, st.lists(st.tuples(N, st.integers(1, 3)), max_size=3)),
+        st.tuples(st.sampled_from(["pay", "ship", "deliver", "cancel"]), N),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+class History:
+    """Runs the operations on the domain's aggregates and keeps their events in the export
+    format, on three days (daily sales split by day)."""
+
+    def __init__(self) -> None:
+        self.users: list[User] = []
+        self.products: list[Product] = []
+        self.orders: list[Any] = []
+        self.lines: list[dict[str, Any]] = []
+        self._clock = itertools.count()
+
+    def run(self, op: Op) -> None:
+        kind, *args = op
+        with contextlib.suppress(DomainError):  # refused, as a command would be: no event
+            self._run(kind, args)
+
+    def _run(self, kind: str, args: list[Any]) -> None:
+        pick = lambda items, n: items[n % len(items)] if items else None  # noqa: E731
+        if kind == "user":
+            user = User.register(f"u{uuid.uuid4().hex[:12]}@example.org", "Ada", "Byron")
+            self.users.append(user)
+            self._record(user)
+        elif kind == "email" and (user := pick(self.users, args[0])):
+            user.change_email(f"e{uuid.uuid4().hex[:12]}@example.org")
+            self._record(user)
+        elif kind == "product":
+            price = Decimal(args[0]) / 100
+            product = Product.create("SKU", "lamp", "a lamp", "home", str(price), "EUR", args[1])
+            self.products.append(product)
+            self._record(product)
+        elif kind == "rename" and (product := pick(self.products, args[0])):
+            product.rename("lamp two", "a better lamp")
+            self._record(product)
+        elif kind == "price" and (product := pick(self.products, args[0])):
+            product.change_price(str(Decimal(args[1]) / 100), "EUR")
+            self._record(product)
+        elif kind == "stock" and (product := pick(self.products, args[0])):
+            product.adjust_stock(args[1], "count")
+            self._record(product)
+        elif kind == "discontinue" and (product := pick(self.products, args[0])):
+            product.discontinue()
+            self._record(product)
+        elif kind == "order" and (user := pick(self.users, args[0])) and self.products:
+            wanted = {pick(self.products, n).id: (pick(self.products, n), q) for n, q in args[1]}
+            order, changed = place_order(user, list(wanted.values()))
+            self.orders.append(order)
+            self._record(order, *changed)
+        elif kind in ("pay", "ship", "deliver", "cancel") and (order := pick(self.orders, args[0])):
+            if kind == "pay":
+                order.pay(str(order.total), "ref")
+            elif kind == "ship":
+                order.ship("track")
+            elif kind == "deliver":
+                order.deliver()
+            else:
+                ids = {line.product_id for line in order.lines}
+                cancel_order(order, [p for p in self.products if str(p.id) in ids], "no")
+            products = [p for p in self.products if p.pending_events]
+            self._record(order, *products)
+
+    def _record(self, *aggregates: Any) -> None:
+        for aggregate in aggregates:
+            for event in aggregate.collect_events():
+                tick = next(self._clock)
+                data = {k: v for k, v in vars(event).items() if k not in ENVELOPE_ATTRIBUTES}
+                self.lines.append(
+                    {
+                        "stream_id": str(event.originator_id),
+                        "stream_type": stream_type_of(type(event)),
+                        "stream_version": event.originator_version,
+                        "event_type": type(event).__name__,
+                        "schema_version": getattr(type(event), "class_version", 1),
+                        "recorded_at": f"2026-11-{1 + tick % 3:02d}T12:00:{tick % 60:02d}Z",
+                        "data": orjson.loads(orjson.dumps(data, default=str)),
+                        "metadata": {"actor": "test", "correlation_id": None,
+                                     "causation_id": None},
+                    }
+                )  # fmt: skip
+
+
+@pytest.fixture
+def store(wiring: Wiring) -> Iterator[Wiring]:
+    """The store of the wiring's mode with the legacy history in it; two sets of read
+    models beside the live ones, dropped after."""
+    assert import_history(wiring, LEGACY) > 0
+    yield wiring
+    for prefix in ("bulk_", "rowwise_"):
+        ReadModels(wiring.queries.models.db, prefix).drop()
+
+
+def built_both_ways(wiring: Wiring, **bounds: int) -> tuple[Any, Any]:
+    db = wiring.queries.models.db
+    bulk, rowwise = ReadModels(db, "bulk_"), ReadModels(db, "rowwise_")
+    reached = rebuild(wiring.shop.recorder, bulk, batch_size=7, **bounds)
+    assert reached == rebuild(wiring.shop.recorder, rowwise, batch_size=7, bulk=False)
+    assert reached == wiring.shop.recorder.max_notification_id()
+    return (bulk.dump(), quarantined(bulk)), (rowwise.dump(), quarantined(rowwise))
+
+
+def quarantined(models: ReadModels) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "quarantined_at"} for row in models.quarantine()]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=OPS, rows_bound=st.integers(2, 40), flush_events=st.integers(1, 200))
+def test_the_bulk_rebuild_gives_the_tables_of_the_event_by_event_one(
+    store: Wiring, tmp_path_factory: pytest.TempPathFactory, ops: list[Op], rows_bound: int,
+    flush_events: int,
+) -> None:  # fmt: skip
+    history = History()
+    for op in ops:
+        history.run(op)
+    if history.lines:
+        path: Path = tmp_path_factory.mktemp("history") / "history.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in history.lines))
+        assert import_history(store, path) == len(history.lines)
+    bulk, rowwise = built_both_ways(store, rows_bound=rows_bound, flush_events=flush_events)
+    assert bulk == rowwise
+    assert bulk[0]["products"] and bulk[0]["orders"] and bulk[0]["daily_sales"]
+
+
+def test_the_bulk_rebuild_builds_the_indexes_after_the_load(store: Wiring) -> None:
+    bulk, rowwise = built_both_ways(store)
+    assert bulk == rowwise
+    db = store.queries.models.db
+    models = ReadModels(db, "bulk_")
+    assert all("indexes_pending" not in p for p in models.progress_by_name().values())
+    with db.reading() as cursor:
+        if db.kind == "postgres":
+            cursor.execute(
+                "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'bulk_orders'"
+            )
+        else:
+            cursor.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'bulk_orders'")
+        names = {row["name"] for row in cursor.fetchall()}
+    assert {"bulk_orders_by_user", "bulk_orders_by_user_status"} <= names
+    if db.kind == "sqlite":  # the FTS index its triggers keep, filled after the load
+        with db.reading() as cursor:
+            cursor.execute("SELECT count(*) AS n FROM bulk_products_fts")
+            fts = cursor.fetchone()["n"]
+        assert fts == len(bulk[0]["products"]) > 0
+
+
+def test_a_feed_far_behind_catches_up_in_bulk_before_it_follows(
+    store: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read model new to a feed (its tables empty) catches up in big batches read ahead,
+    before the feed's first live batch, to the tables a rebuild gives."""
+    monkeypatch.setattr(log_feed, "CATCH_UP_BATCH", 50)  # the legacy history is ~850 events
+    db = store.queries.models.db
+    late = ReadModels(db, "late_")
+    late.migrate()
+    try:
+        feed = LogFeed(store.shop.recorder, late, store.queries.cache)
+        batches: list[int] = []
+        monkeypatch.setattr(
+            late, "apply", lambda events, progress: batches.append(len(events)) or
+            ReadModels.apply(late, events, progress),
+        )  # fmt: skip
+        feed.catch_up()
+        head = store.shop.recorder.max_notification_id()
+        assert feed.position == late.position() == head
+        assert max(batches) == 50 and sum(batches) == head  # in the catch-up's batches
+        reference = ReadModels(db, "rowwise_")
+        rebuild(store.shop.recorder, reference, bulk=False)
+        assert late.dump() == reference.dump()
+    finally:
+        late.drop()
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_write_ends_the_load_with_its_error_never_a_hang(store: Wiring) -> None:
+    """The writer thread's failure (here: a table gone under it) is raised in the folding
+    thread at its next step, however many loads wait behind it."""
+    models = ReadModels(store.queries.models.db, "bulk_")
+    models.drop()
+    models.migrate(defer_indexes=True)
+    with models.db.transaction() as cursor:
+        cursor.execute("DROP TABLE bulk_orders")
+    load = BulkLoad(models, rows_bound=2, flush_events=1)
+    with pytest.raises(Exception, match="bulk_orders"):
+        load.run(upcast_pages(store.shop.recorder, 0, 7), lambda position: None)
