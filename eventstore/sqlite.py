@@ -79,6 +79,12 @@ class SQLiteDialect:
         with self._datastore.transaction(commit=True) as cursor:
             _insert(self, cursor, insert)
 
+    # In-process: a batch costs no round trips, so every batch takes `locked_transaction`.
+    has_append_function = False
+
+    def one_trip(self, events_table: str) -> Any:
+        raise NotImplementedError("SQLite has no append function")
+
     @contextmanager
     def locked_transaction(self, events_table: str) -> Iterator[_SQLiteBatch]:
         with self._datastore.get_connection(commit=True) as connection:
