@@ -101,7 +101,10 @@ class SQLiteDialect:
             connection.commit()
             if batch.deleted:
                 # …nor in the write-ahead log's older frames: copied back and the log emptied.
+                # Its row fetched: an unfinished statement would keep the pooled connection
+                # busy, and the next thread's commit on it fails ("SQL statements in progress").
                 cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cursor.fetchall()
 
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # One file, one writer at a time: a read sees every committed transaction.

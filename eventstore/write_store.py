@@ -91,8 +91,12 @@ class ApplicationWriteStore:
         claims: Sequence[UniqueClaim] = (),
         idempotency: IdempotencyRecord | None = None,
     ) -> int:
+        # What the library's ProcessingEvent.collect_events does, without its runtime
+        # Protocol check (~0.1 ms per command on the write path's hottest line).
         pending: ProcessingEvent[UUID] = ProcessingEvent()
-        pending.collect_events(*aggregates)
+        for aggregate in aggregates:
+            pending.events.extend(aggregate.collect_events())
+            pending.aggregates[aggregate.id] = aggregate
         mapper = self._application.mapper
         append = Append(
             events=[mapper.to_stored_event(event) for event in pending.events],
