@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from uuid import uuid4
+from typing import Any
+from uuid import UUID, uuid4
 
 import psycopg
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder as StockRecorder
 from eventsourcing.postgres import PostgresDatastore
 
 from eventkeep.bench.report import Histogram
+from eventkeep.domain.product import Product
 
 PAYLOAD = os.urandom(100).hex().encode()  # 200 bytes, like a small event
 
@@ -117,6 +121,61 @@ def b3_stock_recorder(params: dict[str, str], threads: int, per_save: int, secon
     rate, _ = run_threads(threads, seconds, work)
     datastore.close()
     return rate
+
+
+class LibraryShop(Application[UUID]):
+    """B8's application: the library's own, with its defaults (no aggregate cache, no
+    snapshots), stock PostgreSQL recorder (table `librarybench_events`)."""
+
+    name = "LibraryBench"
+
+
+def b8_library_application(
+    params: dict[str, str], threads: int, seconds: float, products: int = 10_000
+) -> tuple[float, Histogram]:
+    """B8: W1's command (load a product, adjust its stock by one, save) through the
+    `eventsourcing` library's Application on its stock PostgreSQL recorder (NOT its
+    POSTGRES_ENABLE_DB_FUNCTIONS path), on `products` products, `threads` threads; a save that
+    loses a race is decided again (at most 5 times), as eventkeep's command bus does."""
+    with psycopg.connect(**params, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute("DROP TABLE IF EXISTS librarybench_events")
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": params["dbname"],
+        "POSTGRES_HOST": params["host"],
+        "POSTGRES_PORT": params["port"],
+        "POSTGRES_USER": params["user"],
+        "POSTGRES_PASSWORD": params["password"],
+        "POSTGRES_POOL_SIZE": str(threads + 1),
+    }
+    app = LibraryShop(env=env)
+    made = [
+        Product.create(f"B8-{i}", "Bench", "A product", "bench", "9.99", "EUR", 1_000_000)
+        for i in range(products)
+    ]
+    for start in range(0, products, 1000):
+        app.save(*made[start : start + 1000])
+    ids = [product.id for product in made]
+    rng = random.Random(11)
+
+    def work(histogram: Histogram) -> int:
+        product_id = ids[rng.randrange(len(ids))]
+        began = time.perf_counter()
+        for _ in range(5):
+            product: Any = app.repository.get(product_id)
+            product.adjust_stock(1, "bench")
+            try:
+                app.save(product)
+                break
+            except IntegrityError:
+                continue
+        histogram.record(time.perf_counter() - began)
+        return 1
+
+    try:
+        return run_threads(threads, seconds, work)
+    finally:
+        app.close()
 
 
 def now() -> datetime:

@@ -2,7 +2,9 @@
 
 `CommandBus.handle` answers a retried command (same idempotency key and request) with its
 first answer and no new events, checks `If-Match`, and retries read-decide-write a few times
-when a concurrent append to the same stream won, so hot streams do not fail spuriously.
+when a concurrent append to the same stream won (or the aggregate came from a stale copy in
+memory: the store evicted it and the retry loads it afresh), so hot streams do not fail
+spuriously.
 """
 
 from __future__ import annotations
@@ -151,6 +153,10 @@ class CommandBus:
 
     def _load(self, kind: type[A], stream_id: UUID, expected_version: int | None = None) -> A:
         aggregate = self.store.load(stream_id)
+        if expected_version is not None and (
+            not isinstance(aggregate, kind) or aggregate.version != expected_version
+        ):  # perhaps a stale copy in memory: If-Match is judged against the stored stream
+            aggregate = self.store.load(stream_id, fresh=True)
         if not isinstance(aggregate, kind):
             raise NotFound(
                 f"no {kind.__name__.lower()} {stream_id}", kind=kind.__name__, id=str(stream_id)

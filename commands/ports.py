@@ -121,8 +121,10 @@ class StreamChangedError(Exception):
 class WriteStore(Protocol):
     """The event store as the command handlers see it."""
 
-    def load(self, stream_id: UUID) -> Aggregate | None:
-        """The aggregate's current state; None when the stream does not exist."""
+    def load(self, stream_id: UUID, *, fresh: bool = False) -> Aggregate | None:
+        """The aggregate's state, perhaps from memory and stale (a save built on a stale copy
+        fails with StreamChangedError); `fresh`: as stored now. None when the stream does not
+        exist."""
         ...
 
     def stored_answer(self, idempotency_key: str) -> IdempotencyRecord | None:

@@ -475,11 +475,8 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         # The hash chain's HMAC key (eventstore/hashchain.py), never stored in the database.
         RecorderFactory.CHAIN_KEY: chain_secret(settings).hex(),
         **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS).to_env(),
-        # Recently used aggregates stay in memory and are fast-forwarded with the events
-        # stored since (one query instead of snapshot + events); a stale copy cannot win, the
-        # append's version check refuses it and the bus retries on a fresh load.
-        "AGGREGATE_CACHE_MAXSIZE": "10000",
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        # No library aggregate cache: the write path keeps its own, trusted without a query
+        # (eventstore/write_store.py); other loads read the store.
         # Bounded waits of the group committer (eventstore/group_commit.py).
         RecorderFactory.COMMIT_RESULT_WAIT: str(settings.commit_wait_seconds),
         RecorderFactory.COMMIT_VERIFY_TIMEOUT: str(settings.commit_verify_seconds),

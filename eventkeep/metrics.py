@@ -61,6 +61,14 @@ GROUP_COMMIT_REFUSED = Counter(
     "eventkeep_group_commit_refused",
     "Appends refused because the group committer's queue stayed full (answered 503).",
 )
+GROUP_COMMIT_PATH = Counter(
+    "eventkeep_group_commit_batches",
+    "Group-commit batches by path: one_trip (lock, checks and writes in one round trip, the"
+    " log still where this process left it), moved (one trip refused: another process"
+    " appended or a check failed; then the locked path) and locked (reads under the lock,"
+    " then writes: two round trips).",
+    ["path"],
+)
 GROUP_COMMIT_VERIFIED = Counter(
     "eventkeep_group_commit_verified",
     "Batches whose connection failed while committing, by what asking the store found:"

@@ -49,6 +49,7 @@ from eventkeep.eventstore.hashchain import event_hash
 from eventkeep.eventstore.records import RecordedEvent
 from eventkeep.metrics import (
     GROUP_COMMIT_BATCH,
+    GROUP_COMMIT_PATH,
     GROUP_COMMIT_REFUSED,
     GROUP_COMMIT_VERIFIED,
     GROUP_COMMIT_WAIT,
@@ -244,10 +245,30 @@ def _row(
     return Row(**fields, prev_hash=prev_hash, hash=event_hash(prev_hash, **fields, key=key))
 
 
+@dataclass(frozen=True)
+class Head:
+    """The log's last position and hash, as this committer last saw them."""
+
+    position: int
+    hash: bytes
+
+
 class BatchStorage(Protocol):
     """The backend half of group commit: one locked transaction per batch."""
 
     def locked_transaction(self) -> AbstractContextManager[BatchTransaction]: ...
+
+    @property
+    def has_one_trip(self) -> bool:
+        """Whether `one_trip` exists here (else every batch takes `locked_transaction`)."""
+        ...
+
+    def one_trip(self) -> AbstractContextManager[Callable[[BatchPlan, Head], bool]]:
+        """A connection checked to be open, with nothing sent yet; the callable sends, in one
+        round trip, the write lock and `plan` (made on `head`, with no stored state) and
+        commits, writing it only if the log still ends at `head` and none of its versions,
+        claims or idempotency keys is taken; it answers whether it wrote (False: nothing)."""
+        ...
 
     def landed(self, position: int, hash: bytes, timeout: float) -> bool:
         """Whether the log holds `hash` at `position`, asked on a new connection once any
@@ -296,6 +317,10 @@ class GroupCommitter:
         self._verify_timeout = verify_timeout
         self._name = name
         self.chain_key: bytes | None = None  # the hash chain's HMAC key (set by the store)
+        # Where this committer's last batch left the log: the next batch is planned on it
+        # and written in one round trip while no other process appended (`_commit`).
+        self._head: Head | None = None
+        self._one_trip = storage.has_one_trip
         self._thread = self._new_thread()
         self._started = threading.Lock()
         self._closed = False
@@ -438,9 +463,23 @@ class GroupCommitter:
                 GROUP_COMMIT_WAIT.observe(started - append.queued_at)
         plan: BatchPlan | None = None
         sent = False
+        head, self._head = self._head, None  # unknown again until this batch has ended
         try:
+            if head is not None and self._one_trip and not any(a.tracking for a in batch):
+                # One round trip while no other process appended since our last batch.
+                with self._storage.one_trip() as send:
+                    plan = plan_batch(batch, _state_at(head), datetime.now(UTC), self.chain_key)
+                    sent = True
+                    if send(plan, head):
+                        GROUP_COMMIT_PATH.labels("one_trip").inc()
+                        self._answer(plan, _head_after(plan, head))
+                        return
+                GROUP_COMMIT_PATH.labels("moved").inc()
+                plan, sent = None, False  # nothing written: the locked path decides
+            GROUP_COMMIT_PATH.labels("locked").inc()
             with self._storage.locked_transaction() as transaction:
                 state = transaction.read_state(batch)
+                head = Head(state.last_position, state.last_hash)
                 plan = plan_batch(batch, state, datetime.now(UTC), self.chain_key)
                 if plan.writes_anything:
                     sent = True
@@ -469,7 +508,7 @@ class GroupCommitter:
             for append in batch:
                 append.done.set_exception(failure)
             return
-        self._answer(plan)
+        self._answer(plan, _head_after(plan, head))
 
     def _commit_again(self, append: Append) -> None:
         """One append of a batch that failed on a constraint, committed on its own."""
@@ -477,7 +516,8 @@ class GroupCommitter:
             return
         self._commit([append])
 
-    def _answer(self, plan: BatchPlan) -> None:
+    def _answer(self, plan: BatchPlan, head: Head | None = None) -> None:
+        self._head = head
         if plan.rows:
             try:
                 self._after_commit()
@@ -515,6 +555,18 @@ class GroupCommitter:
                         f"could not be asked within {self._verify_timeout:g}s ({asking})"
                     )
                 time.sleep(0.2)
+
+
+def _state_at(head: Head) -> StoreState:
+    """What a batch is planned on when the log is taken to end at `head` and nothing it
+    could conflict with is stored (the append function checks that, else writes nothing)."""
+    return StoreState(head.position, head.hash, set(), {}, set(), {})
+
+
+def _head_after(plan: BatchPlan, head: Head | None) -> Head | None:
+    if not plan.rows:
+        return head
+    return Head(plan.rows[-1].position, plan.rows[-1].hash)
 
 
 def _is_connection_error(error: BaseException) -> bool:

@@ -336,6 +336,58 @@ EVENT_STORE_MIGRATIONS = (
             " BEGIN SELECT RAISE(ABORT, 'eventkeep history is append-only'); END",
         ),
     ),
+    Migration(
+        2,
+        "append function: a batch's checks and writes in one statement (one round trip)",
+        # Called by group commit under the log's write lock, in the batch's transaction, with
+        # the batch planned on the head it last wrote (eventstore/group_commit.py). Writes
+        # nothing and answers 1 when the head moved (another process appended), 2 when a
+        # version, a claim held by another owner or an idempotency key is already stored;
+        # writes everything and answers 0 otherwise. SECURITY INVOKER: the caller's own
+        # privileges apply to every statement (eventstore/roles.py).
+        postgres=(
+            "CREATE OR REPLACE FUNCTION {append}("
+            " expected_position bigint, expected_hash bytea, channel text,"
+            " positions bigint[], stream_ids uuid[], versions bigint[], stream_types text[],"
+            " event_types text[], schema_versions int[], recorded timestamptz[], datas bytea[],"
+            " metadatas text[], prev_hashes bytea[], hashes bytea[],"
+            " claim_scopes text[], claim_keys text[], claim_owners uuid[],"
+            " idempotency_keys text[], request_hashes text[], results text[], erased uuid[])"
+            " RETURNS int LANGUAGE plpgsql AS $$"
+            " DECLARE head_position bigint; head_hash bytea;"
+            " BEGIN"
+            "  SELECT e.position, e.hash INTO head_position, head_hash FROM {events} e"
+            "   ORDER BY e.position DESC LIMIT 1;"
+            "  IF coalesce(head_position, 0) <> expected_position"
+            "   OR (head_hash IS NOT NULL AND head_hash <> expected_hash) THEN RETURN 1; END IF;"
+            "  IF EXISTS (SELECT 1 FROM {events} e JOIN unnest(stream_ids, versions) AS t(s, v)"
+            "   ON e.stream_id = t.s AND e.stream_version = t.v) THEN RETURN 2; END IF;"
+            "  IF EXISTS (SELECT 1 FROM {claims} c"
+            "   JOIN unnest(claim_scopes, claim_keys, claim_owners) AS t(s, k, o)"
+            "   ON c.scope = t.s AND c.key = t.k WHERE t.o IS NOT NULL AND c.owner <> t.o)"
+            "   THEN RETURN 2; END IF;"
+            "  IF EXISTS (SELECT 1 FROM {idempotency} i WHERE i.key = ANY(idempotency_keys))"
+            "   THEN RETURN 2; END IF;"
+            "  INSERT INTO {events} (position, stream_id, stream_version, stream_type,"
+            "   event_type, schema_version, recorded_at, data, metadata, prev_hash, hash)"
+            "   SELECT p, s, v, st, et, sv, r, d, m::jsonb, ph, h FROM unnest(positions,"
+            "   stream_ids, versions, stream_types, event_types, schema_versions, recorded,"
+            "   datas, metadatas, prev_hashes, hashes) AS t(p, s, v, st, et, sv, r, d, m, ph, h);"
+            "  IF cardinality(positions) > 0 THEN PERFORM pg_notify(channel, ''); END IF;"
+            "  DELETE FROM {data_keys} k WHERE k.stream_id = ANY(erased);"
+            "  INSERT INTO {claims} (scope, key, owner)"
+            "   SELECT s, k, o FROM unnest(claim_scopes, claim_keys, claim_owners) AS t(s, k, o)"
+            "   WHERE o IS NOT NULL ON CONFLICT (scope, key) DO UPDATE SET owner = excluded.owner;"
+            "  DELETE FROM {claims} c USING unnest(claim_scopes, claim_keys, claim_owners)"
+            "   AS t(s, k, o) WHERE t.o IS NULL AND c.scope = t.s AND c.key = t.k;"
+            "  INSERT INTO {idempotency} (key, request_hash, result)"
+            "   SELECT k, h, r::jsonb FROM unnest(idempotency_keys, request_hashes, results)"
+            "   AS t(k, h, r);"
+            "  RETURN 0;"
+            " END $$",
+        ),
+        sqlite=(),  # in-process: no round trips to save
+    ),
 )
 
 
@@ -353,6 +405,7 @@ def event_store_schema(events_table: str, quote: Callable[[str], str]) -> Schema
     for trigger in ("append_only", "no_truncate", "no_update", "no_delete"):
         names[trigger] = quote_identifier(f"{events_table}_{trigger}")
     names["refuse_change"] = quote("eventkeep_refuse_change")
+    names["append"] = quote(events_table + "_append")
     return Schema(events_table, EVENT_STORE_MIGRATIONS, names["events"], names)
 
 

@@ -16,7 +16,7 @@ Plugged into the `eventsourcing` library as a persistence module
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 from uuid import UUID
@@ -33,6 +33,7 @@ from psycopg.types.json import set_json_loads
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
 from eventkeep.eventstore.pools import check_and_sweep
 from eventkeep.eventstore.recorder import (
+    Argument,
     ColumnType,
     EventRecorder,
     Insert,
@@ -77,6 +78,8 @@ class PostgresDialect:
         with self._datastore.transaction(commit=True) as cursor:
             cursor.execute(*_insert(insert))
 
+    has_append_function = True
+
     @contextmanager
     def locked_transaction(self, events_table: str) -> Iterator[_PostgresBatch]:
         # Pipeline mode: the lock and all reads go in one round trip, the writes and the
@@ -84,22 +87,56 @@ class PostgresDialect:
         connection = self._connect()
         try:
             with connection.pipeline(), connection.transaction():
-                if timeout := self._datastore.lock_timeout:  # POSTGRES_LOCK_TIMEOUT, seconds
-                    # Bounded: the wait for the log's write lock and each statement.
-                    connection.execute(f"SET LOCAL lock_timeout = '{int(timeout)}s'")
-                    connection.execute(f"SET LOCAL statement_timeout = '{int(timeout)}s'")
-                # The log's write lock: a transaction-level advisory lock of its own key, not
-                # LOCK TABLE, which PostgreSQL 15 grants only to roles that may UPDATE, DELETE
-                # or TRUNCATE the table (the writer role may only INSERT: eventstore/roles.py).
-                # Every insert into the log comes through here, so it serialises them all.
-                connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    (f"eventkeep append {events_table}",),
-                )
+                self._lock(connection, events_table)
                 yield _PostgresBatch(connection, self._channel)
         except psycopg.OperationalError:
             connection.close()
             raise
+
+    @contextmanager
+    def one_trip(self, events_table: str) -> Iterator[Callable[[str, Sequence[Argument]], int]]:
+        connection = self._connect()
+        try:
+            # Reads what already arrived, locally: a connection the server closed while it
+            # was idle (a restart, a cut) fails here, before anything of the batch is sent.
+            connection.pgconn.consume_input()
+        except psycopg.OperationalError:
+            connection.close()
+            raise
+
+        def send(function: str, arguments: Sequence[Argument]) -> int:
+            placeholders = ", ".join(f"%b::{a.type}" for a in arguments)
+            try:
+                with connection.pipeline(), connection.transaction():
+                    self._lock(connection, events_table)
+                    cursor = connection.cursor(binary=True)
+                    cursor.execute(
+                        cast(Any, f"SELECT {function}({placeholders})"),
+                        [a.value for a in arguments],
+                        prepare=True,
+                    )
+                row = cursor.fetchone()
+            except psycopg.OperationalError:
+                connection.close()
+                raise
+            assert row is not None
+            return int(row[0])
+
+        yield send
+
+    def _lock(self, connection: psycopg.Connection[Any], events_table: str) -> None:
+        """Sent first in a batch's transaction (pipelined: no round trip of its own)."""
+        if timeout := self._datastore.lock_timeout:  # POSTGRES_LOCK_TIMEOUT, seconds
+            # Bounded: the wait for the log's write lock and each statement.
+            connection.execute(f"SET LOCAL lock_timeout = '{int(timeout)}s'")
+            connection.execute(f"SET LOCAL statement_timeout = '{int(timeout)}s'")
+        # The log's write lock: a transaction-level advisory lock of its own key, not
+        # LOCK TABLE, which PostgreSQL 15 grants only to roles that may UPDATE, DELETE
+        # or TRUNCATE the table (the writer role may only INSERT: eventstore/roles.py).
+        # Every insert into the log comes through here, so it serialises them all.
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"eventkeep append {events_table}",)
+        )
 
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # The batch connection failed and was closed: this opens the next one. The write lock

@@ -12,7 +12,7 @@ All SQL here is written with `%s` placeholders; the SQLite dialect rewrites them
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
@@ -28,7 +28,7 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, StoreState
+from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, Head, StoreState
 from eventkeep.eventstore.hashchain import GENESIS, chain_key
 from eventkeep.eventstore.migrations import (
     Migration,
@@ -67,6 +67,14 @@ EVENT_TYPES: tuple[ColumnType, ...] = (
     "bytea",
     "bytea",
 )
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One argument of a server-side function: its SQL type (e.g. `uuid[]`) and value."""
+
+    type: str
+    value: Any
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,16 @@ class Dialect(Protocol):
 
     def locked_transaction(self, events_table: str) -> AbstractContextManager[BatchSQL]: ...
 
+    has_append_function: bool  # whether the migrations install `<events>_append`
+
+    def one_trip(
+        self, events_table: str
+    ) -> AbstractContextManager[Callable[[str, Sequence[Argument]], int]]:
+        """A write connection checked to be open, nothing sent yet; the callable sends the
+        log's write lock, `SELECT function(arguments)` and COMMIT in one round trip and
+        answers what the function answered."""
+        ...
+
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         """Whether the log has `hash` at `position`, asked on a new connection after taking
         the log's write lock (a batch still committing has ended); raises when it cannot ask
@@ -169,6 +187,8 @@ class EventRecorder:
         self._claims = dialect.table(events_table_name + "_claims")
         self._idempotency = dialect.table(events_table_name + "_idempotency")
         self._data_keys = dialect.table(events_table_name + "_data_keys")
+        self._append_function = self.schema.names["append"]
+        self.channel = events_table_name.replace(".", "_")  # of the NOTIFY after a commit
         # Set by the factory when the deployment has a secret and names its personal fields.
         self.personal_data: PersonalData | None = None
         self._woken: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -439,8 +459,57 @@ class _BatchStorage:
         with self._recorder.sql.locked_transaction(self._recorder._events) as batch:
             yield _BatchTransaction(self._recorder, batch)
 
+    @property
+    def has_one_trip(self) -> bool:
+        return self._recorder.sql.has_append_function
+
+    @contextmanager
+    def one_trip(self) -> Iterator[Callable[[BatchPlan, Head], bool]]:
+        recorder = self._recorder
+        with recorder.sql.one_trip(recorder._events) as send:
+            yield (
+                lambda plan, head: (
+                    send(recorder._append_function, _append_arguments(recorder, plan, head)) == 0
+                )
+            )
+
     def landed(self, position: int, hash: bytes, timeout: float) -> bool:
         return self._recorder.sql.landed(self._recorder._events, position, hash, timeout)
+
+
+def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> list[Argument]:
+    """The append function's arguments (eventstore/migrations.py, version 2): the batch's
+    rows, claims, idempotency records and erased streams, one array per column."""
+    rows = plan.rows
+    erasing = recorder.personal_data.erasing_event if recorder.personal_data else None
+    claims = list(plan.claims.items())
+    return [
+        Argument("bigint", head.position),
+        Argument("bytea", head.hash),
+        Argument("text", recorder.channel),
+        Argument("bigint[]", [r.position for r in rows]),
+        Argument("uuid[]", [_uuid(r.stream_id) for r in rows]),
+        Argument("bigint[]", [r.stream_version for r in rows]),
+        Argument("text[]", [r.stream_type for r in rows]),
+        Argument("text[]", [r.event_type for r in rows]),
+        Argument("int[]", [r.schema_version for r in rows]),
+        Argument("timestamptz[]", [r.recorded_at for r in rows]),
+        Argument("bytea[]", [r.data for r in rows]),
+        Argument("text[]", [orjson.dumps(r.metadata).decode() for r in rows]),
+        Argument("bytea[]", [r.prev_hash for r in rows]),
+        Argument("bytea[]", [r.hash for r in rows]),
+        Argument("text[]", [scope for (scope, _), _ in claims]),
+        Argument("text[]", [key for (_, key), _ in claims]),
+        Argument("uuid[]", [owner for _, owner in claims]),
+        Argument("text[]", [i.key for i in plan.idempotency]),
+        Argument("text[]", [i.request_hash for i in plan.idempotency]),
+        Argument("text[]", [i.stored_answer() for i in plan.idempotency]),
+        Argument("uuid[]", [_uuid(r.stream_id) for r in rows if r.event_type == erasing]),
+    ]
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 class _BatchTransaction:

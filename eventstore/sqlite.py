@@ -79,6 +79,12 @@ class SQLiteDialect:
         with self._datastore.transaction(commit=True) as cursor:
             _insert(self, cursor, insert)
 
+    # In-process: a batch costs no round trips, so every batch takes `locked_transaction`.
+    has_append_function = False
+
+    def one_trip(self, events_table: str) -> Any:
+        raise NotImplementedError("SQLite has no append function")
+
     @contextmanager
     def locked_transaction(self, events_table: str) -> Iterator[_SQLiteBatch]:
         with self._datastore.get_connection(commit=True) as connection:
@@ -95,7 +101,10 @@ class SQLiteDialect:
             connection.commit()
             if batch.deleted:
                 # …nor in the write-ahead log's older frames: copied back and the log emptied.
+                # Its row fetched: an unfinished statement would keep the pooled connection
+                # busy, and the next thread's commit on it fails ("SQL statements in progress").
                 cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cursor.fetchall()
 
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # One file, one writer at a time: a read sees every committed transaction.

@@ -72,6 +72,8 @@ def test_a_commit_refused_by_a_full_queue_answers_503_with_retry_after(
 class HeldStorage:
     """The committer's storage half, held inside its transaction until released."""
 
+    has_one_trip = False  # every batch through `locked_transaction`
+
     def __init__(self) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()

@@ -45,7 +45,7 @@ class InMemoryWriteStore:
         with self._lock:
             return copy.deepcopy(self._streams.get(stream_id, []))
 
-    def load(self, stream_id: UUID) -> Aggregate | None:
+    def load(self, stream_id: UUID, *, fresh: bool = False) -> Aggregate | None:
         aggregate: Any = None
         for event in self.history(stream_id):
             aggregate = event.mutate(aggregate)

@@ -27,6 +27,7 @@ from eventkeep.api import cli
 from eventkeep.api.keys import KEY_STORE_SCHEMA
 from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
 from eventkeep.eventstore.migrations import (
+    EVENT_STORE_MIGRATIONS,
     VERSION_TABLE,
     Migration,
     PostgresSchemaDatabase,
@@ -157,7 +158,8 @@ def test_a_store_made_before_versioning_is_adopted_as_version_1(
 
     after = make_recorder()  # opens (and migrates) the store as a process would
 
-    assert after.schema_status().current == 1
+    # Adopted as version 1 (tables kept, rows kept), then the later versions applied.
+    assert after.schema_status().current == after.schema.latest == len(EVENT_STORE_MIGRATIONS)
     assert [e.position for e in after.select_notifications(None, 10)] == [1, 2, 3]
     assert after.insert_events(events_for(stream, 4, 1)) == [4]
     previous = GENESIS
@@ -210,7 +212,10 @@ def test_processes_started_together_on_an_empty_database_all_start(
                 f"SELECT version FROM {VERSION_TABLE} WHERE component = %s",
                 (recorder.events_table_name,),
             )
-        assert [version for (version,) in versions] == [1]  # applied once, not six times
+        # Each applied once, not six times.
+        assert sorted(version for (version,) in versions) == [
+            m.version for m in EVENT_STORE_MIGRATIONS
+        ]
     finally:
         factory.close()
         if mode == "distributed":
@@ -272,7 +277,7 @@ def test_db_migrate_then_status(db_cli: Callable[..., Any]) -> None:
 
     migrated = db_cli("migrate")
     assert migrated.exit_code == 0, migrated.output
-    assert "event store: version 1" in migrated.output
+    assert f"event store: version {len(EVENT_STORE_MIGRATIONS)}" in migrated.output
     assert f"keys: version {KEY_STORE_SCHEMA.latest}" in migrated.output
 
     again = db_cli("migrate")
