@@ -10,7 +10,7 @@ The processes connect as their own login roles, each with only what it needs:
                destroyed on erasure); idempotency records: SELECT, INSERT; the key store's
                tables (api_keys, the customers' credentials and sessions): SELECT, INSERT,
                UPDATE, DELETE (the API's door and admin routes, `eventkeep keys`)
-    relay      the log and its data keys: SELECT; its cursor table: SELECT, INSERT, UPDATE
+    relay      the log: SELECT (not the data keys); its cursor table: SELECT, INSERT, UPDATE
     projector  the log and its data keys: SELECT (gap filling, rebuilds); may CREATE tables
                in the schema: it owns the read-model tables it creates, and what it creates is
                readable by the query role (default privileges); existing read-model tables:
@@ -57,7 +57,9 @@ RELAY_CURSOR_TABLE = "eventkeep_relay_cursor"
 KEY_TABLE = "api_keys"
 READ_MODEL_PREFIX = "rm\\_"  # LIKE pattern of the read models' tables (any rebuild's too)
 
-# Each role's privileges on the event store's tables, by suffix of the events table.
+# The event store's tables, by suffix of the events table.
+_EVENT_STORE_SUFFIXES = ("", "_claims", "_idempotency", "_data_keys")
+# Each role's privileges on them (none where a suffix is missing).
 _EVENT_STORE_GRANTS: dict[RoleName, dict[str, str]] = {
     "writer": {
         "": "SELECT, INSERT",
@@ -65,8 +67,10 @@ _EVENT_STORE_GRANTS: dict[RoleName, dict[str, str]] = {
         "_idempotency": "SELECT, INSERT",
         "_data_keys": "SELECT, INSERT, UPDATE, DELETE",
     },
-    # Readers of the log read the data keys too: the store opens personal data as it reads.
-    "relay": {"": "SELECT", "_data_keys": "SELECT"},
+    # The relay publishes the log as stored (personal fields sealed): it opens nothing, so it
+    # may not read the data keys. The projector opens the fields of what it applies, the
+    # auditor what it reads and exports.
+    "relay": {"": "SELECT"},
     "projector": {"": "SELECT", "_data_keys": "SELECT"},
     "query": {},
     "auditor": {"": "SELECT", "_data_keys": "SELECT"},
@@ -196,11 +200,15 @@ def _grant(
             f"GRANT SELECT ON {_qualified(schema, VERSION_TABLE)} TO {user}",
         ]
         for table in events_tables:
-            for suffix, privileges in _EVENT_STORE_GRANTS[login.role].items():
-                if _exists(connection, schema, table + suffix):
-                    statements.append(
-                        f"GRANT {privileges} ON {_qualified(schema, table + suffix)} TO {user}"
-                    )
+            grants = _EVENT_STORE_GRANTS[login.role]
+            for suffix in _EVENT_STORE_SUFFIXES:
+                if not _exists(connection, schema, table + suffix):
+                    continue
+                qualified = _qualified(schema, table + suffix)
+                # Revoked first: a grant an earlier version gave does not outlive its reason.
+                statements.append(f"REVOKE ALL ON {qualified} FROM {user}")
+                if suffix in grants:
+                    statements.append(f"GRANT {grants[suffix]} ON {qualified} TO {user}")
             # The library's snapshot store beside the log (`shop_snapshots`): the writer's.
             snapshots = table.removesuffix("_events") + "_snapshots"
             if login.role == "writer" and _exists(connection, schema, snapshots):
