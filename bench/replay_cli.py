@@ -26,7 +26,7 @@ from eventkeep.bench.read_workloads import (
     wait_for_http,
     wrk,
 )
-from eventkeep.bench.report import Figure, Report
+from eventkeep.bench.report import Figure, Publish, Report
 from eventkeep.bench.seed import Seeder, SeedSizes
 from eventkeep.bench.seed_cli import show_progress
 from eventkeep.bootstrap import build
@@ -59,6 +59,7 @@ def replay_bench(
     results: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path(
         "bench/results"
     ),
+    publish: Publish = None,
 ) -> None:
     """P3 and M1 on the PostgreSQL at EVENTKEEP_POSTGRES_URL (Redis used when set)."""
     if not wipe:
@@ -149,4 +150,4 @@ def replay_bench(
     )
     system.close()
     report.console.print(report.table())
-    report.console.print(f"results: {report.save(results)}")
+    report.console.print(f"results: {report.save(results, publish, 'replay')}")
