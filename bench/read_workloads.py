@@ -110,7 +110,12 @@ def wrk(
         )
     try:
         output = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "-s", script.name, url],
+            # A 10 s timeout: a slow answer on a loaded machine counts in the latencies
+            # (wrk's default 2 s would drop it and fail the run as an error instead).
+            [
+                *("wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s"),
+                *("-s", script.name, url),
+            ],
             capture_output=True,
             text=True,
             check=True,
