@@ -11,7 +11,7 @@ was read.
 # No `from __future__ import annotations` here: FastAPI must evaluate the closure's annotations.
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 
@@ -78,10 +78,26 @@ SalesReads = Annotated[SalesQueries, Depends(reader(Role.analyst, "daily_sales")
 AllReads = Annotated[Queries, Depends(reader(Role.analyst, None))]
 
 
-def found(row: dict | None, what: str, row_id: object) -> dict:
+Found = TypeVar("Found", dict, bytes)
+
+
+def found(row: Found | None, what: str, row_id: object) -> Found:
     if row is None:
         raise ApiError("NOT_FOUND", f"No {what} {row_id}.", {"id": str(row_id)})
     return row
+
+
+# The OpenAPI description of a by-id answer sent as `encoded` bytes (no model runs on it).
+ByIdAnswer = dict[str, Any]
+
+
+def encoded(body: bytes, request_response: Response) -> Response:
+    """A by-id answer: the cache's (or the read model's) encoded row as it is, with the headers
+    the request's dependencies set (X-Projection-Position). FastAPI neither validates nor
+    re-encodes a Response a route returns, nor adds those headers to it."""
+    answer = Response(body, media_type="application/json")
+    answer.headers.raw.extend(request_response.headers.raw)
+    return answer
 
 
 def page(read: Callable[[], tuple[list[dict], str | None]]) -> dict:

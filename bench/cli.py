@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 from eventkeep.bench import baselines, command_workloads, store_workloads
 from eventkeep.bench.read_cli import read_path
 from eventkeep.bench.replay_cli import replay_bench
-from eventkeep.bench.report import Figure, Histogram, Report
+from eventkeep.bench.report import Figure, Histogram, Publish, Report
 from eventkeep.settings import Settings
 
 bench_app = typer.Typer(help="Benchmarks: each figure beside its raw baseline from the same run.")
@@ -43,6 +43,7 @@ def write_path(
     results: Annotated[Path, typer.Option(help="Folder for the JSON result.")] = Path(
         "bench/results"
     ),
+    publish: Publish = None,
 ) -> None:
     """B1, B2, B3, W0, W2, G1, B8, W1 and W3 on the PostgreSQL at EVENTKEEP_POSTGRES_URL (W1
     and W3 drop and refill the shop's tables: run it on a benchmark database). A ratio or
@@ -171,7 +172,7 @@ def write_path(
                 )
             )
     report.console.print(report.table())
-    report.console.print(f"results: {report.save(results)}")
+    report.console.print(f"results: {report.save(results, publish, 'write')}")
 
 
 def _w1(

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -109,7 +110,12 @@ def wrk(
         )
     try:
         output = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "-s", script.name, url],
+            # A 10 s timeout: a slow answer on a loaded machine counts in the latencies
+            # (wrk's default 2 s would drop it and fail the run as an error instead).
+            [
+                *("wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s"),
+                *("-s", script.name, url),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -174,6 +180,19 @@ def _pace(started: float, i: int, rate: float) -> bool:
     return True
 
 
+def b7_bare_framework(api: str, paths: list[str], seconds: float, log: Path) -> Wrk:
+    """B7: `bench/bare_app.py` (fixed bytes from a bare FastAPI route) served by uvicorn with
+    2 workers, under the same wrk settings as R1 (same paths, 8 connections)."""
+    port = api.rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "eventkeep.bench.bare_app", "--port", port, "--workers", "2"]
+    with process(command, dict(os.environ), log):
+        wait_for_http(api, paths[0])
+        return wrk(api, "bench", paths, seconds, connections=R1_CONNECTIONS)
+
+
+R1_CONNECTIONS = 8
+
+
 def product_paths(models: ReadModels, limit: int) -> list[str]:
     with models.db.reading() as cursor:
         cursor.execute(f"SELECT id FROM {models.table('products')} LIMIT %s", (limit,))
@@ -223,12 +242,12 @@ def env_for(settings: Settings) -> dict[str, str]:
     return os.environ | {k: v for k, v in values.items() if v}
 
 
-def wait_for_http(api: str) -> None:
-    """Until the API at `api` answers /readyz (a minute at most)."""
+def wait_for_http(api: str, path: str = "/readyz") -> None:
+    """Until the server at `api` answers `path` (a minute at most)."""
 
     def ready() -> bool:
         try:
-            return httpx.get(f"{api}/readyz", timeout=1).status_code == 200
+            return httpx.get(f"{api}{path}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -28,7 +28,7 @@ from eventkeep.bench.read_workloads import (
     wait_for_http,
     wrk,
 )
-from eventkeep.bench.report import Figure, Report
+from eventkeep.bench.report import Figure, Publish, Report
 from eventkeep.bench.seed import Seeder, SeedSizes
 from eventkeep.bench.seed_cli import show_progress
 from eventkeep.bootstrap import build
@@ -64,6 +64,7 @@ def replay_bench(
     i1: Annotated[
         bool, typer.Option(help="Also I1: export the history, empty the store, import it.")
     ] = True,
+    publish: Publish = None,
 ) -> None:
     """P3 and M1 on the PostgreSQL at EVENTKEEP_POSTGRES_URL (Redis used when set)."""
     if not wipe:
@@ -159,4 +160,4 @@ def replay_bench(
     if i1:
         i1_import(settings, history, events, report)
     report.console.print(report.table())
-    report.console.print(f"results: {report.save(results)}")
+    report.console.print(f"results: {report.save(results, publish, 'replay')}")

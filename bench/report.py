@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.table import Table
+
+# The `--publish` option of every `eventkeep bench` command.
+Publish = Annotated[
+    Path | None,
+    typer.Option(help="Also copy the PNG plots here (docs/images: the ones the docs show)."),
+]
 
 
 class Histogram:
@@ -90,12 +98,24 @@ class Report:
             )
         return table
 
-    def save(self, directory: Path) -> Path:
+    def save(self, directory: Path, publish: Path | None = None, command: str = "") -> Path:
+        """Writes the JSON and, next to it, a PNG per workload group (bench/plot.py); with
+        `publish`, copies the PNGs there too as `<command>-<group>.png` (stable names, for the
+        plots docs/performance.md shows). Answers the JSON's path."""
+        from eventkeep.bench import plot  # matplotlib loads only when a run saves
+
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        stem = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = directory / f"{stem}.json"
         payload = {
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
             "figures": [asdict(f) | {"ratio": f.ratio} for f in self.figures],
         }
         path.write_text(json.dumps(payload, indent=2))
+        for group, figures in plot.groups(self.figures).items():
+            png = plot.plot(group, figures, directory / f"{stem}-{group}.png")
+            self.console.print(f"plot: {png}")
+            if publish is not None:
+                publish.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, publish / f"{command or 'bench'}-{group}.png")
         return path

@@ -1,5 +1,9 @@
 """The cache in front of the by-id queries, and the one rule that keeps it honest.
 
+An entry holds the query's answer as it goes on the wire: the row as the API shows it,
+encoded once as JSON (`readmodel.encode`) when it was read from the read model. A hit is sent
+as those bytes, with no decoding, model or validation between the cache and the socket.
+
 Every entry carries the read-model version it holds. After a batch commits, the projector
 writes a *tombstone* at the new version for each row it changed (`forget`); a query that
 missed reads the row and offers it back (`fill`), which is accepted only when it is at least
@@ -15,20 +19,20 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from eventkeep.projections.readmodel import Change
 
-Row = dict[str, Any]
-
 
 class Cache(Protocol):
-    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
-        """The cached row, or None on a miss (or a tombstone); never blocks the event loop."""
+    async def get_async(self, kind: str, row_id: str, generation: int) -> bytes | None:
+        """The cached answer (`readmodel.encode`d row), or None on a miss (or a tombstone); never
+        blocks the event loop."""
         ...
 
-    def fill(self, kind: str, row: Row, generation: int) -> None:
-        """Offers a row read from the read model; kept only if not older than the entry."""
+    def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
+        """Offers a row read from the read model (its `encode`d answer, at `version`); kept
+        only if not older than the entry."""
         ...
 
     def settled(self) -> bool:
@@ -51,11 +55,11 @@ class LocalCache:
     """In-process LRU cache: the embedded mode's, and any process's when no Redis is set."""
 
     def __init__(self, capacity: int = 100_000) -> None:
-        self._entries: OrderedDict[tuple[int, str, str], tuple[int, Row | None]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str, str], tuple[int, bytes | None]] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def get(self, kind: str, row_id: str, generation: int) -> Row | None:
+    def get(self, kind: str, row_id: str, generation: int) -> bytes | None:
         key = (generation, kind, row_id)
         with self._lock:
             entry = self._entries.get(key)
@@ -64,18 +68,18 @@ class LocalCache:
             self._entries.move_to_end(key)
             return entry[1]
 
-    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+    async def get_async(self, kind: str, row_id: str, generation: int) -> bytes | None:
         return self.get(kind, row_id, generation)
 
-    def fill(self, kind: str, row: Row, generation: int) -> None:
-        key = (generation, kind, row["id"])
+    def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
+        key = (generation, kind, row_id)
         with self._lock:
             current = self._entries.get(key)
-            version, is_row = (
+            held, is_row = (
                 (None, False) if current is None else (current[0], current[1] is not None)
             )
-            if accepts_fill(version, is_row, row["version"]):
-                self._put(key, row["version"], row)
+            if accepts_fill(held, is_row, version):
+                self._put(key, version, body)
 
     def forget(self, changes: Iterable[Change]) -> None:
         with self._lock:
@@ -88,8 +92,8 @@ class LocalCache:
     def settled(self) -> bool:
         return True
 
-    def _put(self, key: tuple[int, str, str], version: int, row: Row | None) -> None:
-        self._entries[key] = (version, row)
+    def _put(self, key: tuple[int, str, str], version: int, body: bytes | None) -> None:
+        self._entries[key] = (version, body)
         self._entries.move_to_end(key)
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
@@ -99,10 +103,10 @@ class NoCache:
     """For API processes with no Redis in the distributed mode: a process-local cache there
     would never hear of the projectors' changes, so there is none."""
 
-    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+    async def get_async(self, kind: str, row_id: str, generation: int) -> bytes | None:
         return None
 
-    def fill(self, kind: str, row: Row, generation: int) -> None:
+    def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
         pass
 
     def settled(self) -> bool:

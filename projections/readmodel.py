@@ -32,6 +32,7 @@ from eventkeep.projections.database import Database
 if TYPE_CHECKING:
     from eventkeep.projections.cache import Cache
 
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
@@ -290,22 +291,39 @@ class ReadModel:
         table: str | None = None,
     ) -> tuple[list[Row], str | None]:
         """Keyset pagination on (column, id): stable under concurrent writes, no OFFSET."""
-        if cursor is not None:
-            after = decode_cursor(cursor, column)
-            where.append(f"({column}, id) {'>' if direction == 'asc' else '<'} (%s, %s)")
-            params.extend(after)
-        order = f"{column} {direction}, id {direction}"
+        statement, values = self.page_statement(
+            where, params, column, direction, cursor, limit, table
+        )
         with self.db.reading() as db:
-            db.execute(
-                f"SELECT * FROM {table or self.table()} WHERE {' AND '.join(where)}"
-                f" ORDER BY {order} LIMIT %s",
-                [*params, limit + 1],
-            )
+            db.execute(statement, values)
             rows = [self.decoded(row) for row in db.fetchall()]
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more else None
         return [shown(row) for row in rows], next_cursor
+
+    def page_statement(
+        self,
+        where: list[str],
+        params: list[Any],
+        column: str,
+        direction: str,
+        cursor: str | None,
+        limit: int,
+        table: str | None = None,
+    ) -> tuple[str, list[Any]]:
+        """The SELECT of a page (one row more than `limit`: whether there is a next page)."""
+        where, params = list(where), list(params)
+        if cursor is not None:
+            after = decode_cursor(cursor, column)
+            where.append(f"({column}, id) {'>' if direction == 'asc' else '<'} (%s, %s)")
+            params.extend(after)
+        order = f"{column} {direction}, id {direction}"
+        statement = (
+            f"SELECT * FROM {table or self.table()} WHERE {' AND '.join(where)}"
+            f" ORDER BY {order} LIMIT %s"
+        )
+        return statement, [*params, limit + 1]
 
 
 class Progress(Protocol):
@@ -347,9 +365,15 @@ class ReadModelQueries:
         return self._side.progress.position_of(self.model.name)
 
     async def get_async(self, row_id: str) -> Row | None:
-        """By id, cache first; a miss is read from the read model (in a thread) and offered
-        to the cache. The generation is read first: a row read after a swap may be cached
-        under the old one, never an old row under the new one."""
+        """By id, as a dict (`encoded_async` decoded), for callers that look inside."""
+        body = await self.encoded_async(row_id)
+        return None if body is None else orjson.loads(body)
+
+    async def encoded_async(self, row_id: str) -> bytes | None:
+        """By id, as the query API answers it (JSON bytes), cache first; a miss is read from
+        the read model (in a thread), encoded once and offered to the cache. The generation
+        is read first: a row read after a swap may be cached under the old one, never an old
+        row under the new one."""
         held = self._side.progress.quarantined_of(self.model.name).get(row_id)
         if held is not None:
             raise StreamQuarantined(self.model.name, row_id, held)
@@ -360,19 +384,25 @@ class ReadModelQueries:
         ):
             # Read-your-writes: the cache may still hold a row older than `wanted`'s (its
             # tombstones not known written), so this read goes to the read model.
-            return await run_in_threadpool(self.model.get, row_id)
+            return await run_in_threadpool(self._read_encoded, row_id)
         generation = self._side.progress.generation_of(self.model.name)
-        row = await self._side.cache.get_async(kind, row_id, generation)
-        CACHE_LOOKUPS.labels("miss" if row is None else "hit").inc()
-        if row is None:
-            row = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
-        return row
+        body = await self._side.cache.get_async(kind, row_id, generation)
+        CACHE_LOOKUPS.labels("miss" if body is None else "hit").inc()
+        if body is None:
+            body = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
+        return body
 
-    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> Row | None:
+    def _read_encoded(self, row_id: str) -> bytes | None:
         row = self.model.get(row_id)
-        if row is not None:
-            self._side.cache.fill(kind, row, generation)
-        return row
+        return None if row is None else encode(row)
+
+    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> bytes | None:
+        row = self.model.get(row_id)
+        if row is None:
+            return None
+        body = encode(row)
+        self._side.cache.fill(kind, row_id, row["version"], body, generation)
+        return body
 
 
 class QuerySide(Protocol):
@@ -398,6 +428,11 @@ def shown(row: Row) -> Row:
         if cents in answer:
             answer[cents.removesuffix("_cents")] = from_cents(answer.pop(cents))
     return answer
+
+
+def encode(row: Row) -> bytes:
+    """A row as a by-id query answers it (JSON): what the cache keeps and a hit sends."""
+    return orjson.dumps(row)
 
 
 def on_conflict_replace(columns: Sequence[str], key: Sequence[str]) -> str:

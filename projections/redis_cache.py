@@ -1,9 +1,9 @@
 """The distributed mode's cache: Redis, shared by every API process and projector.
 
-Entries are `"<version>|<json row>"`, tombstones `"<version>|"`; both rules of
-`projections/cache.py` run as Lua scripts so that compare-and-set is atomic in Redis. Redis
-down or slow: a get is a miss (the query goes to the read model), a fill is dropped, and the
-projector's tombstones wait and are written when Redis answers again.
+Entries are `"<version>|<encoded answer>"` (`readmodel.encode`), tombstones `"<version>|"`;
+both rules of `projections/cache.py` run as Lua scripts so that compare-and-set is atomic in
+Redis. Redis down or slow: a get is a miss (the query goes to the read model), a fill is
+dropped, and the projector's tombstones wait and are written when Redis answers again.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import threading
 import weakref
 from collections.abc import Iterable
 
-import orjson
 import redis
 import redis.asyncio
 
-from eventkeep.projections.cache import Row
 from eventkeep.projections.readmodel import Change
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,7 @@ class RedisCache:
     def _key(self, generation: int, kind: str, row_id: str) -> str:
         return f"{self._namespace}:{generation}:{kind}:{row_id}"
 
-    async def get_async(self, kind: str, row_id: str, generation: int) -> Row | None:
+    async def get_async(self, kind: str, row_id: str, generation: int) -> bytes | None:
         # One asyncio client per event loop: its connections belong to the loop they met.
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
@@ -80,16 +78,16 @@ class RedisCache:
                 self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
             )
         try:
-            return _row(await client.get(self._key(generation, kind, row_id)))
+            return _body(await client.get(self._key(generation, kind, row_id)))
         except redis.RedisError:
             return None
 
-    def fill(self, kind: str, row: Row, generation: int) -> None:
-        value = str(row["version"]).encode() + b"|" + orjson.dumps(row)
+    def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
+        value = str(version).encode() + b"|" + body
         with contextlib.suppress(redis.RedisError):  # the next miss reads the read model again
             self._fill(
-                keys=[self._key(generation, kind, row["id"])],
-                args=[row["version"], value, TTL_SECONDS],
+                keys=[self._key(generation, kind, row_id)],
+                args=[version, value, TTL_SECONDS],
             )
 
     def settled(self) -> bool:
@@ -119,11 +117,11 @@ class RedisCache:
             self._pending.clear()
 
 
-def _row(value: bytes | str | None) -> Row | None:
-    """The row of an entry; None for no entry or a tombstone."""
+def _body(value: bytes | str | None) -> bytes | None:
+    """The encoded answer of an entry; None for no entry or a tombstone."""
     if not value:
         return None
     if isinstance(value, str):  # a client made to decode answers
         value = value.encode()
     _, _, body = value.partition(b"|")
-    return orjson.loads(body) if body else None
+    return body or None

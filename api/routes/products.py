@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from eventkeep.api.accounts import CUSTOMERS
 from eventkeep.api.dispatch import ClientCommand, IfMatch
-from eventkeep.api.reads import ProductReads, found, page
+from eventkeep.api.reads import ByIdAnswer, ProductReads, encoded, found, page
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -92,9 +92,10 @@ def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand)
     return send(DiscontinueProduct(product_id, expected_version=version))
 
 
-@router.get("/{product_id}", dependencies=CUSTOMERS)
-async def get_product(product_id: UUID, products: ProductReads) -> dict[str, Any]:
-    return found(await products.get_async(str(product_id)), "product", product_id)
+@router.get("/{product_id}", dependencies=CUSTOMERS, response_model=ByIdAnswer)
+async def get_product(product_id: UUID, products: ProductReads, response: Response) -> Response:
+    body = await products.encoded_async(str(product_id))
+    return encoded(found(body, "product", product_id), response)
 
 
 @router.get("", dependencies=CUSTOMERS)

@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from eventkeep.api.accounts import CUSTOMERS, Caller, accounts_of, own
 from eventkeep.api.dispatch import AdminCommand, ClientCommand, IfMatch, OwnCommand
-from eventkeep.api.reads import OwnOrderReads, OwnUserReads, UserReads, found, page
+from eventkeep.api.reads import (
+    ByIdAnswer,
+    OwnOrderReads,
+    OwnUserReads,
+    UserReads,
+    encoded,
+    found,
+    page,
+)
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -106,10 +114,10 @@ def erase_personal_data(
     return answer
 
 
-@router.get("/{user_id}", dependencies=CUSTOMERS)
-async def get_user(user_id: UUID, users: OwnUserReads, key: Caller) -> dict[str, Any]:
+@router.get("/{user_id}", dependencies=CUSTOMERS, response_model=ByIdAnswer)
+async def get_user(user_id: UUID, users: OwnUserReads, key: Caller, response: Response) -> Response:
     own(key, user_id)
-    return found(await users.get_async(str(user_id)), "user", user_id)
+    return encoded(found(await users.encoded_async(str(user_id)), "user", user_id), response)
 
 
 @router.get("")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from eventkeep.bootstrap import build_cache, relay_settings
+from eventkeep.projections.readmodel import encode
 from eventkeep.settings import Settings
 from tests.api.conftest import TEST_SECRET
 from tests.conftest_services import REDIS_URL, require_env
@@ -27,8 +28,8 @@ def test_a_frozen_redis_costs_a_cached_read_at_most_its_timeout(tmp_path: Path) 
         )
         cache = build_cache(settings)
         row = {"id": "r1", "version": 1}
-        cache.fill("timeouts-test", row, 1)
-        assert asyncio.run(cache.get_async("timeouts-test", "r1", 1)) == row
+        cache.fill("timeouts-test", "r1", 1, encode(row), 1)
+        assert asyncio.run(cache.get_async("timeouts-test", "r1", 1)) == encode(row)
         proxy.freeze()
         started = time.monotonic()
         assert asyncio.run(cache.get_async("timeouts-test", "r1", 1)) is None  # a miss

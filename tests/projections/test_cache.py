@@ -8,10 +8,11 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from eventkeep.projections.cache import Cache, LocalCache
-from eventkeep.projections.readmodel import Change
+from eventkeep.projections.readmodel import Change, encode
 from eventkeep.projections.redis_cache import RedisCache
 
 
@@ -32,31 +33,38 @@ def row(version: int, price: str = "1.00") -> dict:
     return {"id": "p1", "version": version, "price": price}
 
 
+def offer(cache: Cache, row: dict, generation: int = 0) -> None:
+    """A query's fill: the row it read, encoded as the answer it sends."""
+    cache.fill("product", row["id"], row["version"], encode(row), generation)
+
+
 def get(cache: Cache, generation: int = 0) -> dict | None:
-    return asyncio.run(cache.get_async("product", "p1", generation))
+    """The cached answer, decoded (entries hold the encoded bytes a hit sends)."""
+    body = asyncio.run(cache.get_async("product", "p1", generation))
+    return None if body is None else orjson.loads(body)
 
 
 def test_a_stale_fill_cannot_replace_a_newer_tombstone(cache: Cache) -> None:
-    cache.fill("product", row(5), 0)
+    offer(cache, row(5), 0)
     assert get(cache) == row(5)
     cache.forget([Change("product", "p1", 6, 0)])  # the projector committed version 6
     assert get(cache) is None
-    cache.fill("product", row(5), 0)  # a query that read version 5 just before the commit
+    offer(cache, row(5), 0)  # a query that read version 5 just before the commit
     assert get(cache) is None
-    cache.fill("product", row(6, "2.00"), 0)
+    offer(cache, row(6, "2.00"), 0)
     assert get(cache) == row(6, "2.00")
     cache.forget([Change("product", "p1", 6, 0)])  # late tombstone of what it already holds
     assert get(cache) == row(6, "2.00")
 
 
 def test_generations_are_kept_apart(cache: Cache) -> None:
-    cache.fill("product", row(3), 1)
+    offer(cache, row(3), 1)
     assert get(cache, 1) == row(3)
     assert get(cache, 2) is None
 
 
 def test_redis_down_is_a_miss_and_tombstones_wait() -> None:
     cache = RedisCache("redis://127.0.0.1:1/0")  # nothing listens there
-    cache.fill("product", row(1), 0)
+    offer(cache, row(1), 0)
     cache.forget([Change("product", "p1", 2, 0)])
     assert get(cache) is None
