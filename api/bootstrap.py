@@ -23,6 +23,7 @@ from eventkeep.commands.handlers import Handle
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
+from eventkeep.projections.replica import ReplicaReads
 from eventkeep.settings import Settings
 
 # Logins per second (and burst) per address and per account, shared through Redis when set.
@@ -43,6 +44,7 @@ class Wiring:
     feed: LogFeed | None = None  # the embedded mode's in-process projector
     min_position_wait: float = 2.0  # seconds a query waits for its X-Min-Position
     poller: PolledProgress | None = None  # the distributed mode's read-model progress
+    replica: ReplicaReads | None = None  # queries from a read replica, when one is set
     max_in_flight: int = 0  # requests answered at once; more are refused with 503 (0: any)
     max_streams_per_key: int = 8  # open WS /v1/stream per key in a process; more: 4429
     breaker: CircuitBreaker | None = None  # the distributed mode's, around the write store
@@ -96,6 +98,7 @@ def wire(settings: Settings) -> Wiring:
         feed=system.feed,
         min_position_wait=settings.min_position_wait,
         poller=system.progress,
+        replica=system.replica,
         built=system,
         webhooks=webhooks,
         webhook_policy=policy,

@@ -5,7 +5,9 @@ touches tables. A client that wrote passes the command's `position` as `X-Min-Po
 query waits, at most EVENTKEEP_MIN_POSITION_WAIT seconds, for THE READ MODEL IT READS to reach
 it, and answers 503 PROJECTION_BEHIND (with Retry-After) rather than an answer that misses its
 own write. Every answer says in `X-Projection-Position` how far that read model was when it
-was read.
+was read. With a read replica (EVENTKEEP_POSTGRES_REPLICA_URL) the query reads the replica
+once the replica's own copy of the read model reached X-Min-Position, else the primary
+(`projections/replica.py`).
 """
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the closure's annotations.
@@ -51,7 +53,11 @@ def reader(role: Role, name: str | None, *others: Role) -> Callable[..., Awaitab
         wiring = request.app.state.wiring
         queries: Queries = wiring.queries
         wanted = x_min_position
-        reached = await queries.reach(wanted, wiring.min_position_wait if wanted else 0, name)
+        wait = wiring.min_position_wait if wanted else 0
+        if wiring.replica is not None:  # the replica once it has `wanted`, else the primary
+            queries, reached = await wiring.replica.choose(wanted, wait, name)
+        else:
+            reached = await queries.reach(wanted, wait, name)
         if reached < wanted:
             raise ApiError(
                 "PROJECTION_BEHIND",

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, 
     from eventkeep.eventstore.relay import Relay, RelaySettings
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
+    from eventkeep.projections.replica import ReplicaReads
 
 # What a process is built for: `relay` and `project` need the distributed mode and Kafka.
 Role = Literal[
@@ -164,6 +165,25 @@ class Eventkeep:
         assert progress is not None  # one of the two, by mode
         return Queries(self.read_models, self.cache, progress)
 
+    @cached_property
+    def replica(self) -> ReplicaReads | None:
+        """The query side over the read replica (EVENTKEEP_POSTGRES_REPLICA_URL), each query
+        falling back to `queries` (the primary's); None without a replica."""
+        url = replica_url(self.settings)
+        if url is None:
+            return None
+        from eventkeep.projections.database import PostgresDatabase
+        from eventkeep.projections.replica import FallbackDatabase, ReplicaHealth, ReplicaReads
+
+        primary = self.queries
+        # A standby is read-only: no migration; its tables and progress arrive by replication.
+        # A short pool timeout: a replica gone sends its queries to the primary within a second.
+        standby = PostgresDatabase(url, timeout=1.0)
+        health = ReplicaHealth(PolledProgress(ReadModels(standby)))
+        database = FallbackDatabase(standby, primary.models.db, health)
+        replica = Queries(ReadModels(database), primary.cache, health.progress)
+        return ReplicaReads(primary, replica, health, wait=self.settings.replica_wait)
+
     # --- the distributed mode's processes -------------------------------------------------
 
     def relay(self) -> Relay:
@@ -213,6 +233,9 @@ class Eventkeep:
     def close(self) -> None:
         """Closes the parts that were built, the readers before what they read."""
         built = self.__dict__
+        if built.get("replica") is not None:
+            built["replica"].health.progress.stop()
+            built["replica"].replica.models.close()
         if built.get("feed") is not None:
             built["feed"].stop()
         if built.get("progress") is not None:
@@ -268,6 +291,18 @@ def database_url(settings: Settings, role: DatabaseRole) -> str | None:
     """The URL a part connects with as `role`: its own when set, else EVENTKEEP_POSTGRES_URL
     (None in the embedded mode)."""
     return _merged(settings, getattr(settings, f"postgres_{role}_url"))
+
+
+def replica_url(settings: Settings) -> str | None:
+    """The read replica's URL: EVENTKEEP_POSTGRES_REPLICA_URL put over the query role's URL
+    (so one without credentials reads as the query role); None without a replica."""
+    if settings.postgres_replica_url is None:
+        return None
+    query = database_url(settings, "query")
+    assert query is not None  # Settings refuses a replica without EVENTKEEP_POSTGRES_URL
+    params = conninfo_to_dict(query)
+    params.update(conninfo_to_dict(settings.postgres_replica_url.get_secret_value()))
+    return make_conninfo(**{key: str(value) for key, value in params.items() if value is not None})
 
 
 def owner_url(settings: Settings) -> str | None:

@@ -146,6 +146,19 @@ KAFKA_CONSUMER_LAG = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+REPLICA_QUERIES = Counter(
+    "eventkeep_replica_queries",
+    "Queries of an API process with a read replica, by the database chosen to answer them "
+    "(replica or primary).",
+    ["database"],
+)
+REPLICA_FALLBACKS = Counter(
+    "eventkeep_replica_fallbacks",
+    "Queries sent to the primary instead of the read replica, by reason: behind (the replica "
+    "had not applied their X-Min-Position in time) or unreachable (it could not be read).",
+    ["reason"],
+)
+
 
 def observe_applied(names: Iterable[str], envelopes: Sequence[Mapping[str, Any]]) -> None:
     """Counts events a projector applied; each read model's lag in seconds becomes the age of
@@ -267,6 +280,30 @@ class LagCollector(Collector):
                     "Events of the log the relay has not yet published (head - published).",
                     max(0, head - published),
                 )
+
+
+class ReplicaLagCollector(Collector):
+    """The read replica's lag behind the primary in events, per read model, and whether it is
+    read (`lag` and `up` are callables of the API process, answered from memory)."""
+
+    def __init__(self, lag: Callable[[], Mapping[str, int]], up: Callable[[], bool]) -> None:
+        self._lag = lag
+        self._up = up
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "eventkeep_replica_lag_events",
+            "Events the read replica's copy of a read model is behind the primary's.",
+            labels=["projection"],
+        )
+        for name, behind in sorted(self._lag().items()):
+            lag.add_metric([name], behind)
+        yield lag
+        yield GaugeMetricFamily(
+            "eventkeep_replica_up",
+            "1 while the read replica is read (its progress read lately, no query failed on it).",
+            1 if self._up() else 0,
+        )
 
 
 # --- exposing them ----------------------------------------------------------------------------

@@ -61,6 +61,22 @@ class Settings(BaseSettings):
         description="URL of the query role (the API's reads of the read models and of the API "
         "keys). Default: POSTGRES_URL.",
     )
+    postgres_replica_url: SecretStr | None = Field(
+        default=None,
+        description="URL of a streaming replica of the read models' database (a hot standby "
+        "made with pg_basebackup): `serve` answers queries from it while it has applied what "
+        "the query asks for (X-Min-Position), else from the primary; commands, projectors and "
+        "everything else stay on the primary. Put over the query role's URL: one with only a "
+        "server and TLS settings (postgresql://host:port/dbname?sslmode=…) keeps that role's "
+        "user and password. Unset: every query reads the primary.",
+    )
+    replica_wait: float = Field(
+        default=0.25,
+        ge=0,
+        le=30,
+        description="Longest part of a query's X-Min-Position wait spent on the replica: not "
+        "there by then, the query goes to the primary (counted in eventkeep_replica_fallbacks).",
+    )
     postgres_auditor_url: SecretStr | None = Field(
         default=None,
         description="URL of the auditor role (reads the log: `eventkeep audit`). "
@@ -282,6 +298,15 @@ class Settings(BaseSettings):
     @property
     def mode(self) -> Mode:
         return "distributed" if self.postgres_url is not None else "embedded"
+
+    @model_validator(mode="after")
+    def _replica_needs_primary(self) -> Settings:
+        if self.postgres_replica_url is not None and self.postgres_url is None:
+            raise ValueError(
+                "EVENTKEEP_POSTGRES_REPLICA_URL needs EVENTKEEP_POSTGRES_URL (the primary): "
+                "replicas belong to the distributed mode"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_claim_secret(self) -> Settings:

@@ -36,6 +36,7 @@ class PolledProgress:
         self._generations: dict[str, int] = {}
         self._cached: dict[str, int] = {}
         self._quarantined: dict[str, dict[str, dict[str, Any]]] = {}
+        self.read_at = float("-inf")  # time.monotonic() of the last read that succeeded
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="position", daemon=True)
         self._thread.start()
@@ -69,6 +70,7 @@ class PolledProgress:
                 self._cached = {name: cache_position_of(p) for name, p in progress.items()}
                 self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
                 self._quarantined = self._models.quarantined_streams()
+                self.read_at = time.monotonic()
             self._stopping.wait(self._interval)
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from eventkeep.api.auth import requires
 from eventkeep.api.errors import ApiError
 from eventkeep.api.keys import Role
 from eventkeep.api.schema import COMMAND_ERRORS
-from eventkeep.metrics import LagCollector, scrape_registry
+from eventkeep.metrics import LagCollector, ReplicaLagCollector, scrape_registry
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ops"])
@@ -48,6 +49,8 @@ def readyz(request: Request) -> dict[str, Any]:
     }
     if wiring.cache_ping is not None:
         parts["cache"] = _part("redis", wiring.cache_ping)
+    if wiring.replica is not None:  # down: queries read the primary
+        parts["read_replica"] = _part("postgres", lambda: None, down=not wiring.replica.health.up)
     if parts["event_store"]["status"] == "down":
         raise ApiError("STORE_UNAVAILABLE", "The event store cannot be reached.", {"parts": parts})
     degraded = any(part["status"] == "down" for part in parts.values())
@@ -85,5 +88,8 @@ def metrics(request: Request) -> Response:
         return recorder.max_notification_id()
 
     lag = LagCollector(head, lambda: {name: queries.position(name) for name in queries.names})
-    registry = scrape_registry(own=[request.app.state.metrics.registry], live=[lag])
+    live: list[Collector] = [lag]
+    if wiring.replica is not None:
+        live.append(ReplicaLagCollector(wiring.replica.lag, lambda: wiring.replica.health.up))
+    registry = scrape_registry(own=[request.app.state.metrics.registry], live=live)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
