@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from eventkeep.projections.cache import Cache
@@ -99,13 +100,23 @@ class Queries:
             return self.progress.position_of(name)
         return min((self.progress.position_of(n) for n in self._queries), default=0)
 
-    async def reach(self, position: int, timeout: float, name: str | None = None) -> int:
-        """Waits up to `timeout` seconds for the read model `name` (or all of them) to reach
-        `position`; returns where it is (below `position` when the wait ran out)."""
+    async def reach(
+        self,
+        position: int,
+        timeout: float,
+        name: str | None = None,
+        *,
+        while_: Callable[[], bool] | None = None,
+    ) -> int:
+        """Waits up to `timeout` seconds (and while `while_()` holds) for the read model `name`
+        (or all of them) to reach `position`; returns where it is (below `position` when the
+        wait ran out)."""
         deadline = time.monotonic() + timeout
         while True:
             reached = self.position(name)
             if reached >= position or time.monotonic() >= deadline:
+                return reached
+            if while_ is not None and not while_():
                 return reached
             await asyncio.sleep(0.002)
 

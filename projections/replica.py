@@ -158,7 +158,10 @@ class ReplicaReads:
         and where it was; below `wanted` when neither database reached it within `timeout`."""
         started = time.monotonic()
         if self.health.up:
-            reached = await self.replica.reach(wanted, min(timeout, self._wait), name)
+            # Not waited on once it is found down (stopped, or its progress no longer read).
+            reached = await self.replica.reach(
+                wanted, min(timeout, self._wait), name, while_=lambda: self.health.up
+            )
             if reached >= wanted and self.health.up:
                 REPLICA_QUERIES.labels("replica").inc()
                 return self.replica, reached

@@ -26,9 +26,18 @@ from pydantic import SecretStr, ValidationError
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.bootstrap import Eventkeep, build, database_url, replica_url
+from eventkeep.bootstrap import (
+    Eventkeep,
+    build,
+    build_read_models,
+    database_url,
+    replica_url,
+)
+from eventkeep.projections.database import PostgresDatabase
 from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.queries import PolledProgress
 from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.replica import FallbackDatabase, ReplicaHealth
 from eventkeep.settings import Settings
 from tests.api.conftest import SHOP_TABLES, TEST_SECRET, distributed_settings
 from tests.api.shopping import USER
@@ -72,6 +81,14 @@ class Replica:
         name, _, value = self.run("up").strip().removeprefix("export ").partition("=")
         assert name == "EVENTKEEP_POSTGRES_REPLICA_URL"
         return shlex.split(value)[0]
+
+    def url_for(self, settings: Settings) -> str:
+        """Its URL as `serve` connects (the query role's credentials)."""
+        merged = replica_url(
+            settings.model_copy(update={"postgres_replica_url": SecretStr(self.url)})
+        )
+        assert merged is not None
+        return merged
 
     def down(self) -> None:
         self.run("down")
@@ -243,8 +260,11 @@ def test_a_stopped_replica_sends_queries_to_the_primary(
         # primary) and after the replica is known down: every answer is the primary's, no 500.
         later_id, later = _new_user(client, "during@example.com")
         for wanted, row in ((position, user_id), (later, later_id), (0, user_id)):
+            started = time.monotonic()
             seen = client.get(f"/v1/users/{row}", headers={"X-Min-Position": str(wanted)})
             assert seen.status_code == 200, seen.text
+            # Not the replica's 30 s wait: a replica found down is waited on no more.
+            assert time.monotonic() - started < CATCH_UP / 3
         for email, row in (("before@example.com", user_id), ("during@example.com", later_id)):
             found = client.get("/v1/users", params={"email": email})
             assert found.status_code == 200, found.text
@@ -264,6 +284,44 @@ def test_a_stopped_replica_sends_queries_to_the_primary(
     back = client.get(f"/v1/users/{later_id}", headers={"X-Min-Position": str(later)})
     assert back.status_code == 200, back.text
     assert _count("replica_queries", database="replica") == on_replica + 1
+
+
+def test_a_query_that_fails_on_the_replica_runs_again_on_the_primary(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """The replica stops while it is still thought up (its progress read a moment ago): the
+    query's statement fails there and is run on the primary; the replica is then known down."""
+    settings = distributed_settings(tmp_path / "home")
+    primary = build_read_models(settings)
+    standby = PostgresDatabase(replica.url_for(settings), timeout=1.0)
+    progress = PolledProgress(ReadModels(standby))
+    # Thought up for an hour after its progress was last read: only the failure tells.
+    health = ReplicaHealth(progress, stale_after=3600)
+    models = ReadModels(FallbackDatabase(standby, primary.db, health))
+    try:
+        _until(lambda: health.up, "replica progress read")
+        with primary.db.transaction() as cursor:
+            cursor.execute(
+                f"INSERT INTO {primary['users'].table()}"
+                " (id, version, email, status, registered_at, updated_at)"
+                " VALUES ('only-on-primary', 1, 'p@example.com', 'active', 'now', 'now')"
+            )
+        replica.down()
+        try:
+            progress.stop()  # no poll may tell first
+            assert health.up
+            unreachable = _count("replica_fallbacks", reason="unreachable")
+            row = models["users"].get("only-on-primary")
+            assert row is not None and row["email"] == "p@example.com"
+            assert not health.up
+            assert _count("replica_fallbacks", reason="unreachable") == unreachable + 1
+        finally:
+            replica.up()
+    finally:
+        progress.stop()
+        models.close()
+        primary.drop()
+        primary.close()
 
 
 def test_the_replica_is_a_hot_standby_read_as_the_query_role_over_tls(
