@@ -32,6 +32,7 @@ def defined_metrics() -> set[str]:
     families += Metrics().registry.collect()
     lag = engine.LagCollector(lambda: 10, lambda: {"users": 5}, lambda: 7)
     families += lag.collect()
+    families += engine.ReplicaLagCollector(lambda: {"users": 1}, lambda: True).collect()
     return {family.name for family in families}
 
 
