@@ -155,7 +155,8 @@ REPLICA_QUERIES = Counter(
 REPLICA_FALLBACKS = Counter(
     "eventkeep_replica_fallbacks",
     "Queries sent to the primary instead of the read replica, by reason: behind (the replica "
-    "had not applied their X-Min-Position in time) or unreachable (it could not be read).",
+    "had not applied their X-Min-Position in time), unreachable (it could not be read) or "
+    "conflict (the standby cancelled the statement to replay the primary's WAL).",
     ["reason"],
 )
 

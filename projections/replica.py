@@ -8,7 +8,8 @@ once the replica's position of the read model it reads is >= P, waiting at most 
 for it; otherwise it goes to the primary (and waits there, bounded as before). A replica that
 cannot be read (its progress not read for `stale_after` seconds, or a query on it failed) sends
 every query to the primary until its progress is read again; a query that fails on the replica
-mid-way is run again on the primary. Both count in `eventkeep_replica_fallbacks`.
+mid-way (or that the standby cancels to replay the primary's WAL) is run again on the primary.
+Each counts in `eventkeep_replica_fallbacks` by reason.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from eventkeep.projections.queries import PolledProgress, Queries
 # The replica's connection failed (it is stopped, unreachable, or restarting): not the query's
 # fault, so the primary answers it.
 UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# The standby cancelled the statement to replay the primary's WAL (a lock it needs, e.g. a
+# rebuild's swap dropping tables; SQLSTATE 40001 "conflict with recovery"): the replica is fine,
+# this one statement goes to the primary.
+RECOVERY_CONFLICT = psycopg.errors.SerializationFailure
 
 
 class ReplicaHealth:
@@ -120,10 +125,12 @@ class _FallbackCursor:
             if self._cursor is None:
                 self._cursor = self._stack.enter_context(self._database.replica.reading())
             return self._cursor.execute(sql, params)
+        except RECOVERY_CONFLICT:
+            REPLICA_FALLBACKS.labels("conflict").inc()
         except UNREACHABLE:
             self._database.health.failed()
             REPLICA_FALLBACKS.labels("unreachable").inc()
-            return self._to_primary().execute(sql, params)
+        return self._to_primary().execute(sql, params)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         raise TypeError("the replica's cursor only reads")

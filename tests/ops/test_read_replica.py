@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +30,8 @@ from eventkeep.api.keys import Role
 from eventkeep.bootstrap import (
     Eventkeep,
     build,
-    build_read_models,
     database_url,
+    projector_read_models,
     replica_url,
 )
 from eventkeep.projections.database import PostgresDatabase
@@ -65,10 +66,10 @@ class Replica:
             "EVENTKEEP_PG_REPLICA_PORT": str(self.port),
         }
 
-    def run(self, *args: str) -> str:
+    def run(self, *args: str, **env: str) -> str:
         done = subprocess.run(
-            [str(SERVICES), *args, "replica"],
-            env=self.env,
+            [str(SERVICES), *args],
+            env=self.env | env,
             capture_output=True,
             text=True,
             timeout=300,
@@ -78,7 +79,7 @@ class Replica:
 
     def up(self) -> str:
         """Starts it (made first when missing); answers its EVENTKEEP_POSTGRES_REPLICA_URL."""
-        name, _, value = self.run("up").strip().removeprefix("export ").partition("=")
+        name, _, value = self.run("up", "replica").strip().removeprefix("export ").partition("=")
         assert name == "EVENTKEEP_POSTGRES_REPLICA_URL"
         return shlex.split(value)[0]
 
@@ -91,7 +92,7 @@ class Replica:
         return merged
 
     def down(self) -> None:
-        self.run("down")
+        self.run("down", "replica")
 
     def superuser(self, statement: str) -> str:
         """As the postgres OS user on the replica's socket (pausing replay needs a superuser)."""
@@ -137,9 +138,7 @@ def client_for(
     """An API reading the replica (waiting `replica_wait` seconds for it), over read models
     a log feed keeps on the primary; with a client key."""
     drop_postgres_tables(*SHOP_TABLES)
-    stale = ReadModels.open(postgres_url=require_env(POSTGRES_URL))
-    stale.drop()
-    stale.close()
+    _drop_read_models()
     opened: list[tuple[TestClient, LogFeed, Wiring]] = []
 
     def make(replica_wait: float) -> tuple[TestClient, Wiring]:
@@ -169,6 +168,13 @@ def client_for(
         client.__exit__(None, None, None)
         feed.stop()
         wiring.close()
+
+
+def _drop_read_models() -> None:
+    """As the owner: whoever made them (a former run, another test), they are gone."""
+    stale = ReadModels.open(postgres_url=require_env(POSTGRES_URL))
+    stale.drop()
+    stale.close()
 
 
 def _until(condition: Callable[[], bool], what: str, seconds: float = CATCH_UP) -> None:
@@ -292,7 +298,8 @@ def test_a_query_that_fails_on_the_replica_runs_again_on_the_primary(
     """The replica stops while it is still thought up (its progress read a moment ago): the
     query's statement fails there and is run on the primary; the replica is then known down."""
     settings = distributed_settings(tmp_path / "home")
-    primary = build_read_models(settings)
+    _drop_read_models()
+    primary = projector_read_models(settings)  # its tables, readable by the query role
     standby = PostgresDatabase(replica.url_for(settings), timeout=1.0)
     progress = PolledProgress(ReadModels(standby))
     # Thought up for an hour after its progress was last read: only the failure tells.
@@ -324,6 +331,57 @@ def test_a_query_that_fails_on_the_replica_runs_again_on_the_primary(
         primary.close()
 
 
+def test_a_statement_the_standby_cancels_for_replay_runs_on_the_primary(
+    replica: Replica, tmp_path: Path
+) -> None:
+    """A lock the primary takes (as a rebuild's swap does) is replayed on the standby, which
+    cancels the replica's statement in its way (40001, conflict with recovery): the statement
+    is run on the primary instead, and the replica stays in use."""
+    settings = distributed_settings(tmp_path / "home")
+    _drop_read_models()
+    primary = projector_read_models(settings)  # its tables, readable by the query role
+    standby = PostgresDatabase(replica.url_for(settings), timeout=1.0)
+    progress = PolledProgress(ReadModels(standby))
+    health = ReplicaHealth(progress)
+    database = FallbackDatabase(standby, primary.db, health)
+    table = primary["users"].table()
+    statement = f"SELECT pg_sleep(3), count(*) AS found FROM {table}"
+    # Replay waits this long for a conflicting statement before it cancels it (default 30 s).
+    replica.superuser("ALTER SYSTEM SET max_standby_streaming_delay = '100ms'")
+    replica.superuser("SELECT pg_reload_conf()")
+    try:
+        _until(lambda: health.up, "replica progress read")
+        conflicts = _count("replica_fallbacks", reason="conflict")
+        answer: dict[str, object] = {}
+
+        def read() -> None:
+            with database.reading() as cursor:
+                cursor.execute(statement)
+                answer.update(cursor.fetchone() or {})
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        running = (
+            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            f" AND query = '{statement}'"
+        )
+        _until(lambda: replica.superuser(running) == "1", "the statement running on the replica")
+        with primary.db.transaction() as cursor:
+            cursor.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        reader.join(CATCH_UP)
+        assert not reader.is_alive()
+        assert answer == {"pg_sleep": "", "found": 0}
+        assert _count("replica_fallbacks", reason="conflict") == conflicts + 1
+        assert health.up  # a conflict is no outage
+    finally:
+        replica.superuser("ALTER SYSTEM RESET max_standby_streaming_delay")
+        replica.superuser("SELECT pg_reload_conf()")
+        progress.stop()
+        standby.close()
+        primary.drop()
+        primary.close()
+
+
 def test_the_replica_is_a_hot_standby_read_as_the_query_role_over_tls(
     replica: Replica, tmp_path: Path
 ) -> None:
@@ -345,6 +403,15 @@ def test_the_replica_is_a_hot_standby_read_as_the_query_role_over_tls(
     assert user == conninfo_to_dict(query)["user"]  # the URL names no user: the query role's
     # TLS as the primary's (infra/services starts both with EVENTKEEP_TLS).
     assert ssl is ("sslmode" in require_env(POSTGRES_URL))
+
+
+def test_infra_services_runs_the_replica_with_the_others_only_when_asked(replica: Replica) -> None:
+    exported = f"EVENTKEEP_POSTGRES_REPLICA_URL='postgresql://127.0.0.1:{replica.port}/eventkeep"
+    assert exported not in replica.run("env", EVENTKEEP_PG_REPLICA="off")
+    assert exported in replica.run("env", EVENTKEEP_PG_REPLICA="on")
+    status = replica.run("status", EVENTKEEP_PG_REPLICA="on").splitlines()
+    assert [line.split()[:2] for line in status][:2] == [["postgres", "up"], ["replica", "up"]]
+    assert "replica" not in replica.run("status", EVENTKEEP_PG_REPLICA="off")
 
 
 def test_a_replica_needs_the_primary() -> None:
