@@ -25,11 +25,9 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr, ValidationError
 
 from eventkeep.api.app import create_app
-from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.keys import Role
 from eventkeep.bootstrap import (
-    Eventkeep,
-    build,
     database_url,
     projector_read_models,
     replica_url,
@@ -119,18 +117,6 @@ def replica() -> Iterator[Replica]:
     made.close()
 
 
-def _wiring(system: Eventkeep) -> Wiring:
-    return Wiring(
-        shop=system.shop,
-        handle=system.bus.handle,
-        keys=system.keys,
-        queries=system.queries,
-        replica=system.replica,
-        min_position_wait=10.0,
-        built=system,
-    )
-
-
 @pytest.fixture
 def client_for(
     replica: Replica, tmp_path: Path
@@ -148,10 +134,12 @@ def client_for(
                 "replica_wait": replica_wait,
             }
         )
-        system = build(settings, role="serve")
+        wiring = wire(settings)  # as `eventkeep serve` builds it
+        system = wiring.built
+        assert system is not None
+        # The read models follow the log in-process (no Kafka needed to show the replica).
         feed = LogFeed(system.recorder, system.read_models, system.cache)
         feed.start()
-        wiring = _wiring(system)
         key = wiring.keys.create(Role.client, "replica").secret_key
         client = TestClient(
             create_app(wiring),
