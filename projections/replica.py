@@ -14,7 +14,6 @@ Each counts in `eventkeep_replica_fallbacks` by reason.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -43,8 +42,7 @@ class ReplicaHealth:
     def __init__(self, progress: PolledProgress, stale_after: float = 2.0) -> None:
         self.progress = progress
         self._stale_after = stale_after
-        self._failed_at = float("-inf")
-        self._lock = threading.Lock()
+        self._failed_at = float("-inf")  # monotonic; a float's assignment needs no lock
 
     @property
     def up(self) -> bool:
@@ -52,8 +50,7 @@ class ReplicaHealth:
         return read_at > self._failed_at and time.monotonic() - read_at < self._stale_after
 
     def failed(self) -> None:
-        with self._lock:
-            self._failed_at = time.monotonic()
+        self._failed_at = time.monotonic()
 
 
 class FallbackDatabase:
