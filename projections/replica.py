@@ -92,6 +92,14 @@ class FallbackDatabase:
     ) -> None:
         self.primary.insert_rows(cursor, table, columns, rows, conflict)
 
+    def copy_rows(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        self.primary.copy_rows(cursor, table, columns, rows)
+
+    def forget_overwritten(self) -> None:
+        self.primary.forget_overwritten()
+
     def close(self) -> None:
         self.replica.close()  # the primary's is its own ReadModels' to close
 
