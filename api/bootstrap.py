@@ -18,8 +18,9 @@ from eventkeep.api.webhooks import (
     WebhookStore,
     allow_list,
 )
-from eventkeep.bootstrap import Eventkeep, build, claim_secret, database_url
+from eventkeep.bootstrap import Eventkeep, build, checkpoint_file, claim_secret, database_url
 from eventkeep.commands.handlers import Handle
+from eventkeep.eventstore.checkpoints import CheckpointFile
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
@@ -52,6 +53,8 @@ class Wiring:
     webhook_policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     dispatcher: WebhookDispatcher | None = None  # delivers them, in threads of its own
     built: Eventkeep | None = None  # what `wire` built, closed with the wiring
+    # The hash chain's signed checkpoints, which `POST /v1/audit/verify` compares the log with.
+    checkpoints: CheckpointFile | None = None
 
     def close(self) -> None:
         if self.dispatcher is not None:
@@ -97,6 +100,7 @@ def wire(settings: Settings) -> Wiring:
         min_position_wait=settings.min_position_wait,
         poller=system.progress,
         built=system,
+        checkpoints=checkpoint_file(settings),
         webhooks=webhooks,
         webhook_policy=policy,
         dispatcher=dispatcher,

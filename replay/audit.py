@@ -168,6 +168,17 @@ def verify(
     return Verdict(checked, expected - 1, None, prev_hash, last_unkeyed)
 
 
+def verify_against(
+    recorder: Any,
+    checkpoints: CheckpointFile | None,
+    advance: Callable[[int, int], None] = lambda position, head: None,
+) -> Verdict:
+    """What `eventkeep audit verify` and `POST /v1/audit/verify` both answer: the whole chain
+    walked with its key and compared with every signed checkpoint of the file (None: a
+    deployment without one; only the key is checked)."""
+    return verify(recorder, advance, checkpoints.read() if checkpoints is not None else ())
+
+
 def checkpoint(recorder: Any, checkpoints: CheckpointFile) -> tuple[Verdict, Checkpoint | None]:
     """Verifies the log against the key and the checkpoints so far, then, if intact, signs
     its head into the file (the first run adopts the unkeyed leading part, if any)."""

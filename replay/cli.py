@@ -228,12 +228,11 @@ def verify(
     """Walk the hash chain with its key and compare it with every signed checkpoint; exit 0
     when intact, 1 naming the first altered or missing event."""
     with _built() as system, _events_bar() as bar:
-        checkpoints = checkpoint_file(system.settings).read()
         task = bar.add_task("verifying", total=None, rate="")
-        verdict = audit.verify(
+        verdict = audit.verify_against(
             system.shop.recorder,
+            checkpoint_file(system.settings),
             lambda position, head: bar.update(task, completed=position, total=head, rate=""),
-            checkpoints,
         )
     record_verify(verdict.intact, metrics_file)
     if verdict.intact:
