@@ -90,6 +90,8 @@ def wire(settings: Settings) -> Wiring:
     leader = AdvisoryLeader(writer) if writer is not None else None
     dispatcher = WebhookDispatcher(webhooks, system.recorder, policy, leader=leader).start()
     breaker = system.store_breaker()
+    if system.feed is not None:  # embedded: this process is everything, checkpoints too
+        system.start_checkpoints()
     return Wiring(
         shop=system.shop,
         handle=system.bus.handle if breaker is None else breaker.guard(system.bus.handle),

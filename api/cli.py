@@ -390,6 +390,8 @@ def relay() -> None:
         recorder = system.recorder
         lag = LagCollector(recorder.max_notification_id, published=lambda: worker.published)
         serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
+        # Only the active relay signs the chain's periodic checkpoints: one writer.
+        system.start_checkpoints(active=worker.is_active.is_set)
         _run_until_signalled(worker, settings)
 
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, 
     from eventkeep.eventstore.relay import Relay, RelaySettings
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
+    from eventkeep.replay.checkpointer import PeriodicCheckpoints
 
 # What a process is built for: `relay` and `project` need the distributed mode and Kafka.
 Role = Literal[
@@ -176,6 +177,26 @@ class Eventkeep:
         self.read_models.fill = fill_from(self.recorder)
         return build_projector(self.settings, self.read_models, store=self.recorder)
 
+    def start_checkpoints(
+        self, active: Callable[[], bool] = lambda: True
+    ) -> PeriodicCheckpoints | None:
+        """Signs checkpoints of the chain periodically in a thread of this process (the
+        relay's leader, `active`; the embedded serve), stopped by `close()`; None when
+        EVENTKEEP_CHECKPOINT_INTERVAL is 0."""
+        if self.settings.checkpoint_interval <= 0:
+            return None
+        from eventkeep.replay.checkpointer import PeriodicCheckpoints
+
+        worker = PeriodicCheckpoints(
+            self.recorder,
+            checkpoint_file(self.settings),
+            interval=self.settings.checkpoint_interval,
+            events=self.settings.checkpoint_events,
+            active=active,
+        )
+        self.__dict__["checkpoints"] = worker.start()
+        return worker
+
     def check(self) -> None:
         """Reaches the event store and the key store now, so that one out of reach is found
         before a process starts (the error names it; see `eventkeep.api.cli.cannot_run`)."""
@@ -213,6 +234,8 @@ class Eventkeep:
     def close(self) -> None:
         """Closes the parts that were built, the readers before what they read."""
         built = self.__dict__
+        if built.get("checkpoints") is not None:
+            built["checkpoints"].stop()
         if built.get("feed") is not None:
             built["feed"].stop()
         if built.get("progress") is not None:

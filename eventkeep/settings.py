@@ -242,7 +242,22 @@ class Settings(BaseSettings):
         default=None,
         description="Append-only file of the hash chain's signed checkpoints (default "
         "HOME/chain-checkpoints.jsonl): outside the database, written by `eventkeep audit "
-        "checkpoint`, read by `eventkeep audit verify`. Keep a copy in append-only storage.",
+        "checkpoint` and periodically (CHECKPOINT_INTERVAL) by the active relay or the "
+        "embedded serve, read by `eventkeep audit verify` and `POST /v1/audit/verify`. Keep a "
+        "copy in append-only storage.",
+    )
+    checkpoint_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between the signed checkpoints a long-running process writes by "
+        "itself (distributed: the active relay; embedded: serve), when the log has grown; "
+        "0: none (schedule `eventkeep audit checkpoint` instead).",
+    )
+    checkpoint_events: int = Field(
+        default=100_000,
+        ge=1,
+        description="A checkpoint is also written, before the interval is up, once the log "
+        "has grown by this many events since the last one.",
     )
     commit_wait_seconds: float = Field(
         default=30.0,
