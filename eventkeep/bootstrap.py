@@ -465,6 +465,7 @@ def build_projector(
         group=settings.projector_group,
         store=store,
         personal=personal or (store.personal_data if store is not None else None),
+        refused_keep=settings.feed_refused_keep,
     )
 
 

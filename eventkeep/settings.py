@@ -259,6 +259,12 @@ class Settings(BaseSettings):
         description="A checkpoint is also written, before the interval is up, once the log "
         "has grown by this many events since the last one.",
     )
+    feed_refused_keep: int = Field(
+        default=10_000,
+        ge=1,
+        description="Kafka messages a projector refused (MAC missing or wrong) kept in the "
+        "read models' database for `eventkeep replay refused list`; the oldest beyond go.",
+    )
     commit_wait_seconds: float = Field(
         default=30.0,
         gt=0,
