@@ -83,12 +83,28 @@ def wire(settings: Settings) -> Wiring:
         attempts=settings.webhook_attempts,
         backoff=settings.webhook_backoff,
         allowed=allow_list(settings.webhook_allow),
+        delivered_retention=settings.webhook_delivery_retention,
+        prune_interval=settings.prune_interval,
     )
     # Every serve runs a dispatcher; in the distributed mode only the advisory lock's holder
     # delivers.
     writer = database_url(settings, "writer")
     leader = AdvisoryLeader(writer) if writer is not None else None
-    dispatcher = WebhookDispatcher(webhooks, system.recorder, policy, leader=leader).start()
+    accounts = Accounts(
+        system.keys,
+        claim_secret(settings),
+        build_limiter(LOGIN_RATE, LOGIN_BURST, redis_url),
+        cache_seconds=settings.key_cache_seconds,
+    )
+    # The dispatcher's leader also prunes the login failures (one process at a time).
+    retention = settings.login_failure_retention
+    dispatcher = WebhookDispatcher(
+        webhooks,
+        system.recorder,
+        policy,
+        leader=leader,
+        chores=[lambda: accounts.prune_failures(retention)],
+    ).start()
     breaker = system.store_breaker()
     if system.feed is not None:  # embedded: this process is everything, checkpoints too
         system.start_checkpoints()
@@ -106,12 +122,7 @@ def wire(settings: Settings) -> Wiring:
         webhooks=webhooks,
         webhook_policy=policy,
         dispatcher=dispatcher,
-        accounts=Accounts(
-            system.keys,
-            claim_secret(settings),
-            build_limiter(LOGIN_RATE, LOGIN_BURST, redis_url),
-            cache_seconds=settings.key_cache_seconds,
-        ),
+        accounts=accounts,
         max_in_flight=settings.max_in_flight,
         max_streams_per_key=settings.max_streams_per_key,
         breaker=breaker,

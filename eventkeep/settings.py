@@ -104,6 +104,24 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds before a webhook's first retry; doubled each retry, plus jitter.",
     )
+    webhook_delivery_retention: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Seconds a delivered webhook delivery's row is kept (dead ones stay until "
+        "redelivered); then `serve` prunes it.",
+    )
+    login_failure_retention: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Seconds after its last failed login an account's failure count is "
+        "forgotten (pruned; a locked account keeps it until the lock ends).",
+    )
+    prune_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds between two prunings of webhook deliveries and login failures "
+        "(by the one `serve` holding the webhook delivery lock).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     https_certfile: Path | None = Field(
