@@ -403,7 +403,14 @@ def build_cache(settings: Settings) -> Cache:
     return RedisCache(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout)
 
 
-def relay_settings(settings: Settings) -> RelaySettings:
+# Whose Kafka client certificate a client presents (its ACL principal): the relay's, a
+# projector's, or the default one (EVENTKEEP_KAFKA_SSL_CERTFILE: tools, benchmarks, tests).
+KafkaRole = Literal["relay", "projector"]
+
+
+def relay_settings(settings: Settings, kafka_role: KafkaRole = "relay") -> RelaySettings:
+    """The Kafka feed's settings, shared by the relay and the projectors; each presents its
+    own role's certificate when the settings name one."""
     from eventkeep.eventstore.relay import RelaySettings
 
     assert settings.kafka_bootstrap is not None, "checked by build()"
@@ -411,19 +418,30 @@ def relay_settings(settings: Settings) -> RelaySettings:
         bootstrap=settings.kafka_bootstrap,
         topic_prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
-        tls=kafka_tls(settings),
+        tls=kafka_tls(settings, kafka_role),
         request_timeout=settings.kafka_request_timeout,
         feed_key=derive(claim_secret(settings), FEED_LABEL),
     )
 
 
-def kafka_tls(settings: Settings) -> KafkaTLS:
-    """The Kafka clients' TLS files from the settings (plaintext when no CA is named)."""
+def kafka_tls(settings: Settings, kafka_role: KafkaRole | None = None) -> KafkaTLS:
+    """The Kafka clients' TLS files from the settings (plaintext when no CA is named): the
+    role's own certificate and key when both are set (a role's key is never encrypted: no
+    password), else the default ones."""
     from eventkeep.eventstore.kafka_tls import KafkaTLS
 
     def path(value: Path | None) -> str | None:
         return str(value) if value is not None else None
 
+    if kafka_role is not None:
+        certfile = getattr(settings, f"kafka_{kafka_role}_ssl_certfile")
+        keyfile = getattr(settings, f"kafka_{kafka_role}_ssl_keyfile")
+        if certfile is not None and keyfile is not None:
+            return KafkaTLS(
+                cafile=path(settings.kafka_ssl_cafile),
+                certfile=path(certfile),
+                keyfile=path(keyfile),
+            )
     password = settings.kafka_ssl_password
     return KafkaTLS(
         cafile=path(settings.kafka_ssl_cafile),
@@ -461,7 +479,7 @@ def build_projector(
     return KafkaProjector(
         models,
         build_cache(settings),
-        relay_settings(settings),
+        relay_settings(settings, "projector"),
         group=settings.projector_group,
         store=store,
         personal=personal or (store.personal_data if store is not None else None),

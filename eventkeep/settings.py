@@ -85,6 +85,24 @@ class Settings(BaseSettings):
     kafka_ssl_password: SecretStr | None = Field(
         default=None, description="Password of KAFKA_SSL_KEYFILE, when it is encrypted."
     )
+    kafka_relay_ssl_certfile: Path | None = Field(
+        default=None,
+        description="The relay's own Kafka client certificate (its ACL principal: create, "
+        "describe and write the topics); with KAFKA_RELAY_SSL_KEYFILE. Default: "
+        "KAFKA_SSL_CERTFILE.",
+    )
+    kafka_relay_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of KAFKA_RELAY_SSL_CERTFILE."
+    )
+    kafka_projector_ssl_certfile: Path | None = Field(
+        default=None,
+        description="The projectors' own Kafka client certificate (its ACL principal: read "
+        "and describe the topics and their consumer groups, never write); with "
+        "KAFKA_PROJECTOR_SSL_KEYFILE. Default: KAFKA_SSL_CERTFILE.",
+    )
+    kafka_projector_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of KAFKA_PROJECTOR_SSL_CERTFILE."
+    )
 
     webhook_allow: str = Field(
         default="",
