@@ -414,6 +414,7 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     client: TestClient,
     threads: Threads,
     projector_models: ReadModels,
+    tmp_path: Path,
 ) -> None:
     from kafka import KafkaProducer
 
@@ -484,7 +485,9 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     assert forged_row["key"] == forged_id and "does not verify" in forged_row["reason"]
     assert altered_row["key"] == key.decode() and "does not verify" in altered_row["reason"]
     assert watermark_row["key"] is None and watermark_row["reason"] == "no MAC"
-    listed = CliRunner().invoke(cli.app, ["replay", "refused", "list", "--json"])
+    # The CLI's own home (its chain key file), not the working directory's.
+    home = {"EVENTKEEP_HOME": str(tmp_path / "cli-home")}
+    listed = CliRunner().invoke(cli.app, ["replay", "refused", "list", "--json"], env=home)
     assert listed.exit_code == 0, listed.output
     rows = [orjson.loads(line) for line in listed.output.splitlines()]
     assert forged_row in rows and watermark_row in rows
