@@ -13,7 +13,9 @@ tokens; logout or a reused refresh token revokes it, and with it its access toke
 `customer_refresh_tokens` (sha256 of each refresh token; a used one is spent). A user's erasure
 deletes their rows. `login_failures` counts failed logins per account — an HMAC of the
 normalised email, so unknown and known emails lock alike — and locks it after
-`LOCK_AFTER` failures in a row for `LOCK_SECONDS`.
+`LOCK_AFTER` failures in a row for `LOCK_SECONDS`; a row whose account is not locked and
+failed last more than EVENTKEEP_LOGIN_FAILURE_RETENTION ago is pruned (`prune_failures`, run by
+the webhook dispatcher's leader, `api/webhooks.py`).
 
 Access tokens are `ekc_<payload>.<HMAC-SHA256>`, the key derived with HKDF from the deployment
 secret (`eventkeep.deployment_secret.derive`, its own label): `{"sub": user id, "sid":
@@ -235,10 +237,11 @@ class Accounts:
         rows = self._keys.execute(
             [
                 (
-                    "INSERT INTO login_failures (account, failures, locked_until)"
-                    " VALUES (%s, 1, NULL) ON CONFLICT (account) DO UPDATE"
-                    " SET failures = login_failures.failures + 1 RETURNING failures",
-                    (account,),
+                    "INSERT INTO login_failures (account, failures, locked_until, last_failed_at)"
+                    " VALUES (%s, 1, NULL, %s) ON CONFLICT (account) DO UPDATE"
+                    " SET failures = login_failures.failures + 1,"
+                    " last_failed_at = EXCLUDED.last_failed_at RETURNING failures",
+                    (account, _now().isoformat()),
                 )
             ]
         )
@@ -253,6 +256,21 @@ class Accounts:
                     )
                 ]
             )
+
+    def prune_failures(self, retention: float) -> int:
+        """Drops the failure rows of accounts that are not locked and failed last more than
+        `retention` seconds ago (their count starts afresh); returns how many."""
+        now = _now()
+        rows = self._keys.execute(
+            [
+                (
+                    "DELETE FROM login_failures WHERE (locked_until IS NULL OR locked_until < %s)"
+                    " AND (last_failed_at IS NULL OR last_failed_at < %s) RETURNING account",
+                    (now.isoformat(), (now - timedelta(seconds=retention)).isoformat()),
+                )
+            ]
+        )
+        return len(rows)
 
     # --- tokens -----------------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ from eventkeep.api.webhooks import (
     WebhookStore,
     allow_list,
 )
-from eventkeep.bootstrap import Eventkeep, build, claim_secret, database_url
+from eventkeep.bootstrap import Eventkeep, build, checkpoint_file, claim_secret, database_url
 from eventkeep.commands.handlers import Handle
+from eventkeep.eventstore.checkpoints import CheckpointFile
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import PolledProgress, Queries
@@ -54,6 +55,8 @@ class Wiring:
     webhook_policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     dispatcher: WebhookDispatcher | None = None  # delivers them, in threads of its own
     built: Eventkeep | None = None  # what `wire` built, closed with the wiring
+    # The hash chain's signed checkpoints, which `POST /v1/audit/verify` compares the log with.
+    checkpoints: CheckpointFile | None = None
 
     def close(self) -> None:
         if self.dispatcher is not None:
@@ -82,13 +85,31 @@ def wire(settings: Settings) -> Wiring:
         attempts=settings.webhook_attempts,
         backoff=settings.webhook_backoff,
         allowed=allow_list(settings.webhook_allow),
+        delivered_retention=settings.webhook_delivery_retention,
+        prune_interval=settings.prune_interval,
     )
     # Every serve runs a dispatcher; in the distributed mode only the advisory lock's holder
     # delivers.
     writer = database_url(settings, "writer")
     leader = AdvisoryLeader(writer) if writer is not None else None
-    dispatcher = WebhookDispatcher(webhooks, system.recorder, policy, leader=leader).start()
+    accounts = Accounts(
+        system.keys,
+        claim_secret(settings),
+        build_limiter(LOGIN_RATE, LOGIN_BURST, redis_url),
+        cache_seconds=settings.key_cache_seconds,
+    )
+    # The dispatcher's leader also prunes the login failures (one process at a time).
+    retention = settings.login_failure_retention
+    dispatcher = WebhookDispatcher(
+        webhooks,
+        system.recorder,
+        policy,
+        leader=leader,
+        chores=[lambda: accounts.prune_failures(retention)],
+    ).start()
     breaker = system.store_breaker()
+    if system.feed is not None:  # embedded: this process is everything, checkpoints too
+        system.start_checkpoints()
     return Wiring(
         shop=system.shop,
         handle=system.bus.handle if breaker is None else breaker.guard(system.bus.handle),
@@ -100,15 +121,11 @@ def wire(settings: Settings) -> Wiring:
         poller=system.progress,
         replica=system.replica,
         built=system,
+        checkpoints=checkpoint_file(settings),
         webhooks=webhooks,
         webhook_policy=policy,
         dispatcher=dispatcher,
-        accounts=Accounts(
-            system.keys,
-            claim_secret(settings),
-            build_limiter(LOGIN_RATE, LOGIN_BURST, redis_url),
-            cache_seconds=settings.key_cache_seconds,
-        ),
+        accounts=accounts,
         max_in_flight=settings.max_in_flight,
         max_streams_per_key=settings.max_streams_per_key,
         breaker=breaker,

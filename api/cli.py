@@ -390,6 +390,8 @@ def relay() -> None:
         recorder = system.recorder
         lag = LagCollector(recorder.max_notification_id, published=lambda: worker.published)
         serve_metrics(settings.metrics_port, settings.metrics_host, [lag])
+        # Only the active relay signs the chain's periodic checkpoints: one writer.
+        system.start_checkpoints(active=worker.is_active.is_set)
         _run_until_signalled(worker, settings)
 
 
@@ -419,10 +421,22 @@ def project() -> None:
 
 @keys_app.command("create")
 def create_key(
-    role: Annotated[Role, typer.Option(help="What the key may do; admin may do everything.")],
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="What the key may do; admin may do everything (customer: no key, a login)."
+        ),
+    ],
     name: Annotated[str, typer.Option(help="A label, to recognise the key in `keys list`.")] = "",
 ) -> None:
     """Create an API key; the key itself is printed once, alone on the last line."""
+    if role is Role.customer:
+        err.print(
+            "[red]No API key has the customer role:[/red] a customer logs in with their "
+            "user's password (POST /v1/auth/login) and acts with the token it gives. Keys are "
+            "for backends: client, analyst, auditor or admin."
+        )
+        raise typer.Exit(2)
     with build(_settings(), role="keys") as system:
         issued = system.keys.create(role, name)
     out.print(

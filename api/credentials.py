@@ -30,3 +30,17 @@ CREDENTIAL_TABLES = (
     locked_until TEXT
 )""",
 )
+
+# Migration 4: each failure row's last time, so that rows no lock needs any more are pruned
+# (PostgreSQL: IF NOT EXISTS, as the tables of migration 2 and 3 may predate their version).
+_DELIVERIES_BY_TIME = (
+    "CREATE INDEX IF NOT EXISTS webhook_deliveries_updated ON webhook_deliveries (updated_at)"
+)
+LOGIN_FAILURE_TIMES_POSTGRES = (
+    "ALTER TABLE login_failures ADD COLUMN IF NOT EXISTS last_failed_at TEXT",
+    _DELIVERIES_BY_TIME,
+)
+LOGIN_FAILURE_TIMES_SQLITE = (
+    "ALTER TABLE login_failures ADD COLUMN last_failed_at TEXT",
+    _DELIVERIES_BY_TIME,
+)

@@ -29,7 +29,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from eventkeep.api.credentials import CREDENTIAL_TABLES
+from eventkeep.api.credentials import (
+    CREDENTIAL_TABLES,
+    LOGIN_FAILURE_TIMES_POSTGRES,
+    LOGIN_FAILURE_TIMES_SQLITE,
+)
 from eventkeep.api.webhook_tables import WEBHOOK_TABLES
 from eventkeep.eventstore.migrations import (
     Migration,
@@ -101,6 +105,12 @@ KEY_STORE_SCHEMA = Schema(
             "webhook subscriptions and their deliveries",
             postgres=WEBHOOK_TABLES,
             sqlite=WEBHOOK_TABLES,
+        ),
+        Migration(
+            4,
+            "login failures' last time, deliveries by time (both pruned)",
+            postgres=LOGIN_FAILURE_TIMES_POSTGRES,
+            sqlite=LOGIN_FAILURE_TIMES_SQLITE,
         ),
     ),
     anchor=quote_identifier("api_keys"),

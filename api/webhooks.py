@@ -20,7 +20,9 @@ subscription's `whsec_…` secret (shown once; stored sealed with a key derived 
 deployment secret). A timeout, a refused connection or an answer other than 2xx is retried
 with exponential backoff and jitter; after `attempts` failures the subscription pauses and the
 event waits in its dead-letter list (`webhook_deliveries`, status `dead`) — with everything
-after it — until `redeliver` resumes the subscription from it.
+after it — until `redeliver` resumes the subscription from it. Delivered rows are pruned after
+EVENTKEEP_WEBHOOK_DELIVERY_RETENTION by the leader, every EVENTKEEP_PRUNE_INTERVAL (dead ones
+stay).
 
 URLs are checked when a subscription is made and before every request: http or https, and
 every address the host resolves to must be public (no loopback, private, link-local — the
@@ -42,9 +44,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -268,6 +270,21 @@ class WebhookStore:
         keys = ("id", "position", "event_type", "stream_id", "status", "attempts", "last_error")
         return [dict(zip((*keys, "updated_at"), row, strict=True)) for row in rows]
 
+    def prune(self, retention: float) -> int:
+        """Drops the deliveries that succeeded more than `retention` seconds ago (dead and
+        redelivering ones stay for the operator); returns how many."""
+        cutoff = (datetime.now(UTC) - timedelta(seconds=retention)).isoformat()
+        rows = self._keys.execute(
+            [
+                (
+                    "DELETE FROM webhook_deliveries WHERE status = 'delivered'"
+                    " AND updated_at < %s RETURNING id",
+                    (cutoff,),
+                )
+            ]
+        )
+        return len(rows)
+
     def resume(self, hook_id: str) -> bool:
         """Redelivery: the paused subscription delivers again from its checkpoint (the dead
         event first)."""
@@ -297,6 +314,8 @@ class DeliveryPolicy:
     attempts: int = 5  # failures in a row that pause a subscription
     backoff: float = 1.0  # seconds before the first retry; doubled each time, with jitter
     allowed: tuple[Network, ...] = ()
+    delivered_retention: float = 7 * 24 * 3600  # seconds a delivered delivery's row is kept
+    prune_interval: float = 3600.0  # seconds between two prunings (by the leader)
 
 
 class WebhookDispatcher:
@@ -310,6 +329,7 @@ class WebhookDispatcher:
         *,
         leader: Callable[[], bool] | None = None,
         poll_interval: float = 0.2,
+        chores: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._store = store
         self._log = global_log
@@ -321,6 +341,10 @@ class WebhookDispatcher:
         self._leading = leader is None
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
         self._client = httpx.Client(timeout=policy.timeout, follow_redirects=False)
+        # Pruning, by the leader only (one process at a time): the delivered deliveries, and
+        # what else serve keeps that grows (`chores`: the login failures).
+        self._chores = [lambda: store.prune(policy.delivered_retention), *chores]
+        self._pruned_at = -float("inf")
 
     def start(self) -> WebhookDispatcher:
         self._thread.start()
@@ -341,6 +365,7 @@ class WebhookDispatcher:
             with contextlib.suppress(Exception):  # the store is down: try again shortly
                 self._leading = self._leader() if self._leader is not None else True
                 if self._leading:
+                    self._prune_when_due()
                     for hook in self._store.list():
                         worker = self._workers.get(hook.id)
                         if hook.status == "active" and (worker is None or not worker.is_alive()):
@@ -352,6 +377,16 @@ class WebhookDispatcher:
                             )
                             worker.start()
             self._stopping.wait(self._poll)
+
+    def _prune_when_due(self) -> None:
+        if time.monotonic() - self._pruned_at < self.policy.prune_interval:
+            return
+        self._pruned_at = time.monotonic()
+        for chore in self._chores:
+            try:
+                chore()
+            except Exception:  # the store out of reach: the next interval
+                log.warning("pruning failed; trying again in %.0fs", self.policy.prune_interval)
 
     def _deliver_all(self, hook_id: str) -> None:
         """Follows the log after the subscription's checkpoint until it pauses or goes."""

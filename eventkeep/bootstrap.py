@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # built on demand: `eventkeep keys …` need not load Kafka, 
     from eventkeep.projections.kafka_feed import KafkaProjector
     from eventkeep.projections.log_feed import LogFeed
     from eventkeep.projections.replica import ReplicaReads
+    from eventkeep.replay.checkpointer import PeriodicCheckpoints
 
 # What a process is built for: `relay` and `project` need the distributed mode and Kafka.
 Role = Literal[
@@ -196,6 +197,26 @@ class Eventkeep:
         self.read_models.fill = fill_from(self.recorder)
         return build_projector(self.settings, self.read_models, store=self.recorder)
 
+    def start_checkpoints(
+        self, active: Callable[[], bool] = lambda: True
+    ) -> PeriodicCheckpoints | None:
+        """Signs checkpoints of the chain periodically in a thread of this process (the
+        relay's leader, `active`; the embedded serve), stopped by `close()`; None when
+        EVENTKEEP_CHECKPOINT_INTERVAL is 0."""
+        if self.settings.checkpoint_interval <= 0:
+            return None
+        from eventkeep.replay.checkpointer import PeriodicCheckpoints
+
+        worker = PeriodicCheckpoints(
+            self.recorder,
+            checkpoint_file(self.settings),
+            interval=self.settings.checkpoint_interval,
+            events=self.settings.checkpoint_events,
+            active=active,
+        )
+        self.__dict__["checkpoints"] = worker.start()
+        return worker
+
     def check(self) -> None:
         """Reaches the event store and the key store now, so that one out of reach is found
         before a process starts (the error names it; see `eventkeep.api.cli.cannot_run`)."""
@@ -236,6 +257,8 @@ class Eventkeep:
         if built.get("replica") is not None:
             built["replica"].health.progress.stop()
             built["replica"].replica.models.close()
+        if built.get("checkpoints") is not None:
+            built["checkpoints"].stop()
         if built.get("feed") is not None:
             built["feed"].stop()
         if built.get("progress") is not None:
@@ -415,7 +438,14 @@ def build_cache(settings: Settings) -> Cache:
     return RedisCache(settings.redis_url.get_secret_value(), timeout=settings.redis_timeout)
 
 
-def relay_settings(settings: Settings) -> RelaySettings:
+# Whose Kafka client certificate a client presents (its ACL principal): the relay's, a
+# projector's, or the default one (EVENTKEEP_KAFKA_SSL_CERTFILE: tools, benchmarks, tests).
+KafkaRole = Literal["relay", "projector"]
+
+
+def relay_settings(settings: Settings, kafka_role: KafkaRole = "relay") -> RelaySettings:
+    """The Kafka feed's settings, shared by the relay and the projectors; each presents its
+    own role's certificate when the settings name one."""
     from eventkeep.eventstore.relay import RelaySettings
 
     assert settings.kafka_bootstrap is not None, "checked by build()"
@@ -423,19 +453,30 @@ def relay_settings(settings: Settings) -> RelaySettings:
         bootstrap=settings.kafka_bootstrap,
         topic_prefix=settings.topic_prefix,
         partitions=settings.topic_partitions,
-        tls=kafka_tls(settings),
+        tls=kafka_tls(settings, kafka_role),
         request_timeout=settings.kafka_request_timeout,
         feed_key=derive(claim_secret(settings), FEED_LABEL),
     )
 
 
-def kafka_tls(settings: Settings) -> KafkaTLS:
-    """The Kafka clients' TLS files from the settings (plaintext when no CA is named)."""
+def kafka_tls(settings: Settings, kafka_role: KafkaRole | None = None) -> KafkaTLS:
+    """The Kafka clients' TLS files from the settings (plaintext when no CA is named): the
+    role's own certificate and key when both are set (a role's key is never encrypted: no
+    password), else the default ones."""
     from eventkeep.eventstore.kafka_tls import KafkaTLS
 
     def path(value: Path | None) -> str | None:
         return str(value) if value is not None else None
 
+    if kafka_role is not None:
+        certfile = getattr(settings, f"kafka_{kafka_role}_ssl_certfile")
+        keyfile = getattr(settings, f"kafka_{kafka_role}_ssl_keyfile")
+        if certfile is not None and keyfile is not None:
+            return KafkaTLS(
+                cafile=path(settings.kafka_ssl_cafile),
+                certfile=path(certfile),
+                keyfile=path(keyfile),
+            )
     password = settings.kafka_ssl_password
     return KafkaTLS(
         cafile=path(settings.kafka_ssl_cafile),
@@ -473,10 +514,11 @@ def build_projector(
     return KafkaProjector(
         models,
         build_cache(settings),
-        relay_settings(settings),
+        relay_settings(settings, "projector"),
         group=settings.projector_group,
         store=store,
         personal=personal or (store.personal_data if store is not None else None),
+        refused_keep=settings.feed_refused_keep,
     )
 
 

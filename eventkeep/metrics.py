@@ -206,6 +206,23 @@ AUDIT_VERIFY_TIME = Gauge(
 )
 
 
+CHAIN_CHECKPOINT_POSITION = Gauge(
+    "eventkeep_chain_checkpoint_position",
+    "Log position the newest signed checkpoint covers (as this process wrote or read it).",
+    multiprocess_mode="livemax",
+)
+CHAIN_CHECKPOINT_TIME = Gauge(
+    "eventkeep_chain_checkpoint_timestamp_seconds",
+    "When the newest signed checkpoint was signed (Unix time).",
+    multiprocess_mode="livemax",
+)
+
+
+def record_checkpoint(position: int, signed_at: float) -> None:
+    CHAIN_CHECKPOINT_POSITION.set(position)
+    CHAIN_CHECKPOINT_TIME.set(signed_at)
+
+
 def record_verify(ok: bool, textfile: Path | None = None) -> None:
     """Records a verification's outcome; with `textfile`, also writes both gauges there in the
     text format (for node_exporter's textfile collector: `eventkeep audit verify` is a run,

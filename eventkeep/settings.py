@@ -101,6 +101,24 @@ class Settings(BaseSettings):
     kafka_ssl_password: SecretStr | None = Field(
         default=None, description="Password of KAFKA_SSL_KEYFILE, when it is encrypted."
     )
+    kafka_relay_ssl_certfile: Path | None = Field(
+        default=None,
+        description="The relay's own Kafka client certificate (its ACL principal: create, "
+        "describe and write the topics); with KAFKA_RELAY_SSL_KEYFILE. Default: "
+        "KAFKA_SSL_CERTFILE.",
+    )
+    kafka_relay_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of KAFKA_RELAY_SSL_CERTFILE."
+    )
+    kafka_projector_ssl_certfile: Path | None = Field(
+        default=None,
+        description="The projectors' own Kafka client certificate (its ACL principal: read "
+        "and describe the topics and their consumer groups, never write); with "
+        "KAFKA_PROJECTOR_SSL_KEYFILE. Default: KAFKA_SSL_CERTFILE.",
+    )
+    kafka_projector_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of KAFKA_PROJECTOR_SSL_CERTFILE."
+    )
 
     webhook_allow: str = Field(
         default="",
@@ -119,6 +137,24 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="Seconds before a webhook's first retry; doubled each retry, plus jitter.",
+    )
+    webhook_delivery_retention: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Seconds a delivered webhook delivery's row is kept (dead ones stay until "
+        "redelivered); then `serve` prunes it.",
+    )
+    login_failure_retention: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Seconds after its last failed login an account's failure count is "
+        "forgotten (pruned; a locked account keeps it until the lock ends).",
+    )
+    prune_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds between two prunings of webhook deliveries and login failures "
+        "(by the one `serve` holding the webhook delivery lock).",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
@@ -258,7 +294,28 @@ class Settings(BaseSettings):
         default=None,
         description="Append-only file of the hash chain's signed checkpoints (default "
         "HOME/chain-checkpoints.jsonl): outside the database, written by `eventkeep audit "
-        "checkpoint`, read by `eventkeep audit verify`. Keep a copy in append-only storage.",
+        "checkpoint` and periodically (CHECKPOINT_INTERVAL) by the active relay or the "
+        "embedded serve, read by `eventkeep audit verify` and `POST /v1/audit/verify`. Keep a "
+        "copy in append-only storage.",
+    )
+    checkpoint_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between the signed checkpoints a long-running process writes by "
+        "itself (distributed: the active relay; embedded: serve), when the log has grown; "
+        "0: none (schedule `eventkeep audit checkpoint` instead).",
+    )
+    checkpoint_events: int = Field(
+        default=100_000,
+        ge=1,
+        description="A checkpoint is also written, before the interval is up, once the log "
+        "has grown by this many events since the last one.",
+    )
+    feed_refused_keep: int = Field(
+        default=10_000,
+        ge=1,
+        description="Kafka messages a projector refused (MAC missing or wrong) kept in the "
+        "read models' database for `eventkeep replay refused list`; the oldest beyond go.",
     )
     commit_wait_seconds: float = Field(
         default=30.0,

@@ -30,8 +30,15 @@ def sign(secret: bytes, topic: str, key: bytes | None, value: bytes, headers: He
     return hmac.new(secret, _signed(topic, key, value, headers), hashlib.sha256).digest()
 
 
-def verifies(secret: bytes, topic: str, key: bytes | None, value: bytes, headers: Headers) -> bool:
+def refusal(
+    secret: bytes, topic: str, key: bytes | None, value: bytes, headers: Headers
+) -> str | None:
+    """Why the message must be refused, or None when its MAC verifies."""
     macs = [h for name, h in headers if name == FEED_MAC_HEADER]
-    if len(macs) != 1:
-        return False
-    return hmac.compare_digest(macs[0], sign(secret, topic, key, value, headers))
+    if not macs:
+        return "no MAC"
+    if len(macs) > 1:
+        return "several MAC headers"
+    if not hmac.compare_digest(macs[0], sign(secret, topic, key, value, headers)):
+        return "MAC does not verify (forged or altered)"
+    return None

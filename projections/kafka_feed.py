@@ -28,13 +28,14 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
-from eventkeep.eventstore.feed_mac import verifies
+from eventkeep.eventstore.feed_mac import refusal
 from eventkeep.eventstore.log_follower import GlobalLog
 from eventkeep.eventstore.pii import PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.bulk import catch_up
 from eventkeep.projections.cache import Cache
+from eventkeep.projections.feed_refusals import RefusedMessage
 from eventkeep.projections.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,12 @@ class KafkaProjector:
         batch_size: int = 2000,
         store: GlobalLog | None = None,
         personal: PersonalData | None = None,
+        refused_keep: int = 10_000,
     ) -> None:
         self._models = models
         # Opens the messages' sealed fields (None: no secret, nothing was sealed).
         self._personal = personal
+        self._refused_keep = refused_keep  # refused messages kept for the operator
         self._store = store  # the event store: catch-ups Kafka cannot give
         self._cache = cache
         self._settings = settings
@@ -116,20 +119,25 @@ class KafkaProjector:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _trusted(self, message: Any) -> bool:
-        """Whether the message carries the relay's MAC (with the feed key set): a forged or
-        altered one is counted, logged and never applied (nor moves a position)."""
+    def _refused(self, message: Any) -> RefusedMessage | None:
+        """Why the message is refused, if it does not carry the relay's MAC (with the feed key
+        set): a forged or altered one is counted, logged, stored (`ReadModels.refused`) and
+        never applied (nor moves a position)."""
         key = self._settings.feed_key
-        if key is None or verifies(key, message.topic, message.key, message.value, message.headers):
-            return True
+        if key is None:
+            return None
+        reason = refusal(key, message.topic, message.key, message.value, message.headers)
+        if reason is None:
+            return None
         FEED_REJECTED.labels(message.topic).inc()
         log.error(
-            "message %s:%s@%s refused: its MAC does not verify (forged or altered)",
+            "message %s:%s@%s refused: %s",
             message.topic,
             message.partition,
             message.offset,
+            reason,
         )
-        return False
+        return RefusedMessage(message.topic, message.partition, message.offset, message.key, reason)
 
     def _settle(self) -> None:
         """Once the cache holds every tombstone given to it, the watermarks of the batches
@@ -267,11 +275,13 @@ class KafkaProjector:
         envelopes: list[dict[str, Any]] = []
         progress: dict[str, int] = {}
         marks: dict[str, int] = {}
+        refused: list[RefusedMessage] = []
         for partition, messages in records.items():
             self._consumed[partition] = messages[-1].offset + 1
             mark = 0
             for message in messages:
-                if not self._trusted(message):
+                if (refusal := self._refused(message)) is not None:
+                    refused.append(refusal)
                     continue
                 value = orjson.loads(message.value)
                 if any(name == WATERMARK_HEADER for name, _ in message.headers):
@@ -283,6 +293,8 @@ class KafkaProjector:
             progress[watermark_key(partition)] = mark
             marks[cached_key(partition)] = mark
         envelopes = [upcast(envelope) for envelope in self._opened(envelopes)]
+        # Before the batch's offsets are stored: a crash in between stores them again, once.
+        self._models.record_refused(refused, self._refused_keep)
         changes = self._models.apply(envelopes, progress | self._settled)
         self._settled = {}
         self._cache.forget(changes)

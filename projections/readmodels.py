@@ -22,7 +22,9 @@ import psycopg
 
 from eventkeep.domain.catalog import ERASING_EVENT
 from eventkeep.metrics import QUARANTINE_SIZE, QUARANTINED
+from eventkeep.projections import feed_refusals
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
+from eventkeep.projections.feed_refusals import RefusedMessage
 from eventkeep.projections.readmodel import Change, Envelope, Fill, ReadModel
 from eventkeep.projections.registry import READ_MODELS
 
@@ -303,6 +305,14 @@ class ReadModels:
             if row["projection"] in held:
                 held[row["projection"]].add(row["stream_id"])
         return held
+
+    # --- Kafka messages refused by the trusted feed (projections/feed_refusals.py) ----------
+
+    def record_refused(self, refused: Sequence[RefusedMessage], keep: int) -> None:
+        feed_refusals.record(self.db, self.table("feed_refused"), refused, keep)
+
+    def refused(self) -> list[dict[str, Any]]:
+        return feed_refusals.listed(self.db, self.table("feed_refused"))
 
     # --- the quarantine --------------------------------------------------------------------
 

@@ -108,6 +108,7 @@ def verify(
     checkpoints: Sequence[Checkpoint] = (),
     *,
     adopt_unkeyed: bool = False,
+    resume: Checkpoint | None = None,
 ) -> Verdict:
     """Walks the whole log in position order, recomputing each hash from the stored fields
     and its predecessor's hash (keyed with the recorder's `chain_key`, when it has one), and
@@ -116,7 +117,11 @@ def verify(
 
     Unkeyed hashes (history written before the chain was keyed) are accepted only as the
     log's leading part, up to the first checkpoint's `unkeyed_until`; with no checkpoint,
-    only when `adopt_unkeyed` (`eventkeep audit checkpoint`'s first run)."""
+    only when `adopt_unkeyed` (`eventkeep audit checkpoint`'s first run).
+
+    With `resume` (a checkpoint whose signature verified), the walk starts after its position,
+    once the event there still has its hash: the periodic checkpoints' way to extend a signed
+    prefix without reading it again (a full verification still reads everything)."""
     key: bytes | None = getattr(recorder, "chain_key", None)
     for checkpoint in checkpoints:
         if not checkpoint.valid:
@@ -127,7 +132,19 @@ def verify(
     signed = {checkpoint.position: checkpoint for checkpoint in checkpoints}
     head = recorder.max_notification_id() or 0
     prev_hash, expected, checked, keyed_seen, last_unkeyed = GENESIS, 1, 0, False, 0
-    for event in _log(recorder, decrypt=False):
+    if resume is not None:
+        found = recorder.select_notifications(resume.position, 1, decrypt=False)
+        if not found:
+            tail = (
+                f"the log ends at {head}, but the checkpoint signed at {resume.time} covers "
+                f"position {resume.position}: events were removed from the tail"
+            )
+            return Verdict(0, head, _missing(head + 1, tail))
+        if found[0].id != resume.position or found[0].hash != resume.hash:
+            differs = f"it differs from the checkpoint signed at {resume.time}"
+            return Verdict(0, resume.position - 1, _named(found[0], resume.position, differs))
+        prev_hash, expected = resume.hash, resume.position + 1
+    for event in _log(recorder, decrypt=False, start=expected - 1):
         problem = None
         if event.id != expected:
             problem = f"position {expected} is missing (the next stored is {event.id})"
@@ -168,11 +185,31 @@ def verify(
     return Verdict(checked, expected - 1, None, prev_hash, last_unkeyed)
 
 
-def checkpoint(recorder: Any, checkpoints: CheckpointFile) -> tuple[Verdict, Checkpoint | None]:
+def verify_against(
+    recorder: Any,
+    checkpoints: CheckpointFile | None,
+    advance: Callable[[int, int], None] = lambda position, head: None,
+) -> Verdict:
+    """What `eventkeep audit verify` and `POST /v1/audit/verify` both answer: the whole chain
+    walked with its key and compared with every signed checkpoint of the file (None: a
+    deployment without one; only the key is checked)."""
+    return verify(recorder, advance, checkpoints.read() if checkpoints is not None else ())
+
+
+def checkpoint(
+    recorder: Any, checkpoints: CheckpointFile, *, periodic: bool = False
+) -> tuple[Verdict, Checkpoint | None]:
     """Verifies the log against the key and the checkpoints so far, then, if intact, signs
-    its head into the file (the first run adopts the unkeyed leading part, if any)."""
+    its head into the file (the first run adopts the unkeyed leading part, if any).
+
+    `periodic` (what a long-running process writes by itself): only the events after the
+    newest checkpoint are verified, and unkeyed history is never adopted (that stays the
+    operator's decision, `eventkeep audit checkpoint`)."""
     existing = checkpoints.read()
-    verdict = verify(recorder, checkpoints=existing, adopt_unkeyed=not existing)
+    resume = max(existing, key=lambda c: c.position) if periodic and existing else None
+    verdict = verify(
+        recorder, checkpoints=existing, adopt_unkeyed=not existing and not periodic, resume=resume
+    )
     if not verdict.intact:
         return verdict, None
     unkeyed = existing[0].unkeyed_until if existing else verdict.unkeyed_until
@@ -199,8 +236,9 @@ def _named(event: LoggedEvent, position: int, problem: str) -> dict[str, Any]:
     }
 
 
-def _log(recorder: Any, *, decrypt: bool = True) -> Iterator[LoggedEvent]:
-    position = 0
+def _log(recorder: Any, *, decrypt: bool = True, start: int = 0) -> Iterator[LoggedEvent]:
+    """The log after position `start`, page by page."""
+    position = start
     while page := recorder.select_notifications(
         position, PAGE, inclusive_of_start=False, decrypt=decrypt
     ):

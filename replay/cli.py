@@ -41,6 +41,11 @@ quarantine_app = typer.Typer(
     help="Events a projection could not apply, set aside with their stream.", no_args_is_help=True
 )
 replay_app.add_typer(quarantine_app, name="quarantine")
+refused_app = typer.Typer(
+    help="Kafka messages a projector refused: their MAC was missing or did not verify.",
+    no_args_is_help=True,
+)
+replay_app.add_typer(refused_app, name="refused")
 out = Console()
 err = Console(stderr=True)
 
@@ -141,6 +146,31 @@ def quarantine_list(
     out.print(table if rows else "No event is quarantined.")
 
 
+@refused_app.command("list")
+def refused_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Every refused Kafka message kept (EVENTKEEP_FEED_REFUSED_KEEP, the newest first):
+    topic, partition, offset, key, reason and when; none of them was applied."""
+    with _built("replay") as system:
+        rows = system.read_models.refused()
+    if as_json:
+        for row in rows:
+            typer.echo(orjson.dumps(row).decode())
+        return
+    table = Table("topic", "partition", "offset", "key", "reason", "refused at")
+    for row in rows:
+        table.add_row(
+            row["topic"],
+            str(row["partition"]),
+            str(row["offset"]),
+            row["key"] or "",
+            row["reason"],
+            row["refused_at"],
+        )
+    out.print(table if rows else "No Kafka message was refused.")
+
+
 @quarantine_app.command("retry")
 def quarantine_retry(
     projection: Annotated[
@@ -228,12 +258,11 @@ def verify(
     """Walk the hash chain with its key and compare it with every signed checkpoint; exit 0
     when intact, 1 naming the first altered or missing event."""
     with _built() as system, _events_bar() as bar:
-        checkpoints = checkpoint_file(system.settings).read()
         task = bar.add_task("verifying", total=None, rate="")
-        verdict = audit.verify(
+        verdict = audit.verify_against(
             system.shop.recorder,
+            checkpoint_file(system.settings),
             lambda position, head: bar.update(task, completed=position, total=head, rate=""),
-            checkpoints,
         )
     record_verify(verdict.intact, metrics_file)
     if verdict.intact:

@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -64,21 +65,22 @@ def distributed_settings(home: Path) -> Settings:
     return settings
 
 
-def embedded_wiring(home: Path) -> Wiring:
-    return wire(embedded_settings(home))
+def embedded_wiring(home: Path, **overrides: Any) -> Wiring:
+    """The embedded wiring, `overrides` put over the tests' own settings."""
+    return wire(embedded_settings(home).model_copy(update=overrides))
 
 
-def distributed_wiring(home: Path, settings: Settings | None = None) -> Wiring:
+def distributed_wiring(home: Path, settings: Settings | None = None, **overrides: Any) -> Wiring:
     """A wiring on emptied tables; `settings` (e.g. through a fault test's proxies) or
-    `distributed_settings(home)`."""
+    `distributed_settings(home)`, `overrides` put over them."""
     drop_postgres_tables(*SHOP_TABLES)
     stale = ReadModels.open(postgres_url=require_env(POSTGRES_URL))
     stale.drop()
     stale.close()
-    return wire(settings or distributed_settings(home))
+    return wire((settings or distributed_settings(home)).model_copy(update=overrides))
 
 
-MODES: dict[str, Callable[[Path], Wiring]] = {
+MODES: dict[str, Callable[..., Wiring]] = {
     "embedded": embedded_wiring,
     "distributed": distributed_wiring,
 }

@@ -48,6 +48,15 @@ def test_keys_create_refuses_an_unknown_role() -> None:
     assert result.exit_code == 2
 
 
+def test_keys_create_refuses_the_customer_role_clearly() -> None:
+    """Customers log in; no key has their role (it once ended in a ValueError traceback)."""
+    result = run("keys", "create", "--role", "customer")
+    assert result.exit_code == 2, result.output
+    assert "customer logs in" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert store().list() == []
+
+
 def test_keys_list_shows_ids_and_roles_never_secrets() -> None:
     key = run("keys", "create", "--role", "auditor").output.splitlines()[-1]
     key_id, secret = key.split("_", 2)[1:]

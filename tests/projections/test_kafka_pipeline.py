@@ -18,7 +18,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from typer.testing import CliRunner
 
+from eventkeep.api import cli
 from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
@@ -412,6 +414,7 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     client: TestClient,
     threads: Threads,
     projector_models: ReadModels,
+    tmp_path: Path,
 ) -> None:
     from kafka import KafkaProducer
 
@@ -467,6 +470,27 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     while FEED_REJECTED.labels(topic)._value.get() < refused + 3:
         assert time.monotonic() < deadline, "the forged messages were never refused"
         time.sleep(0.1)
+    # Each refusal is kept for the operator, with its reason, and listed by the CLI (stored
+    # just after it was counted: polled).
+    where = [(meta.partition, meta.offset) for meta in (future.get(0) for future in sent)]
+
+    def kept_rows() -> dict[tuple[int, int], dict[str, Any]]:
+        rows = projector_models.refused()
+        return {(r["partition"], r["offset"]): r for r in rows if r["topic"] == topic}
+
+    while not set(where) <= set(kept := kept_rows()):
+        assert time.monotonic() < deadline, f"the refusals were never stored: {kept}"
+        time.sleep(0.1)
+    forged_row, altered_row, watermark_row = (kept[place] for place in where)
+    assert forged_row["key"] == forged_id and "does not verify" in forged_row["reason"]
+    assert altered_row["key"] == key.decode() and "does not verify" in altered_row["reason"]
+    assert watermark_row["key"] is None and watermark_row["reason"] == "no MAC"
+    # The CLI's own home (its chain key file), not the working directory's.
+    home = {"EVENTKEEP_HOME": str(tmp_path / "cli-home")}
+    listed = CliRunner().invoke(cli.app, ["replay", "refused", "list", "--json"], env=home)
+    assert listed.exit_code == 0, listed.output
+    rows = [orjson.loads(line) for line in listed.output.splitlines()]
+    assert forged_row in rows and watermark_row in rows
     traffic(client, rounds=1)  # the feed goes on
     assert_equal_to_rebuild(wiring)
     assert projector_models["products"].get(forged_id) is None

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.replay.audit import verify
+from eventkeep.replay.audit import checkpoint, verify, verify_against
 from tests.api.shopping import answer, create_product
 from tests.conftest_services import POSTGRES_URL, require_env
 
@@ -60,6 +60,29 @@ def test_an_intact_log_verifies_and_an_altered_event_is_named(
     assert "does not match its hash" in verdict.altered["problem"]
     answered = client.post("/v1/audit/verify", headers=bearer(Role.auditor)).json()
     assert answered["intact"] is False and answered["altered"]["position"] == 5
+
+
+def test_the_api_compares_the_log_with_the_signed_checkpoints(
+    wiring: Wiring, history: list[dict[str, Any]], client: TestClient, bearer: Headers
+) -> None:
+    """A tail removed below a checkpoint leaves a chain that is intact in itself: only the
+    checkpoint file shows it, and `POST /v1/audit/verify` reads it as the CLI does."""
+    assert wiring.checkpoints is not None
+    _, written = checkpoint(wiring.shop.recorder, wiring.checkpoints)
+    assert written is not None and written.position == 9
+    auditor = bearer(Role.auditor)
+    assert client.post("/v1/audit/verify", headers=auditor).json()["intact"] is True
+    tamper(wiring, "DELETE FROM {log} WHERE position > 6")
+    answered = client.post("/v1/audit/verify", headers=auditor).json()
+    assert answered["intact"] is False, answered
+    assert answered["altered"]["position"] == 7
+    assert "removed from the tail" in answered["altered"]["problem"]
+    assert answered == {
+        "intact": False,
+        "checked": 6,
+        "last_position": 6,
+        "altered": verify_against(wiring.shop.recorder, wiring.checkpoints).altered,
+    }
 
 
 def test_a_removed_event_is_named(wiring: Wiring, history: list[dict[str, Any]]) -> None:
