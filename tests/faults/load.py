@@ -174,7 +174,8 @@ def until_kafka_serves_groups(settings: Settings, timeout: float = 120) -> None:
     from eventkeep.bootstrap import relay_settings
 
     deadline = time.monotonic() + timeout
-    admin = KafkaAdminClient(**relay_settings(settings).client_options())
+    # As the projectors (their certificate may describe their groups; the relay's may not).
+    admin = KafkaAdminClient(**relay_settings(settings, "projector").client_options())
     try:
         while True:
             try:
