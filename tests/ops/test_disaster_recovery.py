@@ -81,6 +81,8 @@ def environment(url: str, cluster: Cluster, backups: Path) -> dict[str, str]:
         "EVENTKEEP_CLAIM_SECRET": CLAIM_SECRET,
         "EVENTKEEP_BACKUP_DIR": str(backups),
         "EVENTKEEP_WAL_ARCHIVE": str(cluster.archive),
+        # The test's home (chain key, checkpoints), not a `.eventkeep` of the working folder.
+        "EVENTKEEP_HOME": str(backups.parent / "home"),
     }
     if cluster.receiver is not None:
         env["EVENTKEEP_WAL_STREAM"] = str(cluster.stream)
