@@ -290,7 +290,11 @@ class ReadModels:
                     event["position"],
                     event["event_type"],
                     error,
-                    orjson.dumps(event, default=str).decode(),
+                    # Without its data: the event may hold personal data, opened, which an
+                    # erasure would not reach here; a retry reads it from the store anyway.
+                    orjson.dumps(
+                        {k: v for k, v in event.items() if k != "data"}, default=str
+                    ).decode(),
                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 )
             ],

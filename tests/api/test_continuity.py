@@ -152,6 +152,39 @@ def test_a_poison_event_is_quarantined_with_its_stream_and_retried_after_a_fix(
     ]
 
 
+def test_a_quarantined_users_event_keeps_no_personal_data_in_the_quarantine(
+    client: TestClient, store: Any, fresh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine names the event (stream, version, position, type, error) but holds no
+    copy of its data: the event may carry personal data, opened, which an erasure would not
+    reach there; a retry reads the event from the store."""
+    from eventkeep.projections.readmodel import ReadModel
+
+    email = f"quarantined-{uuid.uuid4().hex[:8]}@example.com"
+    user = answer(
+        client.post("/v1/users", json={"email": email, "first_name": "Zebedee", "last_name": "Q"}),
+        201,
+    )
+    events = envelopes(store, user["id"])
+    fold = ReadModel._fold
+
+    def buggy(self: ReadModel, batch: Any, event: Any) -> None:
+        if event["stream_id"] == user["id"]:
+            raise ValueError("a bug in the projection")
+        fold(self, batch, event)
+
+    monkeypatch.setattr(ReadModel, "_fold", buggy)
+    models = fresh()
+    models.apply(events, {LOG: events[-1]["position"]})
+
+    assert [q["stream_id"] for q in models.quarantine()] == [user["id"]]
+    with models.db.reading() as cursor:
+        cursor.execute(f"SELECT event FROM {models.table('quarantine')}")
+        stored = " ".join(str(row["event"]) for row in cursor.fetchall())
+    assert user["id"] in stored
+    assert email not in stored and "Zebedee" not in stored
+
+
 def test_poison_events_among_10_000_are_quarantined_and_everything_else_applied(
     wiring: Wiring, store: Any, fresh: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
