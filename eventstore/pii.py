@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -41,6 +43,9 @@ PII_ERASING_EVENT = "PII_ERASING_EVENT"  # … for the event type that erases a 
 PII_KEY_OWNERS = "PII_KEY_OWNERS"  # … for {event type: data field naming the key's stream}
 MARK = "pii:1:"
 NONCE = 12
+# Data keys a writer keeps for sealing, so that an append of a stream it sealed for before
+# costs no query (the write path's promise: no round trip before deciding).
+SEALING_KEYS_KEPT = 50_000
 E = TypeVar("E", bound=StoredEvent)
 
 
@@ -95,11 +100,20 @@ class PersonalData:
         self._fields = personal.fields
         self._owners = personal.key_owners
         self.erasing_event = personal.erasing_event
+        # Only for sealing, never for opening: a key erased meanwhile by another process seals
+        # what nobody can open any more (as good as erased); opening always asks the table.
+        self._sealing: OrderedDict[str, AESGCM] = OrderedDict()
+        self._sealing_lock = threading.Lock()
 
     def seal(self, events: Sequence[E]) -> list[E]:
         """Events with their personal fields encrypted; a key is made for each stream that
         needs one and has none (an erased stream's own event is refused)."""
         fields = self._fields
+        erasures = {str(e.originator_id) for e in events if e.topic == self.erasing_event}
+        if erasures:
+            with self._sealing_lock:
+                for stream in erasures:
+                    self._sealing.pop(stream, None)
         personal = {i: orjson.loads(e.state) for i, e in enumerate(events) if e.topic in fields}
         if not personal:
             return list(events)
@@ -184,7 +198,12 @@ class PersonalData:
 
     def _keys_for_sealing(self, streams: set[str], fresh: set[str]) -> dict[str, AESGCM]:
         """The keys of `streams`, made for those without one that were not erased (`fresh`:
-        streams known not to be, which are not looked up)."""
+        streams known not to be, which are not looked up); kept ones ask no query."""
+        with self._sealing_lock:
+            kept = {s: self._sealing[s] for s in streams if s in self._sealing}
+            for stream in kept:
+                self._sealing.move_to_end(stream)
+        streams = streams - set(kept)
         wrapped = self._keys.fetch(streams) if streams else {}
         if missing := streams - set(wrapped):
             unknown = missing - fresh
@@ -193,7 +212,12 @@ class PersonalData:
             if new:
                 self._keys.add_missing({i: self._wrap(os.urandom(32), i) for i in new})
                 wrapped = self._keys.fetch(streams)  # another process may have won the insert
-        return self._unwrapped(wrapped)
+        found = self._unwrapped(wrapped)
+        with self._sealing_lock:
+            self._sealing.update(found)
+            while len(self._sealing) > SEALING_KEYS_KEPT:
+                self._sealing.popitem(last=False)
+        return kept | found
 
     def _unwrapped(self, wrapped: Mapping[str, bytes]) -> dict[str, AESGCM]:
         return {i: AESGCM(self._unwrap(w, i)) for i, w in wrapped.items()}

@@ -26,11 +26,12 @@ def postgres_rows() -> bytes:
         tables = connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
         ).fetchall()
-        rows = b""
-        for (table,) in tables:
-            for row in connection.execute(f'SELECT * FROM "{table}"'):
-                rows += b"|".join(flatten(value) for value in row) + b"\n"
-    return rows
+        rows = [
+            b"|".join(flatten(value) for value in row)
+            for (table,) in tables
+            for row in connection.execute(f'SELECT * FROM "{table}"')
+        ]
+    return b"\n".join(rows)
 
 
 def redis_values() -> bytes:
