@@ -164,7 +164,7 @@ def read_path(
         report.add(
             Figure(
                 "P1",
-                f"one projector, Kafka -> PostgreSQL, {applied:,} events",
+                f"one projector of a new group, empty read models to the head, {applied:,} events",
                 rate,
                 "events/s",
                 "B4",
