@@ -243,7 +243,7 @@ def _p2(
 
     def send(_: int) -> int:
         product = products[rng.randrange(len(products))]
-        return handle(AdjustStock(product, 1, "bench"), CONTEXT).position
+        return handle(AdjustStock(product, -1, "bench"), CONTEXT).position
 
     histogram = read_workloads.p2_command_to_visible(send, position, rate, seconds, pool)
     pool.shutdown()
