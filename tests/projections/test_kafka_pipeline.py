@@ -250,6 +250,23 @@ def test_relays_and_projectors_killed_and_restarted_lose_and_double_nothing(
     assert [process.wait(timeout=30) for process in (standby, *projectors)] == [0, 0, 0]
 
 
+def _pipeline_working(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> int:
+    """A relay and a projector running, and a first command seen through them: the position
+    the fault's load starts after."""
+    store = wiring.shop.recorder
+    threads.start(build_relay(settings, wiring.shop))
+    threads.start(build_projector(settings, projector_models, store=store))
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)  # the pipeline works before the fault
+    return store.max_notification_id() or 0
+
+
 def test_kafka_stopped_and_started_while_commands_flow(
     settings: Settings,
     wiring: Wiring,
@@ -260,12 +277,7 @@ def test_kafka_stopped_and_started_while_commands_flow(
     """Commands keep succeeding while Kafka is down (the log is the outbox); within 10 s of
     Kafka serving consumers again (its group coordinator loaded) the relay publishes and the
     projector applies what waited."""
-    store = wiring.shop.recorder
-    threads.start(build_relay(settings, wiring.shop))
-    threads.start(build_projector(settings, projector_models, store=store))
-    traffic(client, rounds=1)
-    wait_until_projected(wiring)  # the pipeline works before the fault
-    start = store.max_notification_id() or 0
+    start = _pipeline_working(settings, wiring, client, threads, projector_models)
     load = Load(client).start()
     try:
         load.wait_for(5)
@@ -296,12 +308,7 @@ def test_postgresql_restarted_twice_while_commands_and_the_projector_run(
     API, relay and projector work again within 10 s of PostgreSQL answering, without being
     restarted; every acknowledged command is in the store and the read models, nothing refused
     was written."""
-    store = wiring.shop.recorder
-    threads.start(build_relay(settings, wiring.shop))
-    threads.start(build_projector(settings, projector_models, store=store))
-    traffic(client, rounds=1)
-    wait_until_projected(wiring)  # the pipeline works before the fault
-    start = store.max_notification_id() or 0
+    start = _pipeline_working(settings, wiring, client, threads, projector_models)
     load = Load(client).start()
     try:
         for _ in range(2):
