@@ -7,8 +7,9 @@ The workload is `POST /v1/users` (one event each, every email new). The sustaine
 wrk's closed loop on a few connections (each sends its next command when the last is
 answered): the rate the server sustains. The overload phase opens many connections, each
 pausing between its requests so that together they offer `--factor` times that rate (a
-refused client that retried at once would offer far more); the report prints the rate
-actually offered beside the sustained one. The admitted p99 is measured on the client by a
+refused client that retried at once would offer far more); short trial runs first find the
+pause that offers it (an answer's own time is part of each connection's cycle), and the report
+prints the rate actually offered beside the sustained one. The admitted p99 is measured on the client by a
 probe that sends one command at a time during the overload (wrk's own percentiles mix refused
 answers, which are fast, into the admitted ones), and on the server by its latency histogram.
 """
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+TRIAL_SECONDS = 3  # each trial run of the overload's pacing
 
 WRK_SCRIPT = r"""
 counter, ok, refused, other = 0, 0, 0, 0  -- globals: done() reads them with thread:get
@@ -154,21 +157,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_wrk(
-    base: str,
-    key: str,
-    connections: int,
-    seconds: float,
-    script: Path,
-    rate: float | None = None,
-    held: int = 0,
+    base: str, key: str, connections: int, seconds: float, script: Path, pause_ms: int = 0
 ) -> Phase:
-    """wrk for `seconds`; with `rate`, each connection pauses between its requests so that
-    together they offer about `rate` requests per second. Refused answers come back at once,
-    so the pause, not the server, sets the pace of a refused connection; the `held` ones the
-    server admitted wait for their answer, so only the others count toward the pace."""
+    """wrk for `seconds`; each connection pauses `pause_ms` after each answer before its next
+    request (0: back to back, wrk's closed loop)."""
     threads = max(1, min(4, connections))
-    cycling = max(1, connections - held)
-    pause_ms = 0 if rate is None else max(1, round(cycling * 1000 / rate))
     # Emails unique to this run of wrk: each phase registers new users only.
     run = uuid.uuid4().hex[:12] + "-"
     script.write_text(WRK_SCRIPT.replace("RUN", run).replace("DELAY_MS", str(pause_ms)))
@@ -197,6 +190,43 @@ def run_wrk(
         print(f"{len(unexpected)} unexpected answers, e.g. {unexpected[0][:300]}", file=sys.stderr)
     line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH "))
     return Phase(connections=connections, **json.loads(line.removeprefix("BENCH ")))
+
+
+@dataclass
+class Pacing:
+    """The pause that makes `connections` offer `rate`, found by trial runs."""
+
+    rate: float
+    connections: int
+    pause_ms: int
+    trials: list[dict[str, float]] = field(default_factory=list)
+    acknowledged: int = 0  # commands the trial runs had acknowledged
+
+
+def pace(base: str, key: str, connections: int, rate: float, script: Path, held: int) -> Pacing:
+    """Finds each connection's pause so that together they offer `rate` requests a second.
+
+    A connection's cycle is its pause plus the time its answer takes, and under overload an
+    answer (even a refusal) waits for the server's busy event loop, so a pause computed from
+    the rate alone offers too little. Each short trial measures the rate offered and the
+    answer time it implies, and the next pause takes that time off; a few trials settle it.
+    The `held` connections the server keeps admitted wait for their answers, so only the others
+    are counted as cycling."""
+    cycling = max(1, connections - held)
+    pause_s = cycling / rate
+    pacing = Pacing(rate=rate, connections=connections, pause_ms=max(1, round(pause_s * 1000)))
+    for _ in range(4):
+        trial = run_wrk(base, key, connections, TRIAL_SECONDS, script, pacing.pause_ms)
+        offered = trial.offered_rate
+        pacing.acknowledged += trial.ok
+        pacing.trials.append({"pause_ms": pacing.pause_ms, "offered_per_s": round(offered, 1)})
+        if offered >= rate:
+            break
+        answer_s = max(0.0, cycling / offered - pacing.pause_ms / 1000)
+        pacing.pause_ms = max(0, round((cycling / rate - answer_s) * 1000))
+        if pacing.pause_ms == 0 and pacing.trials[-1]["pause_ms"] == 0:
+            break  # back to back already: more is not to be had from these connections
+    return pacing
 
 
 def server_admitted_p99(base: str, admin: str) -> float | None:
@@ -279,8 +309,9 @@ def overload(
         admitted_at_once = workers * (
             max_in_flight or Settings.model_fields["max_in_flight"].default
         )
+        pacing = pace(base, client_key, overload_connections, target, script, admitted_at_once)
         overloaded = run_wrk(
-            base, client_key, overload_connections, seconds, script, target, admitted_at_once
+            base, client_key, overload_connections, seconds, script, pacing.pause_ms
         )
         probe.stopping.set()
         prober.join(35)
@@ -293,7 +324,9 @@ def overload(
         server.wait(30)
     with build(settings, role="bench") as system:
         stored = (system.recorder.max_notification_id() or 0) - head_before
-    acknowledged = warm_up.ok + sustained.ok + overloaded.ok + len(probe.admitted)
+    acknowledged = (
+        warm_up.ok + sustained.ok + pacing.acknowledged + overloaded.ok + len(probe.admitted)
+    )
     shutil.rmtree(scratch, ignore_errors=True)
     return {
         "mode": settings.mode,
@@ -308,6 +341,8 @@ def overload(
         "overload": {
             "connections": overloaded.connections,
             "target_per_s": round(target, 1),
+            "pause_ms": pacing.pause_ms,
+            "pacing_trials": pacing.trials,
             "offered_per_s": round(overloaded.offered_rate, 1),
             "offered_vs_sustained": round(overloaded.offered_rate / sustained.admitted_rate, 1),
             "admitted_per_s": round(overloaded.admitted_rate, 1),
