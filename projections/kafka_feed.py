@@ -29,13 +29,13 @@ from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.feed_mac import refusal
-from eventkeep.eventstore.log_follower import GlobalLog
 from eventkeep.eventstore.pii import PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.bulk import catch_up
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.feed_refusals import RefusedMessage
+from eventkeep.projections.log_pages import EnvelopeLog
 from eventkeep.projections.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class KafkaProjector:
         *,
         group: str,
         batch_size: int = 2000,
-        store: GlobalLog | None = None,
+        store: EnvelopeLog | None = None,
         personal: PersonalData | None = None,
         refused_keep: int = 10_000,
     ) -> None:
