@@ -58,13 +58,21 @@ def catch_up(
     after: int,
     applied: Applied,
     batch_size: int = CATCH_UP_BATCH,
+    *,
+    until: int | None = None,
+    stream_types: Sequence[str] = (),
 ) -> int:
-    """Applies the log after `after` to `models` in batches of `batch_size` read ahead
-    (progress key `log`); `applied` hears of each batch committed. The last position."""
+    """Applies the log after `after` (up to `until`; of `stream_types` only, when `models`
+    follow no other) to `models` in batches of `batch_size` read ahead (progress key `log`;
+    `until` recorded last); `applied` hears of each batch committed. The last position."""
     position = after
-    for page in upcast_pages(global_log, after, batch_size):
+    pages = upcast_pages(global_log, after, batch_size, until=until, stream_types=stream_types)
+    for page in pages:
         position = page[-1]["position"]
         applied(models.apply(page, {LOG: position}), position)
+    if until is not None and until > position:
+        position = until
+        applied(models.apply([], {LOG: position}), position)
     return position
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.projections.bulk import FLUSH_EVENTS, ROWS_BOUND, BulkLoad, catch_up
+from eventkeep.projections.bulk_workers import WORKERS, can_split, in_workers
 from eventkeep.projections.log_pages import EnvelopeLog, upcast_pages
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels, position_of
 from eventkeep.projections.registry import READ_MODELS
-from eventkeep.replay.rebuild_workers import WORKERS, can_split, load_in_workers
 
 REBUILD_PREFIX = "rebuild_"
 BATCH = 5000  # events per read and per read-model transaction
@@ -41,7 +41,7 @@ def rebuild(
 ) -> int:
     """Empties `models` and applies the whole log to them; returns the last position. `bulk`:
     folded in memory and loaded (`projections/bulk.py`), indexes after, in up to `workers`
-    processes (`replay/rebuild_workers.py`); else event by event, a batch per transaction
+    processes (`projections/bulk_workers.py`); else event by event, a batch per transaction
     (the reference the bulk path is tested against)."""
     models.drop()
     if not bulk:
@@ -77,15 +77,14 @@ def bulk_load(
     `start`: in worker processes by stream type when it can (PostgreSQL, more than one
     group), else in this process. Returns the position reached."""
     if can_split(global_log, models, workers):
-        head = global_log.max_notification_id() or 0
-        return load_in_workers(
+        return in_workers(
+            "load",
             global_log,
             models,
-            head,
+            lambda changes, position: advance(position),
             workers=workers,
             batch_size=batch_size,
             flush_events=flush_events,
-            advance=advance,
         )
     load = BulkLoad(models, rows_bound=rows_bound, flush_events=flush_events)
     return load.run(upcast_pages(global_log, start, batch_size), advance)

@@ -32,10 +32,11 @@ from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
 from eventkeep.eventstore.recorder import StoreAddress
 from eventkeep.projections import log_feed
 from eventkeep.projections.bulk import BulkLoad, upcast_pages
+from eventkeep.projections.bulk_workers import can_split, groups, in_workers
 from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.readmodel import Change
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
-from eventkeep.replay.rebuild_workers import can_split, groups
 from tests.replay.conftest import LEGACY, import_history
 
 Op = tuple[Any, ...]
@@ -250,7 +251,7 @@ def test_a_worker_that_fails_ends_the_rebuild_with_its_error(store: Wiring) -> N
     models = ReadModels(store.queries.models.db, "bulk_")
     try:
         recorder.address = StoreAddress("nosuch", address.env)
-        with pytest.raises(RuntimeError, match="rebuild worker for"):
+        with pytest.raises(RuntimeError, match="bulk worker for"):
             rebuild(recorder, models, workers=2)
     finally:
         recorder.address = address
@@ -301,6 +302,41 @@ def test_a_feed_far_behind_catches_up_in_bulk_before_it_follows(
         reference = ReadModels(db, "rowwise_")
         rebuild(store.shop.recorder, reference, bulk=False)
         assert late.dump() == reference.dump()
+    finally:
+        late.drop()
+
+
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)  # SQLite: one writer
+def test_a_catch_up_in_worker_processes_gives_the_tables_and_the_changes_to_forget(
+    store: Wiring,
+) -> None:
+    """A projector far behind (here: read models new to the log) catches up in two worker
+    processes by stream type: the tables a rebuild gives, every read model's progress at the
+    head, and every changed row handed back for the cache to forget."""
+    db = store.queries.models.db
+    late = ReadModels(db, "late_")
+    late.migrate()
+    try:
+        heard: list[tuple[list[Change], int]] = []
+        head = in_workers(
+            "catch_up",
+            store.shop.recorder,
+            late,
+            lambda changes, position: heard.append((changes, position)),
+            after=0,
+            batch_size=50,
+        )
+        assert head == store.shop.recorder.max_notification_id()
+        assert all(p["log"] == head for p in late.progress_by_name().values())
+        assert heard[-1][1] == head
+        assert [p for _, p in heard] == sorted(p for _, p in heard)  # never backwards
+        reference = ReadModels(db, "rowwise_")
+        rebuild(store.shop.recorder, reference, bulk=False)
+        tables = late.dump()
+        assert tables == reference.dump()
+        forgotten = {(c.kind, c.id) for changes, _ in heard for c in changes}
+        assert {("product", row["id"]) for row in tables["products"]} <= forgotten
+        assert {("order", row["id"]) for row in tables["orders"]} <= forgotten
     finally:
         late.drop()
 
