@@ -28,6 +28,7 @@ from eventsourcing import postgres as library_postgres
 from eventsourcing.persistence import ApplicationRecorder, ProcessRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, PostgresTrackingRecorder
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
@@ -73,6 +74,24 @@ class PostgresDialect:
         with self._datastore.get_connection() as connection, connection.cursor() as cursor:
             cursor.execute(cast(Any, sql), params or None, prepare=True)
             return cursor.fetchall()
+
+    def read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with (
+            self._datastore.get_connection() as connection,
+            connection.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            cursor.execute(cast(Any, sql), params or None, prepare=True)
+            return cursor.fetchall()
+
+    # The server formats the ids and times (C), the client converts no UUID or datetime.
+    envelope_columns = (
+        "position, stream_id::text, stream_type, stream_version, event_type, schema_version,"
+        """ to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),"""
+        " data, metadata::text"
+    )
+
+    def rfc3339(self, value: Any) -> str:
+        return cast(str, value)  # formatted by the server
 
     def write(self, insert: Insert) -> None:
         with self._datastore.transaction(commit=True) as cursor:

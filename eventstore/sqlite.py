@@ -30,6 +30,7 @@ from eventsourcing.sqlite import (
     SQLiteTrackingRecorder,
 )
 
+from eventkeep.eventstore.hashchain import canonical_time
 from eventkeep.eventstore.migrations import SQLiteSchemaDatabase, quote_identifier
 from eventkeep.eventstore.recorder import (
     ColumnType,
@@ -74,6 +75,19 @@ class SQLiteDialect:
         with self._datastore.transaction(commit=False) as cursor:
             cursor.execute(_placeholders(sql), params)
             return cursor.fetchall()
+
+    def read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.read(sql, params)]
+
+    envelope_columns = (
+        "position, stream_id, stream_type, stream_version, event_type, schema_version,"
+        " recorded_at, data, metadata"
+    )
+
+    def rfc3339(self, value: Any) -> str:
+        if len(value) == 32 and value.endswith("+00:00"):  # as this store writes UTC times
+            return cast(str, value[:26]) + "Z"
+        return canonical_time(datetime.fromisoformat(value)).replace("+00:00", "Z")
 
     def write(self, insert: Insert) -> None:
         with self._datastore.transaction(commit=True) as cursor:

@@ -30,13 +30,11 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventkeep.domain.upcasters import upcast
-from eventkeep.eventstore.envelope import to_envelope
-from eventkeep.eventstore.log_follower import GlobalLog, LogFollower
+from eventkeep.projections.log_pages import EnvelopeLog, upcast_pages
 from eventkeep.projections.readmodel import Batch, Change, Envelope, ReadModel, Row
 from eventkeep.projections.readmodels import LOG, SET_ASIDE, ReadModels
 
@@ -54,54 +52,27 @@ CATCH_UP_BATCH = 20_000
 Applied = Callable[[list[Change], int], None]  # (rows changed, position reached)
 
 
-def upcast_pages(
-    global_log: GlobalLog, after: int, batch_size: int
-) -> Iterator[list[dict[str, Any]]]:
-    """The log after `after` as pages of upcast envelopes, the next page read and upcast by a
-    thread of its own while the caller handles this one (the store's round trips and the
-    decoding overlap the fold)."""
-    ready: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    follower = LogFollower(global_log, after, batch_size=batch_size, stopping=stop)
-
-    def read() -> None:
-        try:
-            for events in follower.batches(live=False):
-                ready.put([upcast(to_envelope(event)) for event in events])
-                follower.advance_to(events[-1].id)
-            ready.put(None)
-        except BaseException as error:  # handed to the caller, raised there
-            ready.put(error)
-
-    reader = threading.Thread(target=read, name="log-reader", daemon=True)
-    reader.start()
-    try:
-        while (page := ready.get()) is not None:
-            if isinstance(page, BaseException):
-                raise page
-            yield page
-    finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                ready.get_nowait()
-            reader.join(0.05)
-
-
 def catch_up(
-    global_log: GlobalLog,
+    global_log: EnvelopeLog,
     models: ReadModels,
     after: int,
     applied: Applied,
     batch_size: int = CATCH_UP_BATCH,
+    *,
+    until: int | None = None,
+    stream_types: Sequence[str] = (),
 ) -> int:
-    """Applies the log after `after` to `models` in batches of `batch_size` read ahead
-    (progress key `log`); `applied` hears of each batch committed. The last position."""
+    """Applies the log after `after` (up to `until`; of `stream_types` only, when `models`
+    follow no other) to `models` in batches of `batch_size` read ahead (progress key `log`;
+    `until` recorded last); `applied` hears of each batch committed. The last position."""
     position = after
-    for page in upcast_pages(global_log, after, batch_size):
+    pages = upcast_pages(global_log, after, batch_size, until=until, stream_types=stream_types)
+    for page in pages:
         position = page[-1]["position"]
         applied(models.apply(page, {LOG: position}), position)
+    if until is not None and until > position:
+        position = until
+        applied(models.apply([], {LOG: position}), position)
     return position
 
 
@@ -157,9 +128,16 @@ class BulkLoad:
         self._unwritten = 0  # events folded since the last flush
         self._writer = _Writer(models)
 
-    def run(self, pages: Iterable[Sequence[Envelope]], advance: Callable[[int], None]) -> int:
+    def run(
+        self,
+        pages: Iterable[Sequence[Envelope]],
+        advance: Callable[[int], None],
+        *,
+        end: int = 0,
+    ) -> int:
         """Folds and loads every page; `advance(position)` after each load is committed.
-        Returns the last position loaded."""
+        `end`: the position the pages cover up to, recorded with the last load (pages of some
+        stream types only may end before it). Returns the last position loaded."""
         reported = 0
         try:
             for page in pages:
@@ -175,6 +153,9 @@ class BulkLoad:
                 for position in self._writer.committed():
                     advance(position)
                     reported = position
+            if end > self._position:
+                self._position = end
+                self._unwritten += 1  # nothing folded, but the position to record moved
             if self._unwritten:
                 self._flush()
             self._writer.finish()

@@ -97,6 +97,7 @@ class PostgresDatabase:
     greatest = "GREATEST"
 
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        self.url = url  # for another process to open it (a rebuild's workers)
         self._pool = ConnectionPool(
             url,
             min_size=1,

@@ -29,13 +29,14 @@ from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.feed_mac import refusal
-from eventkeep.eventstore.log_follower import GlobalLog
 from eventkeep.eventstore.pii import PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
-from eventkeep.projections.bulk import catch_up
+from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
+from eventkeep.projections.bulk_workers import WORKERS, can_split, in_workers
 from eventkeep.projections.cache import Cache
 from eventkeep.projections.feed_refusals import RefusedMessage
+from eventkeep.projections.log_pages import EnvelopeLog
 from eventkeep.projections.readmodels import ReadModels
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class KafkaProjector:
         *,
         group: str,
         batch_size: int = 2000,
-        store: GlobalLog | None = None,
+        store: EnvelopeLog | None = None,
         personal: PersonalData | None = None,
         refused_keep: int = 10_000,
     ) -> None:
@@ -180,10 +181,21 @@ class KafkaProjector:
                 consumer.seek_to_beginning(partition)
             return
         start = self._models.position()
-        # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread.
-        reached = catch_up(
-            self._store, self._models, start, lambda changes, _: self._cache.forget(changes)
-        )
+        # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread; far
+        # behind on PostgreSQL, in worker processes by stream type (projections/bulk_workers.py).
+        forget = lambda changes, _: self._cache.forget(changes)  # noqa: E731
+        behind = (self._store.max_notification_id() or 0) - start
+        if behind >= CATCH_UP_BATCH and can_split(self._store, self._models, WORKERS):
+            reached = in_workers(
+                "catch_up",
+                self._store,
+                self._models,
+                forget,
+                after=start,
+                batch_size=CATCH_UP_BATCH,
+            )
+        else:
+            reached = catch_up(self._store, self._models, start, forget)
         self._models.apply([], {offset_key(p): ends[p] for p in partitions})
         for partition in partitions:
             consumer.seek(partition, ends[partition])

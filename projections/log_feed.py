@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.envelope import to_envelope
@@ -19,6 +19,7 @@ from eventkeep.eventstore.records import LoggedEvent
 from eventkeep.metrics import observe_applied, observe_idle
 from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
 from eventkeep.projections.cache import Cache
+from eventkeep.projections.log_pages import EnvelopeLog
 from eventkeep.projections.readmodel import Change, Envelope, Fill
 from eventkeep.projections.readmodels import GENERATION, LOG, ReadModels
 
@@ -132,7 +133,9 @@ class LogFeed:
             return
         self._read_generations()
         start = self._follower.position
-        reached = catch_up(self._log, self._models, start, self._applied, CATCH_UP_BATCH)
+        reached = catch_up(
+            cast(EnvelopeLog, self._log), self._models, start, self._applied, CATCH_UP_BATCH
+        )
         log.info("caught up from position %d to %d in bulk", start, reached)
 
     def _idle(self) -> None:

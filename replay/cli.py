@@ -352,7 +352,7 @@ def import_(
         try:
             with bytes_bar as bar:
                 checking = bar.add_task("checking", total=size)
-                count = check_file(
+                checked = check_file(
                     file,
                     shop.recorder,
                     bus.email_claim,
@@ -360,9 +360,13 @@ def import_(
                 )
                 writing = bar.add_task("importing", total=size)
                 import_file(
-                    file, shop.recorder, bus.email_claim, lambda d: bar.update(writing, completed=d)
+                    file,
+                    shop.recorder,
+                    bus.email_claim,
+                    lambda d: bar.update(writing, completed=d),
+                    checked,
                 )
         except ImportRefused as refused:
             err.print(f"[red]Refused {file}[/red], nothing written: {refused}")
             raise typer.Exit(1) from None
-    out.print(f"Imported {count:,} events from {file}.")
+    out.print(f"Imported {checked.count:,} events from {file}.")

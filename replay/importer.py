@@ -1,8 +1,10 @@
 """`audit import`: history in the export format (docs/replay.md) written into the event store.
 
 Two passes over the file, streamed line by line: the first checks every line and refuses the
-file at the first bad one, naming the line and the reason, before anything is written; the
-second appends. What is stored is what the file says — stream ids, versions, original
+file at the first bad one, naming the line and the reason, before anything is written, and
+keeps a digest of each page of lines; the second appends, checking the digests (a file
+changed since its check is refused) and, for each line, only what depends on the store as it
+now is (the content was checked once). What is stored is what the file says — stream ids, versions, original
 timestamps, metadata and the *stored* schema version (nothing is upcast on the way in; the
 one upcaster chain runs when it is read). Positions are the store's own. Emails get their
 uniqueness claims, so commands after the import keep them unique.
@@ -10,6 +12,7 @@ uniqueness claims, so commands after the import keep them unique.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
 APPEND_SIZE = 1000  # events per append, when they share their metadata
 READ_AHEAD = 1000  # lines whose streams' versions and emails' owners are read together
 EMAIL_EVENTS = ("UserRegistered", "UserEmailChanged")
+CHANGED = "the file changed since it was checked"
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
 Advance = Callable[[int], None]  # bytes of the file done
@@ -147,6 +151,23 @@ class Checker:
             self._check_email(stream_id, envelope["data"].get("email"), refuse)
         return envelope | {"stream_id": stream_id, "recorded_at": recorded}
 
+    def recheck(self, number: int, text: bytes) -> dict[str, Any]:
+        """A line `check` accepted before (its page's digest says so): parsed as `check`
+        gives it, and checked again only against the store as it now is (each stream's
+        versions continue the store's; an email is not another user's there)."""
+        envelope = orjson.loads(text)
+        stream_id = str(UUID(str(envelope["stream_id"])))
+
+        def refuse(reason: str) -> ImportRefused:
+            return ImportRefused(number, reason)
+
+        self._check_version(stream_id, envelope["stream_version"], refuse)
+        recorded = datetime.fromisoformat(str(envelope["recorded_at"]).replace("Z", "+00:00"))
+        email = envelope["data"].get("email") if envelope["event_type"] in EMAIL_EVENTS else None
+        if isinstance(email, str):
+            self._check_stored_owner(stream_id, email, refuse)
+        return envelope | {"stream_id": stream_id, "recorded_at": recorded}
+
     def _check_version(self, stream_id: str, version: Any, refuse: Callable) -> None:
         if stream_id not in self.versions:
             last = self.recorder.select_events(UUID(stream_id), desc=True, limit=1)
@@ -203,6 +224,9 @@ class Checker:
         owner = self.emails.setdefault(normalize_email(email), stream_id)
         if owner != stream_id:
             raise refuse(f"email {email!r} already belongs to stream {owner}")
+        self._check_stored_owner(stream_id, email, refuse)
+
+    def _check_stored_owner(self, stream_id: str, email: str, refuse: Callable) -> None:
         claim = self.claim(email, None)
         wanted = (claim.scope, claim.key)
         if wanted in self.owners:
@@ -223,35 +247,78 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
                 yield number, text, done
 
 
-def read_ahead(path: Path, checker: Checker) -> Iterator[tuple[int, bytes, int]]:
-    """`lines_of`, the store read for each page of `READ_AHEAD` lines before it is checked."""
-    page: list[tuple[int, bytes, int]] = []
+Line = tuple[int, bytes, int]  # (line number, text, bytes read so far)
+
+
+def read_ahead(path: Path, checker: Checker) -> Iterator[tuple[list[Line], bytes]]:
+    """`lines_of` in pages of `READ_AHEAD` lines, each with its digest (`_digest`), the store
+    read for each page before it is checked."""
+    page: list[Line] = []
     for line in lines_of(path):
         page.append(line)
         if len(page) == READ_AHEAD:
             checker.read_ahead([text for _, text, _ in page])
-            yield from page
+            yield page, _digest(page)
             page = []
-    checker.read_ahead([text for _, text, _ in page])
-    yield from page
+    if page:
+        checker.read_ahead([text for _, text, _ in page])
+        yield page, _digest(page)
 
 
-def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
-    """Checks every line; raises ImportRefused at the first bad one. Returns the event count."""
+def _digest(page: list[Line]) -> bytes:
+    """SHA-256 of a page's lines with their numbers: another line, or the same one moved,
+    gives another digest."""
+    digest = hashlib.sha256()
+    for number, text, _ in page:
+        digest.update(b"%d:%d:" % (number, len(text)))
+        digest.update(text)
+    return digest.digest()
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """What the check of a file proved: its size and the digest of each page of lines, for
+    the write to see that it writes what was checked."""
+
+    path: Path
+    count: int
+    size: int
+    pages: tuple[bytes, ...]
+
+
+def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> CheckedFile:
+    """Checks every line; raises ImportRefused at the first bad one."""
     checker = Checker(recorder, claim)
     count = 0
-    for number, text, done in read_ahead(path, checker):
-        checker.check(number, text)
-        count += 1
-        advance(done)
-    return count
+    digests = []
+    size = path.stat().st_size
+    for page, digest in read_ahead(path, checker):
+        for number, text, done in page:
+            checker.check(number, text)
+            count += 1
+            advance(done)
+        digests.append(digest)
+    return CheckedFile(path, count, size, tuple(digests))
 
 
-def import_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> int:
-    """Appends the (checked) file: consecutive events with the same metadata go together,
-    and the appends are pipelined (`append_all`: many per transaction, in the file's order,
-    none waiting for the one before to commit). Each line is checked again as it goes,
-    against the store as it now is."""
+def import_file(
+    path: Path,
+    recorder: Any,
+    claim: Claim,
+    advance: Advance,
+    checked: CheckedFile | None = None,
+) -> int:
+    """Appends the file: consecutive events with the same metadata go together, and the
+    appends are pipelined (`append_all`: many per transaction, in the file's order, none
+    waiting for the one before to commit).
+
+    Without `checked`, each line is checked in full as it goes. With it (the file's check,
+    `check_file`), the file's content is not checked again: its size must be the checked
+    one before anything is written, and each page's digest the checked page's before any of
+    its lines is written (else ImportRefused: the file changed since it was checked); each
+    line is checked again only against the store as it now is (`Checker.recheck`)."""
+    if checked is not None and (checked.path != path or path.stat().st_size != checked.size):
+        raise ImportRefused(1, CHANGED)
 
     def appends() -> Iterator[Append]:
         checker = Checker(recorder, claim)
@@ -259,15 +326,25 @@ def import_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> in
         claims: list[UniqueClaim] = []
         metadata: dict[str, Any] = {}
         emails: dict[str, str] = {}  # stream -> its current email, released when it changes
-        for number, text, done in read_ahead(path, checker):
-            envelope = checker.check(number, text)
-            if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
-                yield Append(pending, metadata, claims)
-                pending, claims = [], []
-            metadata = envelope["metadata"]
-            pending.append(_recorded(envelope))
-            claims += _claims(envelope, emails, claim)
-            advance(done)
+        check = checker.check if checked is None else checker.recheck
+        pages = 0
+        for page, digest in read_ahead(path, checker):
+            if checked is not None and (
+                pages >= len(checked.pages) or checked.pages[pages] != digest
+            ):
+                raise ImportRefused(page[0][0], CHANGED)
+            pages += 1
+            for number, text, done in page:
+                envelope = check(number, text)
+                if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
+                    yield Append(pending, metadata, claims)
+                    pending, claims = [], []
+                metadata = envelope["metadata"]
+                pending.append(_recorded(envelope))
+                claims += _claims(envelope, emails, claim)
+                advance(done)
+        if checked is not None and pages != len(checked.pages):
+            raise ImportRefused(1, CHANGED)
         if pending:
             yield Append(pending, metadata, claims)
 

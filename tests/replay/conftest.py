@@ -30,6 +30,5 @@ def import_history(wired: Wiring, path: Path, *, check_first: bool = False) -> i
         wired.built.bus if wired.built is not None else wired.handle.__self__  # type: ignore[attr-defined]
     )
     recorder = wired.shop.recorder
-    if check_first:
-        check_file(path, recorder, bus.email_claim, lambda _: None)
-    return import_file(path, recorder, bus.email_claim, lambda _: None)
+    checked = check_file(path, recorder, bus.email_claim, lambda _: None) if check_first else None
+    return import_file(path, recorder, bus.email_claim, lambda _: None, checked)

@@ -1,7 +1,9 @@
 """The bulk rebuild (folded in memory, loaded with COPY / one prepared INSERT, indexes after)
 gives exactly the tables of the event-by-event rebuild, in both modes, over generated shop
 histories imported into the real store on top of the legacy (schema v1, upcast) history; and
-with bounds so small that rows are written, dropped from memory and read back many times."""
+with bounds so small that rows are written, dropped from memory and read back many times;
+whether it loads in this process or (PostgreSQL) in worker processes by stream type. The
+log read straight into envelopes is the log as logged."""
 
 from __future__ import annotations
 
@@ -23,11 +25,16 @@ from eventkeep.domain.catalog import stream_type_of
 from eventkeep.domain.errors import DomainError
 from eventkeep.domain.ordering import cancel_order, place_order
 from eventkeep.domain.product import Product
+from eventkeep.domain.upcasters import upcast
 from eventkeep.domain.user import User
+from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
+from eventkeep.eventstore.recorder import StoreAddress
 from eventkeep.projections import log_feed
 from eventkeep.projections.bulk import BulkLoad, upcast_pages
+from eventkeep.projections.bulk_workers import can_split, groups, in_workers
 from eventkeep.projections.log_feed import LogFeed
+from eventkeep.projections.readmodel import Change
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
 from tests.replay.conftest import LEGACY, import_history
@@ -142,6 +149,8 @@ def store(wiring: Wiring) -> Iterator[Wiring]:
 
 
 def built_both_ways(wiring: Wiring, **bounds: int) -> tuple[Any, Any]:
+    """The bulk rebuild (`bounds`: its row bound, flush size and worker processes) and the
+    event-by-event one."""
     db = wiring.queries.models.db
     bulk, rowwise = ReadModels(db, "bulk_"), ReadModels(db, "rowwise_")
     reached = rebuild(wiring.shop.recorder, bulk, batch_size=7, **bounds)
@@ -159,10 +168,15 @@ def quarantined(models: ReadModels) -> list[dict[str, Any]]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ops=OPS, rows_bound=st.integers(2, 40), flush_events=st.integers(1, 200))
+@given(
+    ops=OPS,
+    rows_bound=st.integers(2, 40),
+    flush_events=st.integers(1, 200),
+    workers=st.integers(1, 2),
+)
 def test_the_bulk_rebuild_gives_the_tables_of_the_event_by_event_one(
     store: Wiring, tmp_path_factory: pytest.TempPathFactory, ops: list[Op], rows_bound: int,
-    flush_events: int,
+    flush_events: int, workers: int,
 ) -> None:  # fmt: skip
     history = History()
     for op in ops:
@@ -171,9 +185,76 @@ def test_the_bulk_rebuild_gives_the_tables_of_the_event_by_event_one(
         path: Path = tmp_path_factory.mktemp("history") / "history.jsonl"
         path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in history.lines))
         assert import_history(store, path) == len(history.lines)
-    bulk, rowwise = built_both_ways(store, rows_bound=rows_bound, flush_events=flush_events)
+    bulk, rowwise = built_both_ways(
+        store, rows_bound=rows_bound, flush_events=flush_events, workers=workers
+    )
     assert bulk == rowwise
     assert bulk[0]["products"] and bulk[0]["orders"] and bulk[0]["daily_sales"]
+
+
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)  # SQLite: one writer
+def test_the_bulk_rebuild_in_worker_processes_gives_the_event_by_event_tables(
+    store: Wiring,
+) -> None:
+    """Two workers (the orders' read models in one, the users' and products' in the other),
+    each reading its stream types only, in pages of 7 events, flushing every 50 events, give
+    the tables and the quarantine of the event-by-event rebuild."""
+    assert store.shop.recorder.address is not None  # the factory says how to open it again
+    models = ReadModels(store.queries.models.db, "bulk_")
+    assert groups(models, 2) == [("orders", "daily_sales"), ("users", "products")]
+    assert can_split(store.shop.recorder, models, 2)
+    bulk, rowwise = built_both_ways(store, workers=2, flush_events=50)
+    assert bulk == rowwise
+
+
+def test_the_log_read_straight_into_envelopes_is_the_log_as_logged(
+    store: Wiring, tmp_path: Path
+) -> None:
+    """`select_envelopes` (tuples, times and ids formatted by the database) gives what
+    `to_envelope` gives from `LoggedEvent`s: the same positions, times to the microsecond,
+    personal fields opened, metadata; after the upcasters, the same envelopes; pages stop
+    at `until`."""
+    recorder = store.shop.recorder
+    register = {
+        "stream_id": str(uuid.uuid4()),
+        "stream_type": "User",
+        "stream_version": 1,
+        "event_type": "UserRegistered",
+        "schema_version": 2,
+        "recorded_at": "2026-11-30T23:59:59+05:30",  # not UTC, no microseconds
+        "data": {"email": "ada@example.org", "first_name": "Ada", "last_name": "B"},
+        "metadata": {"actor": "t", "correlation_id": "c", "causation_id": None},
+    }
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(register) + b"\n")
+    assert import_history(store, path) == 1
+    head = recorder.max_notification_id()
+    logged = [to_envelope(e) for e in recorder.select_notifications(1, head + 1)]
+    read = [e for after in range(0, head, 100) for e in recorder.select_envelopes(after, 100)]
+    assert read == logged
+    assert read[-1]["recorded_at"] == "2026-11-30T18:29:59.000000Z"
+    assert read[-1]["data"]["email"] == "ada@example.org"  # opened: stored sealed
+    assert [upcast(e) for e in read] == [upcast(e) for e in logged]
+    assert [e["position"] for e in recorder.select_envelopes(10, 100, until=15)] == [
+        11, 12, 13, 14, 15,
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)
+def test_a_worker_that_fails_ends_the_rebuild_with_its_error(store: Wiring) -> None:
+    """A worker that cannot read (here: a store with no log table) tells its failure; the
+    rebuild raises it, the other worker stopped, instead of waiting."""
+    recorder = store.shop.recorder
+    address = recorder.address
+    assert address is not None
+    models = ReadModels(store.queries.models.db, "bulk_")
+    try:
+        recorder.address = StoreAddress("nosuch", address.env)
+        with pytest.raises(RuntimeError, match="bulk worker for"):
+            rebuild(recorder, models, workers=2)
+    finally:
+        recorder.address = address
 
 
 def test_the_bulk_rebuild_builds_the_indexes_after_the_load(store: Wiring) -> None:
@@ -221,6 +302,41 @@ def test_a_feed_far_behind_catches_up_in_bulk_before_it_follows(
         reference = ReadModels(db, "rowwise_")
         rebuild(store.shop.recorder, reference, bulk=False)
         assert late.dump() == reference.dump()
+    finally:
+        late.drop()
+
+
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)  # SQLite: one writer
+def test_a_catch_up_in_worker_processes_gives_the_tables_and_the_changes_to_forget(
+    store: Wiring,
+) -> None:
+    """A projector far behind (here: read models new to the log) catches up in two worker
+    processes by stream type: the tables a rebuild gives, every read model's progress at the
+    head, and every changed row handed back for the cache to forget."""
+    db = store.queries.models.db
+    late = ReadModels(db, "late_")
+    late.migrate()
+    try:
+        heard: list[tuple[list[Change], int]] = []
+        head = in_workers(
+            "catch_up",
+            store.shop.recorder,
+            late,
+            lambda changes, position: heard.append((changes, position)),
+            after=0,
+            batch_size=50,
+        )
+        assert head == store.shop.recorder.max_notification_id()
+        assert all(p["log"] == head for p in late.progress_by_name().values())
+        assert heard[-1][1] == head
+        assert [p for _, p in heard] == sorted(p for _, p in heard)  # never backwards
+        reference = ReadModels(db, "rowwise_")
+        rebuild(store.shop.recorder, reference, bulk=False)
+        tables = late.dump()
+        assert tables == reference.dump()
+        forgotten = {(c.kind, c.id) for changes, _ in heard for c in changes}
+        assert {("product", row["id"]) for row in tables["products"]} <= forgotten
+        assert {("order", row["id"]) for row in tables["orders"]} <= forgotten
     finally:
         late.drop()
 

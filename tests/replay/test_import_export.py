@@ -14,8 +14,9 @@ import pytest
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.commands.messages import CommandContext, RegisterUser
 from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS
+from eventkeep.replay import importer
 from eventkeep.replay.audit import export
-from eventkeep.replay.importer import ImportRefused
+from eventkeep.replay.importer import ImportRefused, check_file, import_file
 from tests.replay.conftest import LEGACY, import_history
 
 Edit = Callable[[list[dict[str, Any]]], None]
@@ -112,5 +113,67 @@ def test_an_email_already_in_the_store_is_refused(wiring: Wiring) -> None:
     )
     with pytest.raises(ImportRefused, match="in the store") as refused:
         import_history(wiring, LEGACY, check_first=True)
+    assert refused.value.line == 1
+    assert wiring.shop.recorder.max_notification_id() == 1
+
+
+def checked_then_written(wiring: Wiring, path: Path, between: Callable[[], None]) -> int:
+    """What `eventkeep audit import` does, with `between` run after the check."""
+    bus = wiring.built.bus if wiring.built is not None else wiring.handle.__self__  # type: ignore[attr-defined]
+    recorder = wiring.shop.recorder
+    checked = check_file(path, recorder, bus.email_claim, lambda _: None)
+    assert checked.count == len(legacy_lines())
+    between()
+    return import_file(path, recorder, bus.email_claim, lambda _: None, checked)
+
+
+def same_size_change(path: Path, line: int) -> None:
+    """Line `line` (from 1) with another first letter of its actor: the file's size
+    unchanged."""
+    lines = path.read_bytes().split(b"\n")
+    at = lines[line - 1].index(b'"actor":"') + len(b'"actor":"')
+    lines[line - 1] = lines[line - 1][:at] + b"X" + lines[line - 1][at + 1 :]
+    size = path.stat().st_size
+    path.write_bytes(b"\n".join(lines))
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize("case", ["same size, first page", "a line added", "a later page"])
+def test_a_file_changed_after_its_check_is_refused_before_the_change_is_written(
+    case: str, wiring: Wiring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write compares the file's size, then each page's digest, with the check's: a
+    change is refused before any line of its page is written (lines before it, as checked,
+    may be)."""
+    monkeypatch.setattr(importer, "READ_AHEAD", 100)
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in legacy_lines()))
+    edits: dict[str, Callable[[], None]] = {
+        "same size, first page": lambda: same_size_change(path, 50),
+        "a line added": lambda: path.write_bytes(path.read_bytes() + LEGACY.read_bytes()[:200]),
+        "a later page": lambda: same_size_change(path, 450),
+    }
+    with pytest.raises(ImportRefused, match="changed since it was checked") as refused:
+        checked_then_written(wiring, path, edits[case])
+    written = wiring.shop.recorder.max_notification_id() or 0
+    if case == "a later page":
+        assert refused.value.line == 401 and written <= 400  # nothing of the changed page
+    else:
+        assert written == 0
+
+
+def test_after_its_check_the_write_still_checks_against_the_store(wiring: Wiring) -> None:
+    """Content is checked once; what depends on the store is checked again as it writes:
+    an email another user took between the check and the write is refused."""
+    first = legacy_lines()[0]
+
+    def taken() -> None:
+        wiring.handle(
+            RegisterUser(first["data"]["email"], "Someone", "Else"),
+            CommandContext(actor="test", correlation_id="c"),
+        )
+
+    with pytest.raises(ImportRefused, match="in the store") as refused:
+        checked_then_written(wiring, LEGACY, taken)
     assert refused.value.line == 1
     assert wiring.shop.recorder.max_notification_id() == 1

@@ -84,23 +84,33 @@ def test_queries_answer_throughout_and_the_swap_loses_and_doubles_nothing(
     assert wiring.queries.models.dump() == rebuilt_from_scratch(wiring)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_an_interrupted_rebuild_resumes_where_it_stopped(
-    wiring: Wiring, client: TestClient
+    wiring: Wiring, client: TestClient, workers: int
 ) -> None:
+    """In this process, or (PostgreSQL) in two worker processes, each group resuming from
+    its own read models' progress."""
     product = create_product(client)
     for _ in range(30):
         adjust(client, product["id"], 1)
     # A load written every 10 events: `advance` hears of each once it is committed.
-    job = Rebuild(wiring.shop.recorder, wiring.queries.models, batch_size=10, flush_events=10)
+    job = Rebuild(
+        wiring.shop.recorder,
+        wiring.queries.models,
+        batch_size=10,
+        flush_events=10,
+        workers=workers,
+    )
     seen: list[int] = []
 
-    def crash_after_two_loads(position: int, head: int) -> None:
+    def crash_after_a_load(position: int, head: int) -> None:
+        """Stops once a load is committed (with workers: one of each group's)."""
         seen.append(position)
-        if len(seen) == 3:
+        if position > 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        job.run(crash_after_two_loads)
+        job.run(crash_after_a_load)
     [status] = [s for s in job.status() if s.name == "products"]
     # The load being written when it stopped may have been committed too.
     assert status.rebuilding and status.rebuild_position >= seen[-1] > 0
