@@ -4,7 +4,7 @@ A full collection stops the event loop while it walks every object the process h
 the app, its models and the libraries that was about 140k objects and 100-500 ms on the
 benchmark machine, a stall of every connection of the worker at once (R1's p99 tail, seen
 with `gc.callbacks` beside an event-loop lag probe). `eventkeep serve` builds each worker's app
-with `freeze_heap=True` (`api.app.serve_app`)."""
+with `serving=True` (`api.app.serve_app`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def walked_by_the_collector(*objects: object) -> list[object]:
 
 @pytest.mark.usefixtures("unfrozen_afterwards")
 def test_a_served_app_leaves_its_startup_heap_out_of_full_collections(wiring: Wiring) -> None:
-    app = create_app(wiring, freeze_heap=True)
+    app = create_app(wiring, serving=True)
     assert walked_by_the_collector(app, app.router, wiring.queries) != []  # before it starts
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200
