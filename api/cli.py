@@ -331,7 +331,7 @@ def serve(
     metrics_dir = _multiprocess_metrics(workers)
     # An import string, so that each worker process builds its own app from the environment.
     uvicorn.run(
-        "eventkeep.api.app:create_app",
+        "eventkeep.api.app:serve_app",
         factory=True,
         host=settings.host,
         port=settings.port,

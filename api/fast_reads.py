@@ -4,11 +4,12 @@ Routing and dependency resolution are most of what a by-id GET costs (a profile 
 them at about half of the API's CPU per request). For the common case this layer answers on
 its own: `GET /v1/users|products|orders/<uuid>`, no query string, no X-Min-Position, an API
 key verified moments ago (`ApiKeyStore.recently_verified`, the in-process cache that a
-revocation leaves within its 5 s), a role the route admits, an in-memory rate limiter, and the
-row's answer in the cache. It sends the cached bytes with `X-Projection-Position`, as the
-route would. Anything else — a miss, a customer's token, a first sight of a key, a wait for a
-position, a Redis rate limiter, a quarantined stream, a refusal — goes on to the full route,
-which answers it (and refuses or fills) exactly as before. The outer layers (admission,
+revocation leaves within its 5 s), a role the route admits and an in-memory rate limiter. It
+sends the cached bytes with `X-Projection-Position`, as the route would; on a miss it reads
+the row (in a thread) and offers it to the cache as the route does, then answers it. Anything
+else — a row not found, a customer's token, a first sight of a key, a wait for a position, a
+Redis rate limiter, a read replica to choose, a quarantined stream, a refusal — goes on to the
+full route, which answers it (and refuses or fills) exactly as before. The outer layers (admission,
 metrics, correlation id, security headers, limits) see both paths alike.
 """
 
@@ -18,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 import structlog
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -87,12 +89,22 @@ class FastByIdReads:
         position = progress.position_of(name)
         generation = progress.generation_of(name)
         body = await queries.cache.get_async(model.cache_kind, row_id, generation)
-        if body is None:
-            return False  # the route reads the read model, fills the cache, counts the miss
+        if body is not None:
+            CACHE_LOOKUPS.labels("hit").inc()
+        elif wiring.replica is not None:
+            return False  # the route chooses between the replica and the primary
+        else:
+            # A miss: the row read (in a thread) and offered to the cache as the route does,
+            # without routing, dependencies or a second cache lookup.
+            CACHE_LOOKUPS.labels("miss").inc()
+            body = await run_in_threadpool(
+                queries.of(name).fill_from_read_model, model.cache_kind, row_id, generation
+            )
+            if body is None:
+                return False  # the route answers the 404
         # A refusal changes no limiter state: the route asks again and answers the 429.
         if limiter.acquire(key.id) is not None:
             return False
-        CACHE_LOOKUPS.labels("hit").inc()
         scope.setdefault("state", {})["actor"] = key.id
         structlog.contextvars.bind_contextvars(actor=key.id)
         scope["route"] = route  # as routing would: RequestMetrics labels by its `path`

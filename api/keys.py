@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -19,6 +20,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +51,8 @@ from eventkeep.eventstore.migrations import (
     status,
 )
 from eventkeep.eventstore.pools import check_and_sweep
+
+log = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -142,8 +146,14 @@ class ApiKeyStore(ABC):
 
     def __init__(self, cache_seconds: float = 5.0) -> None:
         self._cache_seconds = cache_seconds
+        # sha256(presented) -> (key, trusted until): the time the store was asked, plus TTL.
         self._cache: dict[str, tuple[ApiKey, float]] = {}
         self._cache_lock = threading.Lock()
+        # Bumped by every revocation here: a verification that began before it stores nothing.
+        self._epoch = 0
+        self._refreshing: set[str] = set()
+        self._refresher: ThreadPoolExecutor | None = None
+        self._closed = False
 
     def create(self, role: Role, name: str = "") -> IssuedKey:
         return self._issue(role, name, replace_named=False)
@@ -162,35 +172,88 @@ class ApiKeyStore(ABC):
         return revoked
 
     def recently_verified(self, presented: str) -> ApiKey | None:
-        """The key, if `verify` vouched for it within `cache_seconds`; else None (ask
-        `verify`). Never touches the store, so it may run on an event loop."""
+        """The key, if the store vouched for it within `cache_seconds`; else None (ask
+        `verify`). Never touches the store, so it may run on an event loop.
+
+        Past half its trust, a key in use is verified again in the background (one check per
+        key at a time) while this keeps answering from memory: requests never wait for the
+        trust to be renewed, yet it still ends `cache_seconds` after the store last said the
+        key was active, so a revocation elsewhere is refused within that time."""
+        cache_key = _sha256(presented)
         with self._cache_lock:
-            cached = self._cache.get(_sha256(presented))
-        return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+            cached = self._cache.get(cache_key)
+            if cached is None:
+                return None
+            key, until = cached
+            left = until - time.monotonic()
+            if left <= 0:
+                return None
+            renew = left < self._cache_seconds / 2 and cache_key not in self._refreshing
+            if renew:
+                self._refreshing.add(cache_key)
+                epoch = self._epoch
+        if renew:
+            self._renew_in_background(presented, cache_key, epoch)
+        return key
 
     def verify(self, presented: str) -> ApiKey | None:
         """The active key `presented` names, or None for a malformed, unknown or revoked key."""
+        if (cached := self.recently_verified(presented)) is not None:
+            return cached
+        with self._cache_lock:
+            epoch = self._epoch
+        return self._ask_store(presented, _sha256(presented), epoch)
+
+    def _ask_store(self, presented: str, cache_key: str, epoch: int) -> ApiKey | None:
+        """Verifies `presented` against the store and remembers the answer (trusted for
+        `cache_seconds` from the moment the store was asked; forgotten when it is no longer
+        active), unless a revocation in this process came after `epoch`."""
         match = _KEY_PATTERN.fullmatch(presented)
         if match is None:
             return None
-        if (cached := self.recently_verified(presented)) is not None:
-            return cached
-        now = time.monotonic()
-        cache_key = _sha256(presented)
+        asked = time.monotonic()
         rows = self._run([(_SELECT_ONE, (match["id"],))])
-        if not rows:
-            return None
-        key, stored_hash = _row_to_key(rows[0]), rows[0][5]
-        if key.revoked or not hmac.compare_digest(stored_hash, _sha256(match["secret"])):
-            return None
+        key = _row_to_key(rows[0]) if rows else None
+        if key is not None and (
+            key.revoked or not hmac.compare_digest(rows[0][5], _sha256(match["secret"]))
+        ):
+            key = None
         with self._cache_lock:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[cache_key] = (key, now + self._cache_seconds)
+            if self._epoch == epoch:
+                if key is None:
+                    self._cache.pop(cache_key, None)
+                else:
+                    if len(self._cache) >= _CACHE_LIMIT:
+                        self._cache.clear()
+                    self._cache[cache_key] = (key, asked + self._cache_seconds)
         return key
 
-    def close(self) -> None:  # noqa: B027 - only pooled stores hold something to release
-        pass
+    def _renew_in_background(self, presented: str, cache_key: str, epoch: int) -> None:
+        def renew() -> None:
+            try:
+                self._ask_store(presented, cache_key, epoch)
+            except Exception as error:  # the store out of reach: the trust runs out as it is
+                log.warning("an API key's verification could not be renewed: %s", error)
+            finally:
+                with self._cache_lock:
+                    self._refreshing.discard(cache_key)
+
+        with self._cache_lock:
+            if self._closed:  # the trust runs out, and the next request asks the store
+                self._refreshing.discard(cache_key)
+                return
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(1, thread_name_prefix="api-key-renewal")
+            self._refresher.submit(renew)
+
+    def close(self) -> None:
+        """Stops the background renewals (waiting for one under way); subclasses also
+        release what they hold."""
+        with self._cache_lock:
+            self._closed = True
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.shutdown(wait=True, cancel_futures=True)
 
     def migrate_schema(self) -> builtins.list[Migration]:
         """Applies the key table's missing migrations; returns those applied."""
@@ -233,6 +296,7 @@ class ApiKeyStore(ABC):
 
     def _forget_verified(self) -> None:
         with self._cache_lock:
+            self._epoch += 1
             self._cache.clear()
 
     @abstractmethod
@@ -305,4 +369,5 @@ class PostgresApiKeyStore(ApiKeyStore):
             return rows
 
     def close(self) -> None:
+        super().close()
         self._pool.close()

@@ -43,6 +43,10 @@ class Cache(Protocol):
         """Marks changed rows stale at their new versions (after the read model committed)."""
         ...
 
+    async def warm_async(self, connections: int) -> None:
+        """Opens what the first requests would otherwise open (an API worker, at startup)."""
+        ...
+
 
 def accepts_fill(current_version: int | None, current_is_row: bool, version: int) -> bool:
     """A fill wins over nothing, over an older entry, and over a tombstone of its own version."""
@@ -92,6 +96,9 @@ class LocalCache:
     def settled(self) -> bool:
         return True
 
+    async def warm_async(self, connections: int) -> None:
+        pass  # in memory: nothing to open
+
     def _put(self, key: tuple[int, str, str], version: int, body: bytes | None) -> None:
         self._entries[key] = (version, body)
         self._entries.move_to_end(key)
@@ -113,4 +120,7 @@ class NoCache:
         return True
 
     def forget(self, changes: Iterable[Change]) -> None:
+        pass
+
+    async def warm_async(self, connections: int) -> None:
         pass

@@ -389,14 +389,16 @@ class ReadModelQueries:
         body = await self._side.cache.get_async(kind, row_id, generation)
         CACHE_LOOKUPS.labels("miss" if body is None else "hit").inc()
         if body is None:
-            body = await run_in_threadpool(self._read_and_fill, kind, row_id, generation)
+            body = await run_in_threadpool(self.fill_from_read_model, kind, row_id, generation)
         return body
 
     def _read_encoded(self, row_id: str) -> bytes | None:
         row = self.model.get(row_id)
         return None if row is None else encode(row)
 
-    def _read_and_fill(self, kind: str, row_id: str, generation: int) -> bytes | None:
+    def fill_from_read_model(self, kind: str, row_id: str, generation: int) -> bytes | None:
+        """A miss: the row's answer read from the read model (blocking: call it in a thread)
+        and offered to the cache under `generation` (read before the row); None: no row."""
         row = self.model.get(row_id)
         if row is None:
             return None

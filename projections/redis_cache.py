@@ -14,9 +14,11 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import redis
 import redis.asyncio
+from redis.asyncio.connection import RedisSSLContext
 
 from eventkeep.projections.readmodel import Change
 
@@ -50,6 +52,25 @@ return 1
 """
 
 
+class _SharedContextConnection(redis.asyncio.SSLConnection):
+    """A TLS connection whose `ssl.SSLContext` is built once per process and settings, not
+    once per connection: building one reads the system's CA bundle, 40-250 ms of CPU on the
+    event loop here, so each new connection stalled every request of its worker."""
+
+    _shared: ClassVar[dict[tuple[Any, ...], RedisSSLContext]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        made = self.ssl_context
+        settings = (
+            *(made.keyfile, made.certfile, made.cert_reqs, made.ca_certs, made.ca_data),
+            *(made.ca_path, made.check_hostname, made.min_version, made.ciphers),
+        )
+        with self._lock:
+            self.ssl_context = self._shared.setdefault(settings, made)
+
+
 class RedisCache:
     def __init__(self, url: str, *, namespace: str = "eventkeep:rm", timeout: float = 0.2) -> None:
         self._url = url
@@ -77,10 +98,33 @@ class RedisCache:
             client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
                 self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
             )
+            pool = client.connection_pool
+            if pool.connection_class is redis.asyncio.SSLConnection:
+                pool.connection_class = _SharedContextConnection
         try:
             return _body(await client.get(self._key(generation, kind, row_id)))
         except redis.RedisError:
             return None
+
+    async def warm_async(self, connections: int) -> None:
+        """Opens `connections` connections of this event loop's client, and as many of the
+        blocking client's (the fills'), before requests need them: a TLS connection costs a
+        handshake, and a blocking one a CA bundle read besides. Redis down: nothing opened."""
+        await asyncio.gather(
+            *(self.get_async("warm", "", 0) for _ in range(connections)),
+            asyncio.to_thread(self._open_blocking, connections),
+        )
+
+    def _open_blocking(self, connections: int) -> None:
+        pool = self._redis.connection_pool
+        opened = []
+        with contextlib.suppress(redis.RedisError):
+            for _ in range(connections):
+                connection = pool.get_connection()
+                opened.append(connection)
+                connection.connect()
+        for connection in opened:
+            pool.release(connection)
 
     def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
         value = str(version).encode() + b"|" + body

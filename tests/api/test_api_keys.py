@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -112,3 +114,111 @@ def test_verified_keys_are_cached_for_their_ttl(tmp_path: Path) -> None:
 
     time.sleep(0.4)
     assert api_process.verify(issued.secret_key) is None
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)],
+)
+def two_processes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[float], tuple[ApiKeyStore, ApiKeyStore]]]:
+    """Opens (an API process's store trusting keys `cache_seconds`, a CLI's) on one store."""
+    opened: list[ApiKeyStore] = []
+
+    def open_store(cache_seconds: float) -> ApiKeyStore:
+        if request.param == "sqlite":
+            made: ApiKeyStore = SqliteApiKeyStore(tmp_path / "keys.db", cache_seconds)
+        else:
+            made = PostgresApiKeyStore(postgres_url(), cache_seconds)
+        opened.append(made)
+        return made
+
+    if request.param == "postgres":
+        drop_postgres_keys()
+    yield lambda cache_seconds: (open_store(cache_seconds), open_store(60))
+    for made in opened:
+        made.close()
+    if request.param == "postgres":
+        drop_postgres_keys()
+
+
+def asking_threads(store: ApiKeyStore) -> list[str]:
+    """The names of the threads that ask `store`'s database from now on (a spy over the real
+    store's own statements)."""
+    names: list[str] = []
+    run = store._run
+
+    def spied(statements: list[Any]) -> list[Any]:
+        names.append(threading.current_thread().name)
+        return run(statements)
+
+    store._run = spied  # type: ignore[method-assign]
+    return names
+
+
+def test_a_key_in_use_is_verified_again_before_its_trust_runs_out(
+    two_processes: Callable[[float], tuple[ApiKeyStore, ApiKeyStore]],
+) -> None:
+    """No request waits for a key's verification to be renewed: past half its trust, one
+    check in the background renews it while requests keep answering from memory (every 5 s,
+    each request in flight used to ask the store again through its small pool: R1's tail)."""
+    api_process, cli_process = two_processes(1.0)
+    issued = cli_process.create(Role.client)
+    assert api_process.verify(issued.secret_key) == issued.key
+    asked_by = asking_threads(api_process)
+    until = time.monotonic() + 4  # four times the trust: it would have run out thrice
+    while time.monotonic() < until:
+        assert api_process.recently_verified(issued.secret_key) == issued.key
+        assert api_process.verify(issued.secret_key) == issued.key
+        time.sleep(0.01)
+    assert asked_by, "the trust was never renewed"
+    assert all(name.startswith("api-key-renewal") for name in asked_by), asked_by
+
+
+def test_a_key_revoked_elsewhere_is_refused_within_its_trust_though_in_use(
+    two_processes: Callable[[float], tuple[ApiKeyStore, ApiKeyStore]],
+) -> None:
+    """Renewing ahead never stretches the trust: it ends `cache_seconds` after the store last
+    said the key was active, so a revocation by another process is refused within that."""
+    api_process, cli_process = two_processes(1.0)
+    issued = cli_process.create(Role.client)
+    assert api_process.verify(issued.secret_key) is not None
+    started = time.monotonic()
+    while time.monotonic() < started + 1.2:  # renewed at least once
+        assert api_process.recently_verified(issued.secret_key) is not None
+        time.sleep(0.01)
+    assert cli_process.revoke(issued.key.id)
+    revoked = time.monotonic()  # every read of the store begun before this saw it active
+    while time.monotonic() < revoked + 1.0:
+        api_process.recently_verified(issued.secret_key)  # in use: renewals keep coming
+        time.sleep(0.01)
+    assert api_process.recently_verified(issued.secret_key) is None
+    assert api_process.verify(issued.secret_key) is None
+
+
+def test_a_revocation_here_wins_over_a_renewal_under_way(
+    two_processes: Callable[[float], tuple[ApiKeyStore, ApiKeyStore]],
+) -> None:
+    """A renewal that read the key as active before this process revoked it stores nothing:
+    a key revoked here is refused at once, whatever a background check was doing."""
+    api_process, _ = two_processes(1.0)
+    issued = api_process.create(Role.client)
+    assert api_process.verify(issued.secret_key) is not None
+    read, release = threading.Event(), threading.Event()
+    run = api_process._run
+
+    def held_after_reading(statements: list[Any]) -> list[Any]:
+        rows = run(statements)
+        if threading.current_thread().name.startswith("api-key-renewal"):
+            read.set()
+            release.wait(10)
+        return rows
+
+    api_process._run = held_after_reading  # type: ignore[method-assign]
+    time.sleep(0.6)  # past half the trust: the next use renews it
+    assert api_process.recently_verified(issued.secret_key) is not None
+    assert read.wait(10), "no renewal began"
+    assert api_process.revoke(issued.key.id)
+    release.set()
+    api_process.close()  # waits for the renewal to finish
+    assert api_process.recently_verified(issued.secret_key) is None

@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.fast_reads import BY_ID
 from eventkeep.api.keys import Role
+from eventkeep.api.ratelimit import LocalLimiter
+from eventkeep.projections.readmodel import ReadModelQueries
 from tests.api.shopping import USER, answer, create_product, register
 
 pytestmark = pytest.mark.usefixtures("projected")
@@ -104,6 +106,33 @@ def test_a_revoked_key_is_refused_even_for_a_cached_answer(
         refused = client.get(path)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_miss_is_read_filled_and_answered_on_the_short_path(
+    wiring: Wiring, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A by-id miss costs the read model's row and the cache's fill, not FastAPI's routing,
+    dependencies and a second cache lookup: the short path reads, fills and answers it."""
+    # The short path's limiter is in memory (Redis's is asked off the event loop, by the route).
+    monkeypatch.setattr(wiring, "limiter", LocalLimiter(rate=1000, burst=1000))
+    product = create_product(client)
+    poll(lambda: wiring.queries.position("products") >= product["position"], "the read model")
+    assert cached(wiring, "product", "products", product["id"]) is None  # never read: a miss
+    assert client.get("/v1/products", params={"limit": 1}).status_code == 200  # key verified
+    products = wiring.queries.of("products")
+    routed: list[str] = []  # the route's read, spied on
+
+    async def route_read(row_id: str) -> bytes | None:
+        routed.append(row_id)
+        return await ReadModelQueries.encoded_async(products, row_id)
+
+    monkeypatch.setattr(products, "encoded_async", route_read)
+    answered = client.get(f"/v1/products/{product['id']}")
+    assert answered.status_code == 200
+    assert answered.json()["id"] == product["id"]
+    assert int(answered.headers["X-Projection-Position"]) >= product["position"]
+    assert routed == []  # answered before routing
+    assert cached(wiring, "product", "products", product["id"]) == answered.content
 
 
 def test_the_short_path_labels_requests_with_the_routes_templates(app: FastAPI) -> None:

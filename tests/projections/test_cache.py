@@ -68,3 +68,24 @@ def test_redis_down_is_a_miss_and_tombstones_wait() -> None:
     offer(cache, row(1), 0)
     cache.forget([Change("product", "p1", 2, 0)])
     assert get(cache) is None
+
+
+def test_an_api_worker_opens_its_cache_connections_before_requests_on_one_tls_context(
+    redis_url: str,
+) -> None:
+    """Each new TLS connection to Redis built its own `SSLContext` (a CA bundle read, 40-250 ms
+    of CPU on the event loop), so the first requests of a worker stalled together. A served
+    worker opens them at startup (`warm_async`), and its connections share one context."""
+    assert redis_url.startswith("rediss://"), "the services run Redis with TLS, as CI does"
+    cache = RedisCache(redis_url, namespace=f"t{uuid.uuid4().hex}", timeout=5.0)
+
+    async def warmed() -> set[int]:
+        await cache.warm_async(4)
+        pool = cache._async_clients[asyncio.get_running_loop()].connection_pool
+        opened = [c for c in pool._available_connections if c.is_connected]  # type: ignore[attr-defined]
+        blocking = cache._redis.connection_pool._available_connections  # type: ignore[attr-defined]
+        assert (len(opened), len(blocking)) == (4, 4)
+        assert all(c._sock is not None for c in blocking)  # connected, not merely made
+        return {id(c.ssl_context.get()) for c in opened}
+
+    assert len(asyncio.run(warmed())) == 1
