@@ -1,17 +1,17 @@
-"""`eventkeep bench overload`: a real `eventkeep serve` driven by wrk first at a load it
-sustains, then at about ten times that rate; prints the admitted rate, the refused rate (503
-OVERLOADED or STORE_UNAVAILABLE, 429) and the admitted requests' p99, the server's peak memory,
-and checks that every acknowledged command is in the store.
+"""`eventkeep bench overload`: a real `eventkeep serve` driven by wrk first at a load it sustains,
+then at about ten times that rate; prints the admitted rate, the refused rate (503 OVERLOADED or
+STORE_UNAVAILABLE, 429) and the admitted requests' p99, the server's peak memory, and checks that
+every acknowledged command is in the store.
 
-The workload is `POST /v1/users` (one event each, every email new). The sustained phase is
-wrk's closed loop on a few connections (each sends its next command when the last is
-answered): the rate the server sustains. The overload phase opens many connections, each
-pausing between its requests so that together they offer `--factor` times that rate (a
-refused client that retried at once would offer far more); short trial runs first find the
-pause that offers it (an answer's own time is part of each connection's cycle), and the report
-prints the rate actually offered beside the sustained one. The admitted p99 is measured on the client by a
-probe that sends one command at a time during the overload (wrk's own percentiles mix refused
-answers, which are fast, into the admitted ones), and on the server by its latency histogram.
+The workload is `POST /v1/users` (one event each, every email new). The sustained phase is wrk's
+closed loop on a few connections (each sends its next command when the last is answered): the
+rate the server sustains. The overload phase opens many connections, each pausing between its
+requests so that together they offer `--factor` times that rate (a refused client that retried at
+once would offer far more); short trial runs first find the pause that offers it (an answer's own
+time is part of each connection's cycle), and the report prints the rate actually offered beside
+the sustained one. The admitted p99 is measured on the client by a probe that sends one command
+at a time during the overload (wrk's own percentiles mix refused answers, which are fast, into
+the admitted ones), and on the server by its latency histogram.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """`audit import`: history in the export format (docs/replay.md) written into the event store.
 
-Two passes over the file, streamed line by line: the first checks every line and refuses the
-file at the first bad one, naming the line and the reason, before anything is written, and
-keeps a digest of each page of lines; the second appends, checking the digests (a file
-changed since its check is refused) and, for each line, only what depends on the store as it
-now is (the content was checked once). What is stored is what the file says — stream ids, versions, original
-timestamps, metadata and the *stored* schema version (nothing is upcast on the way in; the
-one upcaster chain runs when it is read). Positions are the store's own. Emails get their
-uniqueness claims, so commands after the import keep them unique.
+Two passes over the file, streamed line by line: the first checks every line and refuses the file
+at the first bad one, naming the line and the reason, before anything is written, and keeps a
+digest of each page of lines; the second appends, checking the digests (a file changed since its
+check is refused) and, for each line, only what depends on the store as it now is (the content
+was checked once). What is stored is what the file says — stream ids, versions, original
+timestamps, metadata and the *stored* schema version (nothing is upcast on the way in; the one
+upcaster chain runs when it is read). Positions are the store's own. Emails get their uniqueness
+claims, so commands after the import keep them unique.
 """
 
 from __future__ import annotations
