@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.domain.catalog import stream_type_of
 from eventkeep.domain.errors import DomainError
-from eventkeep.domain.ordering import cancel_order, place_order
+from eventkeep.domain.ordering import cancel_order, place_order, products_of
 from eventkeep.domain.product import Product
 from eventkeep.domain.upcasters import upcast
 from eventkeep.domain.user import User
@@ -113,7 +113,7 @@ class History:
             elif kind == "deliver":
                 order.deliver()
             else:
-                ids = {line.product_id for line in order.lines}
+                ids = set(products_of(order))
                 cancel_order(order, [p for p in self.products if str(p.id) in ids], "no")
             products = [p for p in self.products if p.pending_events]
             self._record(order, *products)
