@@ -15,6 +15,7 @@ once the replica's own copy of the read model reached X-Min-Position, else the p
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import Depends, Header, Request, Response
 
 from eventkeep.api.auth import requires
@@ -106,10 +107,16 @@ def encoded(body: bytes, request_response: Response) -> Response:
     return answer
 
 
-def page(read: Callable[[], tuple[list[dict], str | None]]) -> dict:
-    """A list answer, `{"items", "next_cursor"}`; a cursor not made here is a 400."""
+# The OpenAPI description of a list answer sent as `page` bytes: `{"items", "next_cursor"}`.
+PageAnswer = dict[str, Any]
+
+
+def page(read: Callable[[], tuple[list[dict], str | None]], request_response: Response) -> Response:
+    """A list answer, `{"items", "next_cursor"}`, encoded once as it goes on the wire (no
+    model validates or re-encodes its rows), with the headers the request's dependencies set;
+    a cursor not made here is a 400."""
     try:
         items, next_cursor = read()
     except InvalidCursor as error:
         raise ApiError("INVALID_CURSOR", str(error)) from None
-    return {"items": items, "next_cursor": next_cursor}
+    return encoded(orjson.dumps({"items": items, "next_cursor": next_cursor}), request_response)

@@ -274,9 +274,17 @@ class ReadModel:
 
     # --- reading ---------------------------------------------------------------------------
 
+    @property
+    def shown_columns(self) -> str:
+        """The SELECT list of a read: the row's columns (not derived ones such as the products'
+        search vector, which is not shown and costs its transfer and parsing on every row)."""
+        return ", ".join(self.columns)
+
     def get(self, row_id: str) -> Row | None:
         with self.db.reading() as cursor:
-            cursor.execute(f"SELECT * FROM {self.table()} WHERE id = %s", (row_id,))
+            cursor.execute(
+                f"SELECT {self.shown_columns} FROM {self.table()} WHERE id = %s", (row_id,)
+            )
             row = cursor.fetchone()
         return None if row is None else shown(self.decoded(row))
 
@@ -320,7 +328,8 @@ class ReadModel:
             params.extend(after)
         order = f"{column} {direction}, id {direction}"
         statement = (
-            f"SELECT * FROM {table or self.table()} WHERE {' AND '.join(where)}"
+            f"SELECT {self.shown_columns} FROM {table or self.table()}"
+            f" WHERE {' AND '.join(where)}"
             f" ORDER BY {order} LIMIT %s"
         )
         return statement, [*params, limit + 1]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 
 from eventkeep.api.accounts import CUSTOMERS
 from eventkeep.api.dispatch import ClientCommand, IfMatch
-from eventkeep.api.reads import ByIdAnswer, ProductReads, encoded, found, page
+from eventkeep.api.reads import ByIdAnswer, PageAnswer, ProductReads, encoded, found, page
 from eventkeep.api.schema import (
     COMMAND_ERRORS,
     Body,
@@ -98,9 +98,10 @@ async def get_product(product_id: UUID, products: ProductReads, response: Respon
     return encoded(found(body, "product", product_id), response)
 
 
-@router.get("", dependencies=CUSTOMERS)
+@router.get("", dependencies=CUSTOMERS, response_model=PageAnswer)
 def search_products(
     products: ProductReads,
+    response: Response,
     q: Annotated[
         str | None, Query(max_length=200, description="Words of name or description.")
     ] = None,
@@ -114,7 +115,7 @@ def search_products(
     sort: Literal["name", "price", "-price", "newest"] = "name",
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     """Full-text search with filters, a page at a time (`next_cursor` for the next)."""
     return page(
         lambda: products.search(
@@ -127,5 +128,6 @@ def search_products(
             sort=sort,
             cursor=cursor,
             limit=limit,
-        )
+        ),
+        response,
     )

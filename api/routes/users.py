@@ -14,6 +14,7 @@ from eventkeep.api.reads import (
     ByIdAnswer,
     OwnOrderReads,
     OwnUserReads,
+    PageAnswer,
     UserReads,
     encoded,
     found,
@@ -129,15 +130,18 @@ def find_user(email: Annotated[Email, Query()], users: UserReads) -> dict[str, A
 OrderStatus = Literal["placed", "paid", "shipped", "delivered", "cancelled"]
 
 
-@router.get("/{user_id}/orders", dependencies=CUSTOMERS)
+@router.get("/{user_id}/orders", dependencies=CUSTOMERS, response_model=PageAnswer)
 def orders_of_user(
     user_id: UUID,
     orders: OwnOrderReads,
     key: Caller,
+    response: Response,
     status: OrderStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> Response:
     """The user's orders, newest first, a page at a time (`next_cursor` for the next)."""
     own(key, user_id)
-    return page(lambda: orders.of_user(str(user_id), status=status, cursor=cursor, limit=limit))
+    return page(
+        lambda: orders.of_user(str(user_id), status=status, cursor=cursor, limit=limit), response
+    )

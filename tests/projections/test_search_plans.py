@@ -135,3 +135,16 @@ def test_a_page_of_a_common_search_stops_after_the_page(
         # An index walked in the page's order: the Limit stops it after the page.
         assert plan["Plans"][0]["Node Type"] in ("Index Scan", "Index Scan Backward"), plan
         assert "category" in plan["Plans"][0]["Index Name"], plan
+
+
+def test_a_search_reads_only_the_columns_it_shows(
+    connection: psycopg.Connection, products: ProductQueries
+) -> None:
+    """Not the search vector: it is not shown, and sending and parsing it cost every row of
+    every page (a `SELECT *` did)."""
+    statement, params = products.search_statement(q="red lamp", category="kitchen")
+    row = connection.execute(f"EXPLAIN (VERBOSE, FORMAT JSON) {statement}", params).fetchone()
+    assert row is not None
+    output = row[0][0]["Plan"]["Output"]
+    assert not any(column.endswith(".search") or column == "search" for column in output), output
+    assert len(output) == len(products.model.columns), output
