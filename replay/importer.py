@@ -79,17 +79,23 @@ class Checker:
     # Claims' owners in the store, read ahead for a page of lines (None: nobody's).
     owners: dict[tuple[str, str], UUID | None] = field(default_factory=dict)
 
-    def read_ahead(self, texts: list[bytes]) -> None:
+    def read_ahead(self, texts: list[bytes]) -> list[Any]:
         """Reads from the store, in one statement each, the last versions of the streams and
         the owners of the emails these lines name that were not read yet: `check` then asks
-        the store nothing per line (a round trip per new stream bound the import)."""
+        the store nothing per line (a round trip per new stream bound the import). Returns
+        each line parsed (None: not JSON), for `check` not to parse it again."""
         streams: set[str] = set()
         claims: set[tuple[str, str]] = set()
+        parsed: list[Any] = []
         for text in texts:
             try:
                 envelope = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                envelope = None
+            parsed.append(envelope)
+            try:
                 stream_id = str(UUID(str(envelope["stream_id"])))
-            except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            except (TypeError, KeyError, ValueError):
                 continue  # `check` refuses it, naming the line
             if stream_id not in self.versions:
                 streams.add(stream_id)
@@ -103,13 +109,16 @@ class Checker:
         self.versions.update({s: found.get(s, 0) for s in streams})
         owners = self.recorder.claim_owners(sorted(claims))
         self.owners.update({c: owners.get(c) for c in claims})
+        return parsed
 
-    def check(self, number: int, text: bytes) -> dict[str, Any]:
+    def check(self, number: int, text: bytes, parsed: Any = None) -> dict[str, Any]:
+        """The line checked and parsed (`parsed`: the line parsed already, None: not)."""
+
         def refuse(reason: str) -> ImportRefused:
             return ImportRefused(number, reason)
 
         try:
-            envelope = orjson.loads(text)
+            envelope = orjson.loads(text) if parsed is None else parsed
         except orjson.JSONDecodeError as error:
             raise refuse(f"not JSON ({error})") from None
         if not isinstance(envelope, dict):
@@ -151,11 +160,11 @@ class Checker:
             self._check_email(stream_id, envelope["data"].get("email"), refuse)
         return envelope | {"stream_id": stream_id, "recorded_at": recorded}
 
-    def recheck(self, number: int, text: bytes) -> dict[str, Any]:
+    def recheck(self, number: int, text: bytes, parsed: Any = None) -> dict[str, Any]:
         """A line `check` accepted before (its page's digest says so): parsed as `check`
         gives it, and checked again only against the store as it now is (each stream's
         versions continue the store's; an email is not another user's there)."""
-        envelope = orjson.loads(text)
+        envelope = orjson.loads(text) if parsed is None else parsed
         stream_id = str(UUID(str(envelope["stream_id"])))
 
         def refuse(reason: str) -> ImportRefused:
@@ -250,19 +259,20 @@ def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
 Line = tuple[int, bytes, int]  # (line number, text, bytes read so far)
 
 
-def read_ahead(path: Path, checker: Checker) -> Iterator[tuple[list[Line], bytes]]:
-    """`lines_of` in pages of `READ_AHEAD` lines, each with its digest (`_digest`), the store
-    read for each page before it is checked."""
+Page = tuple[list[Line], bytes, list[Any]]  # lines, their digest, each parsed (None: not JSON)
+
+
+def read_ahead(path: Path, checker: Checker) -> Iterator[Page]:
+    """`lines_of` in pages of `READ_AHEAD` lines, each with its digest (`_digest`) and its
+    lines parsed, the store read for each page before it is checked."""
     page: list[Line] = []
     for line in lines_of(path):
         page.append(line)
         if len(page) == READ_AHEAD:
-            checker.read_ahead([text for _, text, _ in page])
-            yield page, _digest(page)
+            yield page, _digest(page), checker.read_ahead([text for _, text, _ in page])
             page = []
     if page:
-        checker.read_ahead([text for _, text, _ in page])
-        yield page, _digest(page)
+        yield page, _digest(page), checker.read_ahead([text for _, text, _ in page])
 
 
 def _digest(page: list[Line]) -> bytes:
@@ -292,9 +302,9 @@ def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> Che
     count = 0
     digests = []
     size = path.stat().st_size
-    for page, digest in read_ahead(path, checker):
-        for number, text, done in page:
-            checker.check(number, text)
+    for page, digest, parsed in read_ahead(path, checker):
+        for (number, text, done), envelope in zip(page, parsed, strict=True):
+            checker.check(number, text, envelope)
             count += 1
             advance(done)
         digests.append(digest)
@@ -328,14 +338,14 @@ def import_file(
         emails: dict[str, str] = {}  # stream -> its current email, released when it changes
         check = checker.check if checked is None else checker.recheck
         pages = 0
-        for page, digest in read_ahead(path, checker):
+        for page, digest, parsed in read_ahead(path, checker):
             if checked is not None and (
                 pages >= len(checked.pages) or checked.pages[pages] != digest
             ):
                 raise ImportRefused(page[0][0], CHANGED)
             pages += 1
-            for number, text, done in page:
-                envelope = check(number, text)
+            for (number, text, done), line in zip(page, parsed, strict=True):
+                envelope = check(number, text, line)
                 if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
                     yield Append(pending, metadata, claims)
                     pending, claims = [], []
