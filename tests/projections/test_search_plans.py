@@ -128,13 +128,14 @@ def test_no_search_scans_or_sorts_the_whole_table(
 def test_a_page_of_a_common_search_stops_after_the_page(
     connection: psycopg.Connection, products: ProductQueries
 ) -> None:
-    """The plain shop page (a category, a sort) reads about a page of rows, not the category."""
+    """The plain shop page (a category, a sort) walks an index in the page's order and stops
+    after the page, never sorting the category. Which index is the planner's choice: the
+    (category, sort) one, or for a common category the sort's own, filtered as it walks
+    (both seen, depending on the table's statistics)."""
     for sort in SORTS:
         plan = plan_of(connection, products, {"category": "kitchen", "sort": sort})
         assert plan["Node Type"] == "Limit", plan
-        # An index walked in the page's order: the Limit stops it after the page.
         assert plan["Plans"][0]["Node Type"] in ("Index Scan", "Index Scan Backward"), plan
-        assert "category" in plan["Plans"][0]["Index Name"], plan
 
 
 def test_a_search_reads_only_the_columns_it_shows(
