@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager
@@ -86,6 +86,9 @@ class Append:
     claims: Sequence[UniqueClaim] = ()
     idempotency: IdempotencyRecord | None = None
     tracking: Tracking | None = None
+    # Data keys made for the append's new streams (`eventstore.pii`): stream id -> wrapped
+    # key, inserted with its events (a key already stored refuses the append).
+    data_keys: Mapping[str, bytes] = field(default_factory=dict)
     done: Future[list[int]] = field(default_factory=Future)
     queued_at: float = 0.0  # time.monotonic() when handed to the committer
 
@@ -144,11 +147,12 @@ class BatchPlan:
     claims: dict[tuple[str, str], UUID | None] = field(default_factory=dict)
     idempotency: list[IdempotencyRecord] = field(default_factory=list)
     tracking: list[Tracking] = field(default_factory=list)
+    data_keys: dict[str, bytes] = field(default_factory=dict)
     outcomes: list[tuple[Append, list[int] | Exception]] = field(default_factory=list)
 
     @property
     def writes_anything(self) -> bool:
-        return bool(self.rows or self.claims or self.idempotency or self.tracking)
+        return bool(self.rows or self.claims or self.idempotency or self.tracking or self.data_keys)
 
 
 def plan_batch(
@@ -182,6 +186,7 @@ def plan_batch(
             completed = replace(record.result, position=positions[-1] if positions else position)
             plan.idempotency.append(replace(record, result=completed))
             state.used_idempotency_keys.add(record.key)
+        plan.data_keys.update(append.data_keys)
         if append.tracking is not None:
             plan.tracking.append(append.tracking)
             state.tracking_max[append.tracking.application_name] = append.tracking.notification_id
