@@ -105,6 +105,10 @@ class PersonalFields:
         return cls({t: frozenset(n) for t, n in names.items()}, erasing_event, owners, keyed)
 
 
+class KeysNotKept(Exception):
+    """Sealing would ask the data-key table (`PersonalData.seal(…, query=False)`)."""
+
+
 @dataclass(frozen=True)
 class Sealed(Generic[E]):
     """An append's events sealed, and the data keys made for them: stored (wrapped) by the
@@ -128,17 +132,19 @@ class PersonalData:
         self._sealing: OrderedDict[str, AESGCM] = OrderedDict()
         self._sealing_lock = threading.Lock()
 
-    def seal(self, events: Sequence[E]) -> Sealed[E]:
+    def seal(self, events: Sequence[E], *, query: bool = True) -> Sealed[E]:
         """Events with their personal fields encrypted, and the keys made for new streams
         (see the module); a key is made for each other stream that needs one and has none
-        (an erased stream's own event is refused)."""
-        sealed = self._sealed(events)
+        (an erased stream's own event is refused). `query=False`: raises `KeysNotKept`,
+        having done nothing, when a key this writer does not keep is needed (an event loop
+        then seals in a worker thread)."""
+        sealed = self._sealed(events, query)
         # After sealing: a stream made and erased in one append keeps no key here either.
         if erasures := {str(e.originator_id) for e in events if e.topic == self.erasing_event}:
             self.forget(erasures)
         return sealed
 
-    def _sealed(self, events: Sequence[E]) -> Sealed[E]:
+    def _sealed(self, events: Sequence[E], query: bool) -> Sealed[E]:
         fields = self._fields
         personal = {i: orjson.loads(e.state) for i, e in enumerate(events) if e.topic in fields}
         owners = {
@@ -155,10 +161,12 @@ class PersonalData:
                 or owners.get(i) == str(e.originator_id)
             )
         }
+        wanted = {o for o in owners.values() if o is not None}
+        if not query and len(self._kept(wanted - new)) < len(wanted - new):
+            raise KeysNotKept(wanted - new)
         made, new_keys = self._new_keys(new)
         if not personal:
             return Sealed(list(events), new_keys)
-        wanted = {o for o in owners.values() if o is not None}
         keys = made | self._keys_for_sealing(wanted - made.keys())
         sealed = list(events)
         for i, data in personal.items():

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
 from uuid import UUID
 
+import anyio.to_thread
 import orjson
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -42,7 +43,7 @@ from eventkeep.eventstore.migrations import (
     migrate,
     status,
 )
-from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
+from eventkeep.eventstore.pii import PII_SECRET, KeysNotKept, PersonalData, PersonalFields
 from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
 from eventkeep.eventstore.subscription import PollingSubscription
 
@@ -250,11 +251,29 @@ class EventRecorder:
         if not (append.events or append.claims or append.idempotency or append.tracking):
             return []
         append = self._sealed(append)
-        try:
+        with self._forgetting_keys(append):
             return self._committer.append(append)
+
+    async def append_async(self, append: Append) -> list[int]:
+        """`append` for a coroutine: the commit is awaited, no thread waits for it; sealing
+        that must ask the data-key table runs in a worker thread."""
+        if not (append.events or append.claims or append.idempotency or append.tracking):
+            return []
+        try:
+            append = self._sealed(append, query=False)
+        except KeysNotKept:
+            append = await anyio.to_thread.run_sync(self._sealed, append)
+        with self._forgetting_keys(append):
+            return await self._committer.append_async(append)
+
+    @contextmanager
+    def _forgetting_keys(self, append: Append) -> Iterator[None]:
+        """Forgets the data keys made for `append` if it fails: perhaps not stored."""
+        try:
+            yield
         except BaseException:
             if append.data_keys and self.personal_data is not None:
-                self.personal_data.forget(append.data_keys)  # perhaps not stored: ask next time
+                self.personal_data.forget(append.data_keys)
             raise
 
     def append_all(self, appends: Iterable[Append]) -> int:
@@ -262,12 +281,12 @@ class EventRecorder:
         commit (`GroupCommitter.append_all`: a bulk import); the events written."""
         return self._committer.append_all(self._sealed(a) for a in appends)
 
-    def _sealed(self, append: Append) -> Append:
+    def _sealed(self, append: Append, *, query: bool = True) -> Append:
         """The append with its personal fields sealed and the data keys made for its new
         streams (`eventstore.pii`), which its own batch stores."""
         if self.personal_data is None:
             return append
-        sealed = self.personal_data.seal(append.events)
+        sealed = self.personal_data.seal(append.events, query=query)
         return replace(append, events=sealed.events, data_keys=sealed.new_keys)
 
     @property

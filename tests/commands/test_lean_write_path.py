@@ -7,17 +7,21 @@ committer's batches goes through its dialect), in both modes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+from uuid import uuid4
 
 import orjson
 import pytest
 
 from eventkeep.bootstrap import Eventkeep
-from eventkeep.commands.messages import AdjustStock
+from eventkeep.commands.errors import NotFound, VersionConflict
+from eventkeep.commands.messages import AdjustStock, CommandContext
 from eventkeep.eventstore.recorder import Insert
 from tests.commands.shopping import CONTEXT, create_product, register
-from tests.commands.test_cached_aggregates import writer
+from tests.commands.test_cached_aggregates import stored_stock, writer
 
 Sent = Callable[[], list[str]]
 
@@ -100,3 +104,35 @@ def test_a_user_gets_the_key_of_its_personal_data_with_its_registration(
     assert on_data_keys(sent()) == []
     user: Any = b.store.load(user_id, fresh=True)
     assert user is not None and (user.email, user.first_name) == ("ada@example.com", "Ada")
+
+
+# --- commands awaited on an event loop (`CommandBus.handle_async`) ---------------------------
+
+
+def awaited(system: Eventkeep, command: Any, context: CommandContext = CONTEXT) -> Any:
+    return asyncio.run(system.bus.handle_async(command, context))
+
+
+def test_an_awaited_command_keeps_every_rule_of_a_blocking_one(
+    two_processes: list[Eventkeep],
+) -> None:
+    a, b = two_processes
+    product_id = create_product(writer(a), stock=10)  # `a` keeps version 1 in memory
+    writer(b).handle(AdjustStock(product_id, 5, "delivery"), CONTEXT)  # version 2, unseen by a
+
+    # A stale copy: the commit refuses it, the stream is loaded afresh, decided again.
+    assert awaited(a, AdjustStock(product_id, 1, "found one")).version == 3
+    # If-Match is judged against the stored stream, not a stale copy in memory.
+    writer(b).handle(AdjustStock(product_id, 1, "recount"), CONTEXT)  # version 4
+    assert awaited(a, AdjustStock(product_id, 1, "again", expected_version=4)).version == 5
+    with pytest.raises(VersionConflict):
+        awaited(a, AdjustStock(product_id, 1, "late", expected_version=4))
+    # A retried command answers what it first answered, with no new event.
+    retry = replace(CONTEXT, idempotency_key="test:k1", request_hash="h")
+    first = awaited(a, AdjustStock(product_id, -1, "sold"), retry)
+    assert awaited(b, AdjustStock(product_id, -1, "sold"), retry) == first
+    # Not in memory: loaded in a worker thread; a stream that does not exist: 404.
+    assert awaited(b, AdjustStock(product_id, -1, "sold")).version == first.version + 1
+    with pytest.raises(NotFound):
+        awaited(a, AdjustStock(uuid4(), 1, "nobody's"))
+    assert stored_stock(a, product_id) == 10 + 5 + 1 + 1 + 1 - 1 - 1
