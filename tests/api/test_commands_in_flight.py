@@ -7,7 +7,12 @@ batch. Both modes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,3 +109,68 @@ def test_commands_in_flight_share_batches_with_one_worker_thread(
     assert [a.status_code for a in answers] == [200] * IN_FLIGHT
     assert {a.json()["version"] for a in answers} == {2}
     assert batches_over(2) > before  # the queued commands went in one batch
+
+
+def test_sigterm_answers_the_commands_in_flight_and_stops(tmp_path: Path) -> None:
+    """A real `eventkeep serve` (embedded) told to stop while commands await their commit:
+    it answers them, shuts down gracefully within its bound, and every command it
+    acknowledged is stored."""
+    home = tmp_path / "home"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTKEEP_")}
+    env |= {"EVENTKEEP_HOME": str(home), "EVENTKEEP_RATE_LIMIT": "0"}
+    made = subprocess.run(
+        ["eventkeep", "keys", "create", "--role", "client", "--name", "t"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    base = f"http://127.0.0.1:{port}"
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen(
+            ["eventkeep", "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        body = {"sku": "KB-01", "name": "Keyboard", "category": "peripherals",
+                "price": "49.90", "currency": "EUR", "stock": 1000}  # fmt: skip
+        ids = [
+            httpx.post(f"{base}/v1/products", json=body, headers=headers, timeout=30).json()["id"]
+            for _ in range(IN_FLIGHT)
+        ]  # one each: no command waits for another's stream
+
+        async def adjust_and_stop() -> list[Any]:
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+                sent = [
+                    asyncio.ensure_future(
+                        client.post(
+                            f"/v1/products/{product}/stock",
+                            json={"delta": -1, "reason": "sold"},
+                        )
+                    )
+                    for product in ids
+                ]
+                await asyncio.wait(sent, return_when=asyncio.FIRST_COMPLETED)
+                server.send_signal(signal.SIGTERM)  # the others are in flight or not sent yet
+                return await asyncio.gather(*sent, return_exceptions=True)
+
+        answers = asyncio.run(adjust_and_stop())
+        # uvicorn ends its graceful shutdown by raising the signal it caught again.
+        assert server.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    statuses = [a.status_code for a in answers if isinstance(a, httpx.Response)]
+    assert set(statuses) <= {200, 503}, statuses  # stored, or refused while stopping
+    with contextlib.closing(sqlite3.connect(home / "events.db")) as store:
+        [(stored,)] = store.execute(
+            "SELECT count(*) FROM stored_events WHERE event_type = 'ProductStockAdjusted'"
+        ).fetchall()
+    assert stored >= statuses.count(200) >= 1
