@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from eventsourcing.application import Application
@@ -20,6 +20,7 @@ from eventkeep.api.webhooks import (
 )
 from eventkeep.bootstrap import Eventkeep, build, checkpoint_file, claim_secret, database_url
 from eventkeep.commands.handlers import Handle
+from eventkeep.commands.messages import Command, CommandContext, CommandResult
 from eventkeep.eventstore.checkpoints import CheckpointFile
 from eventkeep.eventstore.circuit import CircuitBreaker
 from eventkeep.projections.log_feed import LogFeed
@@ -30,7 +31,22 @@ from eventkeep.settings import Settings
 # Logins per second (and burst) per address and per account, shared through Redis when set.
 LOGIN_RATE, LOGIN_BURST = 0.5, 10
 
-__all__ = ["Handle", "Wiring", "wire"]
+__all__ = ["CommandHandle", "Handle", "Wiring", "wire"]
+
+AsyncHandle = Callable[[Command, CommandContext], Awaitable[CommandResult]]
+
+
+@dataclass(frozen=True)
+class CommandHandle:
+    """The command bus's entry, blocking and awaitable (the same rules and breaker). The API
+    awaits `awaitable`, so a request waiting for its commit holds no thread; a plain `Handle`
+    (a test's stand-in) is run in a worker thread instead."""
+
+    blocking: Handle
+    awaitable: AsyncHandle
+
+    def __call__(self, command: Command, context: CommandContext) -> CommandResult:
+        return self.blocking(command, context)
 
 
 @dataclass
@@ -112,7 +128,11 @@ def wire(settings: Settings) -> Wiring:
         system.start_checkpoints()
     return Wiring(
         shop=system.shop,
-        handle=system.bus.handle if breaker is None else breaker.guard(system.bus.handle),
+        handle=CommandHandle(system.bus.handle, system.bus.handle_async)
+        if breaker is None
+        else CommandHandle(
+            breaker.guard(system.bus.handle), breaker.guard_async(system.bus.handle_async)
+        ),
         keys=system.keys,
         queries=system.queries,
         limiter=build_limiter(settings.rate_limit, settings.rate_burst, redis_url),

@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Header, Request
 from prometheus_client import Counter
 
 from eventkeep.api.auth import requires
-from eventkeep.api.bootstrap import Handle
+from eventkeep.api.bootstrap import CommandHandle, Handle
 from eventkeep.api.errors import ApiError
 from eventkeep.api.keys import ApiKey, Role
 from eventkeep.api.schema import CommandAnswer
@@ -37,10 +38,13 @@ class Dispatch:
     context: CommandContext
     counter: Counter
 
-    def __call__(self, command: Command) -> CommandAnswer:
+    async def __call__(self, command: Command) -> CommandAnswer:
         name = type(command).__name__
         try:
-            result = self.handle(command, self.context)
+            if isinstance(self.handle, CommandHandle):  # no thread waits for the commit
+                result = await self.handle.awaitable(command, self.context)
+            else:
+                result = await anyio.to_thread.run_sync(self.handle, command, self.context)
         except DomainError as error:
             self.counter.labels(name, error.code).inc()
             raise
@@ -93,7 +97,7 @@ AdminCommand = Annotated[Dispatch, Depends(dispatcher(Role.admin))]
 OwnCommand = Annotated[Dispatch, Depends(dispatcher(Role.client, Role.customer))]
 
 
-def expected_version(
+async def expected_version(  # async: no worker thread for a header
     if_match: Annotated[
         str,  # noqa: RUF013 (not `str | None`: documented as a string, never "null")
         Header(

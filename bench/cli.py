@@ -28,6 +28,7 @@ def _params(url: str) -> dict[str, str]:
     }
 
 
+W1_IN_FLIGHT = 64  # commands awaited at once in W1's context figure (no thread each)
 WRITE_WORKLOADS = ("B1", "B2", "B3", "W0", "W2", "G1", "B8", "W1", "W3")
 
 
@@ -154,6 +155,21 @@ def write_path(
                     b1_8,
                     b3_8,
                     b8,
+                )
+                # Context, not the target's workload: the same commands as the API runs them.
+                rate, latency = command_workloads.w1_awaited_commands(
+                    system.bus, ids, W1_IN_FLIGHT, seconds
+                )
+                report.add(
+                    Figure(
+                        "W1",
+                        f"the same commands awaited, {W1_IN_FLIGHT} in flight on one event loop",
+                        rate,
+                        "commands/s",
+                        "B8",
+                        _value(b8),
+                        latency=latency.percentiles(),
+                    )
                 )
         finally:
             system.close()

@@ -3,6 +3,7 @@ shop's own store in the distributed mode, over products made by the seeder."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -54,6 +55,33 @@ def w1_commands(
         return 1
 
     return run_threads(writers, seconds, work)
+
+
+def w1_awaited_commands(
+    bus: CommandBus, products: list, in_flight: int, seconds: float
+) -> tuple[float, Histogram]:
+    """W1's command awaited (`CommandBus.handle_async`), `in_flight` at a time on one event
+    loop and no thread each: what the HTTP routes do, without HTTP."""
+    rng = random.Random(11)
+    histogram = Histogram()
+    done = 0
+
+    async def writer(deadline: float) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            product = products[rng.randrange(len(products))]
+            began = time.perf_counter()
+            await bus.handle_async(AdjustStock(product, -1, "bench"), CONTEXT)
+            histogram.record(time.perf_counter() - began)
+            done += 1
+
+    async def run() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(started + seconds) for _ in range(in_flight)))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(run())
+    return done / elapsed, histogram
 
 
 def w3_http_commands(settings: Settings, products: list, seconds: float, logs: Path) -> Wrk:

@@ -14,15 +14,19 @@ import hmac
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
+import anyio
+import anyio.to_thread
 from eventsourcing.domain import Aggregate
 
 from eventkeep.commands import messages as m
 from eventkeep.commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
 from eventkeep.commands.ports import (
+    AwaitableWriteStore,
     ClaimTakenError,
     EventMetadata,
     IdempotencyKeyUsedError,
@@ -37,6 +41,14 @@ from eventkeep.domain.product import Product
 from eventkeep.domain.user import User, normalize_email
 
 A = TypeVar("A", bound=Aggregate)
+# Set while `handle_async` decides on the event loop: a load must not ask the database.
+_MEMORY_ONLY: ContextVar[bool] = ContextVar("memory_only", default=False)
+
+
+class _NotInMemory(Exception):
+    """A load the event loop may not make (see `_MEMORY_ONLY`)."""
+
+
 Handle = Callable[[m.Command, m.CommandContext], m.CommandResult]  # what `CommandBus.handle` is
 EMAIL_SCOPE = "user_email"
 
@@ -55,6 +67,8 @@ class Decision:
 class CommandBus:
     def __init__(self, store: WriteStore, claim_secret: bytes, *, attempts: int = 5) -> None:
         self.store = store
+        # A runtime Protocol check costs ~0.1 ms: made once, not per command.
+        self._awaitable = isinstance(store, AwaitableWriteStore)
         self._claim_secret = claim_secret
         self._attempts = attempts
         self._handlers: dict[type[m.Command], Callable[[Any], Decision]] = {
@@ -93,25 +107,66 @@ class CommandBus:
         key = context.idempotency_key
         if key is not None and (answered := self._answered(key, context)) is not None:
             return answered
-        expected: int | None = getattr(command, "expected_version", None)
         for attempt in range(self._attempts):
             try:
                 return self._decide_and_save(command, context)
-            except StreamChangedError:
-                if expected is not None:
-                    raise VersionConflict(
-                        "the stream changed since the version given in If-Match",
-                        expected=expected,
-                    ) from None
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
             except IdempotencyKeyUsedError:
-                assert key is not None
-                answered = self._answered(key, context)
-                assert answered is not None, "a used key has a stored answer"
+                return self._answered_after_all(context)
+            except (StreamChangedError, ClaimTakenError) as refusal:
+                time.sleep(self._backoff(refusal, command, attempt))
+        raise self._kept_losing()
+
+    async def handle_async(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
+        """`handle` for a coroutine, with the same rules: no thread waits for the commit
+        (batches grow with the requests in flight), and a command whose aggregates are all in
+        memory is decided on the event loop; a step that must ask the database (an
+        idempotency look-up, an aggregate not in memory, a key to seal with) runs in a
+        worker thread. Needs a store with `cached` and `save_async`; else the whole command
+        runs in a worker thread."""
+        if not self._awaitable:
+            return await anyio.to_thread.run_sync(self.handle, command, context)
+        store = cast(AwaitableWriteStore, self.store)  # checked once, in __init__
+        key = context.idempotency_key
+        if key is not None:
+            answered = await anyio.to_thread.run_sync(self._answered, key, context)
+            if answered is not None:
                 return answered
-            except ClaimTakenError:
-                raise EmailTaken("the email is used by another user") from None
-        raise VersionConflict(
+        for attempt in range(self._attempts):
+            try:
+                decision = self._decide_from_memory(command)
+                if decision is None:
+                    decision = await anyio.to_thread.run_sync(self._decide, command)
+                position = await store.save_async(
+                    decision.changed, **self._save_arguments(decision, context)
+                )
+                return self._result(decision, position)
+            except IdempotencyKeyUsedError:
+                return await anyio.to_thread.run_sync(self._answered_after_all, context)
+            except (StreamChangedError, ClaimTakenError) as refusal:
+                await anyio.sleep(self._backoff(refusal, command, attempt))
+        raise self._kept_losing()
+
+    def _backoff(self, refusal: Exception, command: m.Command, attempt: int) -> float:
+        """Seconds before deciding again after `refusal`; raises what the client is told
+        when deciding again cannot help."""
+        if isinstance(refusal, ClaimTakenError):
+            raise EmailTaken("the email is used by another user") from None
+        expected: int | None = getattr(command, "expected_version", None)
+        if expected is not None:
+            raise VersionConflict(
+                "the stream changed since the version given in If-Match", expected=expected
+            ) from None
+        return random.uniform(0, 0.002 * 2**attempt)
+
+    def _answered_after_all(self, context: m.CommandContext) -> m.CommandResult:
+        """The stored answer of an idempotency key found used while committing."""
+        assert context.idempotency_key is not None
+        answered = self._answered(context.idempotency_key, context)
+        assert answered is not None, "a used key has a stored answer"
+        return answered
+
+    def _kept_losing(self) -> VersionConflict:
+        return VersionConflict(
             "concurrent changes to the same stream kept winning; try again",
             attempts=self._attempts,
         )
@@ -127,24 +182,40 @@ class CommandBus:
         return found.result
 
     def _decide_and_save(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
-        decision = self._handlers[type(command)](command)
-        target = decision.target
-        answer = m.CommandResult(
-            id=target.id, version=target.version, position=0, created=decision.created
-        )
+        decision = self._decide(command)
+        position = self.store.save(decision.changed, **self._save_arguments(decision, context))
+        return self._result(decision, position)
+
+    def _decide(self, command: m.Command) -> Decision:
+        return self._handlers[type(command)](command)
+
+    def _decide_from_memory(self, command: m.Command) -> Decision | None:
+        """The decision from aggregates in memory only; None when one is not there."""
+        memory_only = _MEMORY_ONLY.set(True)
+        try:
+            return self._decide(command)
+        except _NotInMemory:
+            return None
+        finally:
+            _MEMORY_ONLY.reset(memory_only)
+
+    def _save_arguments(self, decision: Decision, context: m.CommandContext) -> dict[str, Any]:
         idempotency = None
         if context.idempotency_key is not None:
             idempotency = IdempotencyRecord(
                 key=context.idempotency_key,
                 request_hash=context.request_hash or "",
-                result=answer,
+                result=self._result(decision, 0),
             )
-        position = self.store.save(
-            decision.changed,
-            metadata=EventMetadata(context.actor, context.correlation_id, context.causation_id),
-            claims=decision.claims,
-            idempotency=idempotency,
-        )
+        return {
+            "metadata": EventMetadata(context.actor, context.correlation_id, context.causation_id),
+            "claims": decision.claims,
+            "idempotency": idempotency,
+        }
+
+    @staticmethod
+    def _result(decision: Decision, position: int) -> m.CommandResult:
+        target = decision.target
         return m.CommandResult(
             id=target.id, version=target.version, position=position, created=decision.created
         )
@@ -152,7 +223,14 @@ class CommandBus:
     # --- loading --------------------------------------------------------------------------
 
     def _load(self, kind: type[A], stream_id: UUID, expected_version: int | None = None) -> A:
-        aggregate = self.store.load(stream_id)
+        if _MEMORY_ONLY.get():
+            aggregate = cast(AwaitableWriteStore, self.store).cached(stream_id)
+            if aggregate is None or (
+                expected_version is not None and aggregate.version != expected_version
+            ):  # not in memory, or If-Match is judged against the stored stream
+                raise _NotInMemory
+        else:
+            aggregate = self.store.load(stream_id)
         if expected_version is not None and (
             not isinstance(aggregate, kind) or aggregate.version != expected_version
         ):  # perhaps a stale copy in memory: If-Match is judged against the stored stream

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import orjson
@@ -147,4 +147,25 @@ class WriteStore(Protocol):
         all at once; answers the position of the last event appended (the log's last position
         when there were none). Raises StreamChangedError, ClaimTakenError or
         IdempotencyKeyUsedError, with nothing written."""
+        ...
+
+
+@runtime_checkable
+class AwaitableWriteStore(WriteStore, Protocol):
+    """A write store an event loop can use without a thread waiting on each command."""
+
+    def cached(self, stream_id: UUID) -> Aggregate | None:
+        """The aggregate from memory, as `load` would give it; None when it is not there
+        (never asks the database)."""
+        ...
+
+    async def save_async(
+        self,
+        aggregates: Sequence[Aggregate],
+        *,
+        metadata: EventMetadata,
+        claims: Sequence[UniqueClaim] = (),
+        idempotency: IdempotencyRecord | None = None,
+    ) -> int:
+        """`save`, awaited: no thread waits for the commit."""
         ...

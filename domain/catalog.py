@@ -42,4 +42,12 @@ PERSONAL_FIELDS: dict[str, frozenset[str]] = {
 }
 # Event types sealed under another stream's key: the data field that names that stream.
 KEY_OWNERS: dict[str, str] = {"OrderCancelled": "user_id"}
+# Stream types with personal fields under their own key: each stream gets its key with its
+# first event, stored by that event's own append (a product's first stock adjustment asks the
+# store for nothing).
+KEYED_STREAMS = frozenset(
+    stream_type_of(EVENT_TYPES[event_type])
+    for event_type in PERSONAL_FIELDS
+    if event_type not in KEY_OWNERS
+)
 ERASING_EVENT = "UserPersonalDataErased"

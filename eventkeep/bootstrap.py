@@ -26,7 +26,7 @@ from eventkeep.commands.handlers import CommandBus
 from eventkeep.commands.ports import WriteStore
 from eventkeep.commands.shop import Shop
 from eventkeep.deployment_secret import derive, email_claim_key
-from eventkeep.domain.catalog import ERASING_EVENT, KEY_OWNERS, PERSONAL_FIELDS
+from eventkeep.domain.catalog import ERASING_EVENT, KEY_OWNERS, KEYED_STREAMS, PERSONAL_FIELDS
 from eventkeep.eventstore.feed_mac import FEED_LABEL
 from eventkeep.eventstore.hashchain import chain_key
 from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
@@ -551,7 +551,7 @@ def shop_env(settings: Settings, *, postgres_url: str | None = None) -> dict[str
         PII_SECRET: claim_secret(settings).decode(),
         # The hash chain's HMAC key (eventstore/hashchain.py), never stored in the database.
         RecorderFactory.CHAIN_KEY: chain_secret(settings).hex(),
-        **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS).to_env(),
+        **PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS, KEYED_STREAMS).to_env(),
         # No library aggregate cache: the write path keeps its own, trusted without a query
         # (eventstore/write_store.py); other loads read the store.
         # Bounded waits of the group committer (eventstore/group_commit.py).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import psycopg
@@ -75,6 +75,20 @@ class CircuitBreaker:
             self.check()
             try:
                 return call(*args, **kwargs)
+            except Exception as error:
+                if is_connection_failure(error):
+                    self.trip(error)
+                raise
+
+        return guarded
+
+    def guard_async(self, call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        """`guard` for a coroutine function."""
+
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            self.check()
+            try:
+                return await call(*args, **kwargs)
             except Exception as error:
                 if is_connection_failure(error):
                     self.trip(error)

@@ -23,11 +23,12 @@ idempotency key is safe). A failure before the writes were sent is always `Commi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager
@@ -37,6 +38,7 @@ from queue import Empty, Full, Queue
 from typing import Any, Protocol
 from uuid import UUID
 
+import anyio.to_thread
 from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent, Tracking
 
 from eventkeep.commands.ports import (
@@ -86,6 +88,9 @@ class Append:
     claims: Sequence[UniqueClaim] = ()
     idempotency: IdempotencyRecord | None = None
     tracking: Tracking | None = None
+    # Data keys made for the append's new streams (`eventstore.pii`): stream id -> wrapped
+    # key, inserted with its events (a key already stored refuses the append).
+    data_keys: Mapping[str, bytes] = field(default_factory=dict)
     done: Future[list[int]] = field(default_factory=Future)
     queued_at: float = 0.0  # time.monotonic() when handed to the committer
 
@@ -144,11 +149,12 @@ class BatchPlan:
     claims: dict[tuple[str, str], UUID | None] = field(default_factory=dict)
     idempotency: list[IdempotencyRecord] = field(default_factory=list)
     tracking: list[Tracking] = field(default_factory=list)
+    data_keys: dict[str, bytes] = field(default_factory=dict)
     outcomes: list[tuple[Append, list[int] | Exception]] = field(default_factory=list)
 
     @property
     def writes_anything(self) -> bool:
-        return bool(self.rows or self.claims or self.idempotency or self.tracking)
+        return bool(self.rows or self.claims or self.idempotency or self.tracking or self.data_keys)
 
 
 def plan_batch(
@@ -182,6 +188,7 @@ def plan_batch(
             completed = replace(record.result, position=positions[-1] if positions else position)
             plan.idempotency.append(replace(record, result=completed))
             state.used_idempotency_keys.add(record.key)
+        plan.data_keys.update(append.data_keys)
         if append.tracking is not None:
             plan.tracking.append(append.tracking)
             state.tracking_max[append.tracking.application_name] = append.tracking.notification_id
@@ -327,10 +334,36 @@ class GroupCommitter:
 
     def append(self, append: Append) -> list[int]:
         """Queue an append and wait until its batch has committed (or it was refused)."""
+        self._put(append)
+        try:
+            return append.done.result(timeout=self._result_wait)
+        except FutureTimeout:
+            raise self._timed_out(append) from None
+
+    async def append_async(self, append: Append) -> list[int]:
+        """`append` for a coroutine: no thread waits for the commit (the committer's answer
+        wakes the event loop), so a process holds as many appends in flight as it has
+        requests, and batches grow with load. The same bounds and answers as `append`."""
+        try:
+            self._put(append, wait=False)
+        except Full:  # only under overload: wait for room in a worker thread, as `append` does
+            await anyio.to_thread.run_sync(self._put, append)
+        answer = asyncio.wrap_future(append.done)
+        try:
+            # Shielded: the timeout decides below whether the append is withdrawn.
+            return await asyncio.wait_for(asyncio.shield(answer), self._result_wait)
+        except TimeoutError:
+            raise self._timed_out(append) from None
+
+    def _put(self, append: Append, *, wait: bool = True) -> None:
+        """Queues `append`, waiting up to `queue_wait` for room (`wait`: else `Full` at once)."""
         if self._closed:
             raise RuntimeError("the event store is closed")
         self._ensure_started()
         append.queued_at = time.monotonic()
+        if not wait:
+            self._queue.put_nowait(append)
+            return
         try:
             self._queue.put(append, timeout=self._queue_wait)
         except Full:
@@ -338,16 +371,16 @@ class GroupCommitter:
             raise CommitQueueFull(
                 f"the event store is busy: {self._queue.maxsize} appends already wait"
             ) from None
-        try:
-            return append.done.result(timeout=self._result_wait)
-        except FutureTimeout:
-            if append.done.cancel():  # still queued: the committer will skip it
-                raise CommitNotWritten(
-                    f"no commit within {self._result_wait:g}s; the append was withdrawn"
-                ) from None
-            raise CommitOutcomeUnknown(
-                f"the append's commit did not end within {self._result_wait:g}s"
-            ) from None
+
+    def _timed_out(self, append: Append) -> OperationalError:
+        """What a writer whose answer did not come within `result_wait` is told."""
+        if append.done.cancel():  # still queued: the committer will skip it
+            return CommitNotWritten(
+                f"no commit within {self._result_wait:g}s; the append was withdrawn"
+            )
+        return CommitOutcomeUnknown(
+            f"the append's commit did not end within {self._result_wait:g}s"
+        )
 
     def append_all(self, appends: Iterable[Append], window: int = 1024) -> int:
         """Queues appends in their order without waiting for each commit (up to `window`

@@ -388,6 +388,40 @@ EVENT_STORE_MIGRATIONS = (
         ),
         sqlite=(),  # in-process: no round trips to save
     ),
+    Migration(
+        3,
+        "append function with the data keys of the batch's new streams (eventstore/pii.py)",
+        # Version 2's function, then the keys: inserted only when it wrote the batch (a key
+        # already stored fails the batch, which is then retried one append at a time), and
+        # the erased streams' keys deleted again after them (a stream made and erased in one
+        # batch, as an import may write, keeps no key). Version 2's function stays, with its
+        # own arguments, for the processes of the previous release still running.
+        postgres=(
+            "CREATE OR REPLACE FUNCTION {append}("
+            " expected_position bigint, expected_hash bytea, channel text,"
+            " positions bigint[], stream_ids uuid[], versions bigint[], stream_types text[],"
+            " event_types text[], schema_versions int[], recorded timestamptz[], datas bytea[],"
+            " metadatas text[], prev_hashes bytea[], hashes bytea[],"
+            " claim_scopes text[], claim_keys text[], claim_owners uuid[],"
+            " idempotency_keys text[], request_hashes text[], results text[], erased uuid[],"
+            " key_streams uuid[], key_wrapped bytea[])"
+            " RETURNS int LANGUAGE plpgsql AS $$"
+            " DECLARE answer int;"
+            " BEGIN"
+            "  answer := {append}(expected_position, expected_hash, channel, positions,"
+            "   stream_ids, versions, stream_types, event_types, schema_versions, recorded,"
+            "   datas, metadatas, prev_hashes, hashes, claim_scopes, claim_keys, claim_owners,"
+            "   idempotency_keys, request_hashes, results, erased);"
+            "  IF answer = 0 AND cardinality(key_streams) > 0 THEN"
+            "   INSERT INTO {data_keys} (stream_id, wrapped)"
+            "    SELECT s, w FROM unnest(key_streams, key_wrapped) AS t(s, w);"
+            "   DELETE FROM {data_keys} k WHERE k.stream_id = ANY(erased);"
+            "  END IF;"
+            "  RETURN answer;"
+            " END $$",
+        ),
+        sqlite=(),
+    ),
 )
 
 

@@ -17,6 +17,14 @@ needs it, unless the stream was erased (its erasing event is in the log): then a
 own is refused (`IntegrityError`) and a field of another stream's event under its key is
 stored as null — nothing about an erased person is written again.
 
+A stream of a keyed type (`PersonalFields.keyed_streams`: the types whose own events have
+personal fields, e.g. a product, whose later stock adjustments seal their reason) gets its key
+with its first event, made here and stored by that event's own batch (`Sealed.new_keys`,
+written in the append's transaction: `eventstore.recorder`), so no query precedes the append:
+a new stream has no key and cannot have been erased. The writer keeps the keys it made or
+fetched for sealing, so a later event of the stream asks nothing either; only a stream it
+never saw (made by another process, or before it started) costs one fetch of its key.
+
 The relay publishes events as stored (sealed); a projector opens them with `open_envelopes`.
 """
 
@@ -29,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from cryptography.hazmat.primitives import hashes
@@ -41,6 +49,7 @@ PII_SECRET = "PII_SECRET"  # the persistence environment's key for the deploymen
 PII_FIELDS = "PII_FIELDS"  # … for the personal fields: JSON {event type: [field, …]}
 PII_ERASING_EVENT = "PII_ERASING_EVENT"  # … for the event type that erases a stream's data
 PII_KEY_OWNERS = "PII_KEY_OWNERS"  # … for {event type: data field naming the key's stream}
+PII_KEYED_STREAMS = "PII_KEYED_STREAMS"  # … for the stream types keyed at their first event
 MARK = "pii:1:"
 NONCE = 12
 # Data keys a writer keeps for sealing, so that an append of a stream it sealed for before
@@ -69,6 +78,8 @@ class PersonalFields:
     erasing_event: str
     # event type -> the data field naming the stream whose key seals its fields (default: its own)
     key_owners: Mapping[str, str] = field(default_factory=dict)
+    # stream types whose streams get their key with their first event (see the module)
+    keyed_streams: frozenset[str] = frozenset()
 
     def to_env(self) -> dict[str, str]:
         """The persistence environment's entries that tell a store about them."""
@@ -77,6 +88,7 @@ class PersonalFields:
             PII_FIELDS: orjson.dumps(fields).decode(),
             PII_ERASING_EVENT: self.erasing_event,
             PII_KEY_OWNERS: orjson.dumps(dict(self.key_owners)).decode(),
+            PII_KEYED_STREAMS: orjson.dumps(sorted(self.keyed_streams)).decode(),
         }
 
     @classmethod
@@ -89,7 +101,21 @@ class PersonalFields:
             )
         names = orjson.loads(fields)
         owners = orjson.loads(env.get(PII_KEY_OWNERS) or "{}")
-        return cls({t: frozenset(n) for t, n in names.items()}, erasing_event, owners)
+        keyed = frozenset(orjson.loads(env.get(PII_KEYED_STREAMS) or "[]"))
+        return cls({t: frozenset(n) for t, n in names.items()}, erasing_event, owners, keyed)
+
+
+class KeysNotKept(Exception):
+    """Sealing would ask the data-key table (`PersonalData.seal(…, query=False)`)."""
+
+
+@dataclass(frozen=True)
+class Sealed(Generic[E]):
+    """An append's events sealed, and the data keys made for them: stored (wrapped) by the
+    same transaction as the events, or not at all."""
+
+    events: list[E]
+    new_keys: dict[str, bytes] = field(default_factory=dict)  # stream id -> wrapped key
 
 
 class PersonalData:
@@ -99,35 +125,49 @@ class PersonalData:
         self._keys = keys
         self._fields = personal.fields
         self._owners = personal.key_owners
+        self._keyed_streams = personal.keyed_streams
         self.erasing_event = personal.erasing_event
         # Only for sealing, never for opening: a key erased meanwhile by another process seals
         # what nobody can open any more (as good as erased); opening always asks the table.
         self._sealing: OrderedDict[str, AESGCM] = OrderedDict()
         self._sealing_lock = threading.Lock()
 
-    def seal(self, events: Sequence[E]) -> list[E]:
-        """Events with their personal fields encrypted; a key is made for each stream that
-        needs one and has none (an erased stream's own event is refused)."""
+    def seal(self, events: Sequence[E], *, query: bool = True) -> Sealed[E]:
+        """Events with their personal fields encrypted, and the keys made for new streams
+        (see the module); a key is made for each other stream that needs one and has none
+        (an erased stream's own event is refused). `query=False`: raises `KeysNotKept`,
+        having done nothing, when a key this writer does not keep is needed (an event loop
+        then seals in a worker thread)."""
+        sealed = self._sealed(events, query)
+        # After sealing: a stream made and erased in one append keeps no key here either.
+        if erasures := {str(e.originator_id) for e in events if e.topic == self.erasing_event}:
+            self.forget(erasures)
+        return sealed
+
+    def _sealed(self, events: Sequence[E], query: bool) -> Sealed[E]:
         fields = self._fields
-        erasures = {str(e.originator_id) for e in events if e.topic == self.erasing_event}
-        if erasures:
-            with self._sealing_lock:
-                for stream in erasures:
-                    self._sealing.pop(stream, None)
         personal = {i: orjson.loads(e.state) for i, e in enumerate(events) if e.topic in fields}
-        if not personal:
-            return list(events)
         owners = {
             i: self._owner(events[i].topic, str(events[i].originator_id), data)
             for i, data in personal.items()
         }
-        # A stream's first event cannot follow its erasure: no need to look for one.
-        fresh = {
-            o
-            for i, o in owners.items()
-            if events[i].originator_version == 1 and o == str(events[i].originator_id)
+        # A stream's first event: it has no key and cannot follow an erasure.
+        new = {
+            str(e.originator_id)
+            for i, e in enumerate(events)
+            if e.originator_version == 1
+            and (
+                getattr(e, "stream_type", None) in self._keyed_streams
+                or owners.get(i) == str(e.originator_id)
+            )
         }
-        keys = self._keys_for_sealing({o for o in owners.values() if o is not None}, fresh)
+        wanted = {o for o in owners.values() if o is not None}
+        if not query and len(self._kept(wanted - new)) < len(wanted - new):
+            raise KeysNotKept(wanted - new)
+        made, new_keys = self._new_keys(new)
+        if not personal:
+            return Sealed(list(events), new_keys)
+        keys = made | self._keys_for_sealing(wanted - made.keys())
         sealed = list(events)
         for i, data in personal.items():
             event, owner = events[i], owners[i]
@@ -139,7 +179,14 @@ class PersonalData:
             key = keys.get(owner)
             data = self._map_fields(event.topic, data, partial(_seal, key, stream))
             sealed[i] = replace(event, state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-        return sealed
+        return Sealed(sealed, new_keys)
+
+    def forget(self, streams: Iterable[str]) -> None:
+        """Drops the kept sealing keys of `streams` (erased, or made for an append that was
+        not stored): the next seal asks the table."""
+        with self._sealing_lock:
+            for stream in streams:
+                self._sealing.pop(stream, None)
 
     def open(self, events: Sequence[E]) -> list[E]:
         """Events with their personal fields readable, or null where the key was erased."""
@@ -196,27 +243,46 @@ class PersonalData:
             changed[name] = change(name, data[name])
         return changed
 
-    def _keys_for_sealing(self, streams: set[str], fresh: set[str]) -> dict[str, AESGCM]:
-        """The keys of `streams`, made for those without one that were not erased (`fresh`:
-        streams known not to be, which are not looked up); kept ones ask no query."""
+    def _new_keys(self, streams: set[str]) -> tuple[dict[str, AESGCM], dict[str, bytes]]:
+        """Keys made for new streams, and the same wrapped (to be stored with the append).
+        Kept for sealing at once: a later event of the stream may be sealed before this
+        append commits (an import pipelines its appends); forgotten when it is refused
+        (`forget`). A stream already kept is left alone: it has its key."""
+        if not streams:
+            return {}, {}
+        with self._sealing_lock:
+            streams = streams - self._sealing.keys()
+        raw = {stream: os.urandom(32) for stream in streams}
+        made = {stream: AESGCM(key) for stream, key in raw.items()}
+        self._keep(made)
+        return made, {stream: self._wrap(key, stream) for stream, key in raw.items()}
+
+    def _kept(self, streams: set[str]) -> dict[str, AESGCM]:
         with self._sealing_lock:
             kept = {s: self._sealing[s] for s in streams if s in self._sealing}
             for stream in kept:
                 self._sealing.move_to_end(stream)
+        return kept
+
+    def _keep(self, keys: Mapping[str, AESGCM]) -> None:
+        with self._sealing_lock:
+            self._sealing.update(keys)
+            while len(self._sealing) > SEALING_KEYS_KEPT:
+                self._sealing.popitem(last=False)
+
+    def _keys_for_sealing(self, streams: set[str]) -> dict[str, AESGCM]:
+        """The keys of `streams`, made for those without one that were not erased; kept ones
+        ask no query."""
+        kept = self._kept(streams)
         streams = streams - set(kept)
         wrapped = self._keys.fetch(streams) if streams else {}
         if missing := streams - set(wrapped):
-            unknown = missing - fresh
-            erased = self._keys.erased(unknown, self.erasing_event) if unknown else set()
-            new = missing - erased
-            if new:
+            erased = self._keys.erased(missing, self.erasing_event)
+            if new := missing - erased:
                 self._keys.add_missing({i: self._wrap(os.urandom(32), i) for i in new})
                 wrapped = self._keys.fetch(streams)  # another process may have won the insert
         found = self._unwrapped(wrapped)
-        with self._sealing_lock:
-            self._sealing.update(found)
-            while len(self._sealing) > SEALING_KEYS_KEPT:
-                self._sealing.popitem(last=False)
+        self._keep(found)
         return kept | found
 
     def _unwrapped(self, wrapped: Mapping[str, bytes]) -> dict[str, AESGCM]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, TypeVar, cast
 from uuid import UUID
 
+import anyio.to_thread
 import orjson
 from eventsourcing.persistence import (
     ApplicationRecorder,
@@ -42,7 +43,7 @@ from eventkeep.eventstore.migrations import (
     migrate,
     status,
 )
-from eventkeep.eventstore.pii import PII_SECRET, PersonalData, PersonalFields
+from eventkeep.eventstore.pii import PII_SECRET, KeysNotKept, PersonalData, PersonalFields
 from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
 from eventkeep.eventstore.subscription import PollingSubscription
 
@@ -249,20 +250,44 @@ class EventRecorder:
         """Writes the append whole or not at all (group commit); its events' positions."""
         if not (append.events or append.claims or append.idempotency or append.tracking):
             return []
-        if self.personal_data is not None:
-            append = replace(append, events=self.personal_data.seal(append.events))
-        return self._committer.append(append)
+        append = self._sealed(append)
+        with self._forgetting_keys(append):
+            return self._committer.append(append)
+
+    async def append_async(self, append: Append) -> list[int]:
+        """`append` for a coroutine: the commit is awaited, no thread waits for it; sealing
+        that must ask the data-key table runs in a worker thread."""
+        if not (append.events or append.claims or append.idempotency or append.tracking):
+            return []
+        try:
+            append = self._sealed(append, query=False)
+        except KeysNotKept:
+            append = await anyio.to_thread.run_sync(self._sealed, append)
+        with self._forgetting_keys(append):
+            return await self._committer.append_async(append)
+
+    @contextmanager
+    def _forgetting_keys(self, append: Append) -> Iterator[None]:
+        """Forgets the data keys made for `append` if it fails: perhaps not stored."""
+        try:
+            yield
+        except BaseException:
+            if append.data_keys and self.personal_data is not None:
+                self.personal_data.forget(append.data_keys)
+            raise
 
     def append_all(self, appends: Iterable[Append]) -> int:
         """Writes appends in their order, many per transaction, without waiting for each
         commit (`GroupCommitter.append_all`: a bulk import); the events written."""
-        sealed = (
-            replace(a, events=self.personal_data.seal(a.events))
-            if self.personal_data is not None
-            else a
-            for a in appends
-        )
-        return self._committer.append_all(sealed)
+        return self._committer.append_all(self._sealed(a) for a in appends)
+
+    def _sealed(self, append: Append, *, query: bool = True) -> Append:
+        """The append with its personal fields sealed and the data keys made for its new
+        streams (`eventstore.pii`), which its own batch stores."""
+        if self.personal_data is None:
+            return append
+        sealed = self.personal_data.seal(append.events, query=query)
+        return replace(append, events=sealed.events, data_keys=sealed.new_keys)
 
     @property
     def chain_key(self) -> bytes | None:
@@ -537,8 +562,9 @@ class _BatchStorage:
 
 
 def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> list[Argument]:
-    """The append function's arguments (eventstore/migrations.py, version 2): the batch's
-    rows, claims, idempotency records and erased streams, one array per column."""
+    """The append function's arguments (eventstore/migrations.py, version 3): the batch's
+    rows, claims, idempotency records, erased streams and new data keys, one array per
+    column."""
     rows = plan.rows
     erasing = recorder.personal_data.erasing_event if recorder.personal_data else None
     claims = list(plan.claims.items())
@@ -564,6 +590,8 @@ def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> l
         Argument("text[]", [i.request_hash for i in plan.idempotency]),
         Argument("text[]", [i.stored_answer() for i in plan.idempotency]),
         Argument("uuid[]", [_uuid(r.stream_id) for r in rows if r.event_type == erasing]),
+        Argument("uuid[]", [_uuid(stream) for stream in plan.data_keys]),
+        Argument("bytea[]", list(plan.data_keys.values())),
     ]
 
 
@@ -630,6 +658,10 @@ class _BatchTransaction:
                 )
             )
             batch.announce()
+        if plan.data_keys:  # before the erasures, as the append function does
+            keys = list(plan.data_keys.items())
+            batch.insert(Insert(r._data_keys, ("stream_id", "wrapped"), ("uuid", "bytea"), keys))
+        if plan.rows:
             erasing = r.personal_data.erasing_event if r.personal_data else None
             if erased := [(row.stream_id,) for row in plan.rows if row.event_type == erasing]:
                 _delete(batch, r.sql, r._data_keys, ("stream_id",), ("uuid",), erased)

@@ -59,37 +59,37 @@ class CancelBody(Body):
 
 
 @router.post("", status_code=201, dependencies=CUSTOMERS)
-def place_order(body: PlaceOrderBody, send: OwnCommand, key: Caller) -> CommandAnswer:
+async def place_order(body: PlaceOrderBody, send: OwnCommand, key: Caller) -> CommandAnswer:
     """A customer places orders for themselves only (another user_id: 404)."""
     own(key, body.user_id)
     lines = tuple(OrderLine(line.product_id, line.quantity) for line in body.lines)
-    return send(PlaceOrder(body.user_id, lines))
+    return await send(PlaceOrder(body.user_id, lines))
 
 
 @router.post("/{order_id}/pay")
-def pay_order(
+async def pay_order(
     order_id: UUID, body: PayBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(PayOrder(order_id, body.amount, body.payment_ref, version))
+    return await send(PayOrder(order_id, body.amount, body.payment_ref, version))
 
 
 @router.post("/{order_id}/ship")
-def ship_order(
+async def ship_order(
     order_id: UUID, body: ShipBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(ShipOrder(order_id, body.tracking_number, version))
+    return await send(ShipOrder(order_id, body.tracking_number, version))
 
 
 @router.post("/{order_id}/deliver")
-def deliver_order(order_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
-    return send(DeliverOrder(order_id, expected_version=version))
+async def deliver_order(order_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
+    return await send(DeliverOrder(order_id, expected_version=version))
 
 
 @router.post("/{order_id}/cancel")
-def cancel_order(
+async def cancel_order(
     order_id: UUID, body: CancelBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(CancelOrder(order_id, body.reason, version))
+    return await send(CancelOrder(order_id, body.reason, version))
 
 
 @router.get("/{order_id}", dependencies=CUSTOMERS, response_model=ByIdAnswer)

@@ -61,35 +61,37 @@ class StockBody(Body):
 
 
 @router.post("", status_code=201)
-def create_product(body: CreateProductBody, send: ClientCommand) -> CommandAnswer:
-    return send(CreateProduct(**body.model_dump()))
+async def create_product(body: CreateProductBody, send: ClientCommand) -> CommandAnswer:
+    return await send(CreateProduct(**body.model_dump()))
 
 
 @router.post("/{product_id}/details")
-def change_details(
+async def change_details(
     product_id: UUID, body: DetailsBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(ChangeProductDetails(product_id, body.name, body.description, version))
+    return await send(ChangeProductDetails(product_id, body.name, body.description, version))
 
 
 @router.post("/{product_id}/price")
-def change_price(
+async def change_price(
     product_id: UUID, body: PriceBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(ChangeProductPrice(product_id, body.price, body.currency, version))
+    return await send(ChangeProductPrice(product_id, body.price, body.currency, version))
 
 
 @router.post("/{product_id}/stock")
-def adjust_stock(
+async def adjust_stock(
     product_id: UUID, body: StockBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
     """Adds `delta` (negative to remove) units to the stock; stock never goes below zero."""
-    return send(AdjustStock(product_id, body.delta, body.reason, version))
+    return await send(AdjustStock(product_id, body.delta, body.reason, version))
 
 
 @router.post("/{product_id}/discontinue")
-def discontinue_product(product_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
-    return send(DiscontinueProduct(product_id, expected_version=version))
+async def discontinue_product(
+    product_id: UUID, version: IfMatch, send: ClientCommand
+) -> CommandAnswer:
+    return await send(DiscontinueProduct(product_id, expected_version=version))
 
 
 @router.get("/{product_id}", dependencies=CUSTOMERS, response_model=ByIdAnswer)

@@ -63,11 +63,13 @@ class DeactivateBody(Body):
 
 
 @router.post("", status_code=201)
-def register_user(body: RegisterUserBody, send: ClientCommand, request: Request) -> CommandAnswer:
+async def register_user(
+    body: RegisterUserBody, send: ClientCommand, request: Request
+) -> CommandAnswer:
     """With a `password`, the user can log in (`POST /v1/auth/login`)."""
-    answer = send(RegisterUser(**body.model_dump(exclude={"password"})))
+    answer = await send(RegisterUser(**body.model_dump(exclude={"password"})))
     if body.password is not None:
-        accounts_of(request).set_password(str(answer.id), body.password)
+        await run_in_threadpool(accounts_of(request).set_password, str(answer.id), body.password)
     return answer
 
 
@@ -83,35 +85,35 @@ async def set_password(
 
 
 @router.post("/{user_id}/email", dependencies=CUSTOMERS)
-def change_email(
+async def change_email(
     user_id: UUID, body: ChangeEmailBody, version: IfMatch, send: OwnCommand, key: Caller
 ) -> CommandAnswer:
     own(key, user_id)
-    return send(ChangeUserEmail(user_id, body.email, expected_version=version))
+    return await send(ChangeUserEmail(user_id, body.email, expected_version=version))
 
 
 @router.post("/{user_id}/deactivate")
-def deactivate_user(
+async def deactivate_user(
     user_id: UUID, body: DeactivateBody, version: IfMatch, send: ClientCommand
 ) -> CommandAnswer:
-    return send(DeactivateUser(user_id, body.reason, expected_version=version))
+    return await send(DeactivateUser(user_id, body.reason, expected_version=version))
 
 
 @router.post("/{user_id}/reactivate")
-def reactivate_user(user_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
-    return send(ReactivateUser(user_id, expected_version=version))
+async def reactivate_user(user_id: UUID, version: IfMatch, send: ClientCommand) -> CommandAnswer:
+    return await send(ReactivateUser(user_id, expected_version=version))
 
 
 @router.delete("/{user_id}/personal-data")
-def erase_personal_data(
+async def erase_personal_data(
     user_id: UUID, version: IfMatch, send: AdminCommand, request: Request
 ) -> CommandAnswer:
     """Crypto-shredding: destroys the user's data key; history stays, PII reads as erased.
     The user's password, sessions and refresh tokens are deleted."""
-    answer = send(ErasePersonalData(user_id, expected_version=version))
+    answer = await send(ErasePersonalData(user_id, expected_version=version))
     accounts = getattr(request.app.state.wiring, "accounts", None)
     if accounts is not None:
-        accounts.forget(str(user_id))
+        await run_in_threadpool(accounts.forget, str(user_id))
     return answer
 
 

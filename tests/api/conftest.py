@@ -29,6 +29,9 @@ SHOP_TABLES = (
     "shop_events",
     "shop_events_claims",
     "shop_events_idempotency",
+    # Dropped with the log: a new stream's key is made with its first event, and a key left
+    # from an earlier test's stream of the same id (the fixtures' fixed ids) refuses it.
+    "shop_events_data_keys",
     "api_keys",
     # The key store's other tables: customers' credentials (api/credentials.py) and webhooks.
     "customer_credentials",

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from eventkeep.api.keys import SqliteApiKeyStore
 from eventkeep.bootstrap import build_key_store, shop_env
-from eventkeep.domain.catalog import ERASING_EVENT, KEY_OWNERS, PERSONAL_FIELDS
+from eventkeep.domain.catalog import ERASING_EVENT, KEY_OWNERS, KEYED_STREAMS, PERSONAL_FIELDS
 from eventkeep.eventstore.hashchain import chain_key
 from eventkeep.eventstore.pii import PersonalFields
 from eventkeep.settings import Settings
@@ -62,7 +62,7 @@ def test_secrets_never_show(tmp_path: Path) -> None:
 
 
 # The store is told which fields are personal and which event erases them.
-PERSONAL = PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS).to_env()
+PERSONAL = PersonalFields(PERSONAL_FIELDS, ERASING_EVENT, KEY_OWNERS, KEYED_STREAMS).to_env()
 
 
 def test_embedded_shop_env_points_at_the_home_sqlite_file(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventkeep.bootstrap import build
+from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.commands.handlers import CommandBus
 from tests.api.conftest import SHOP_TABLES, distributed_settings, embedded_settings
 from tests.commands.memory import InMemoryWriteStore
@@ -38,3 +38,15 @@ def writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Writer]:
             lambda: recorder.max_notification_id() or 0,
             lambda stream_id: list(events.get(stream_id)),
         )
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def two_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Eventkeep]]:
+    """Two wirings over one store: two API processes."""
+    if request.param == "embedded":
+        settings = embedded_settings(tmp_path / "home")
+    else:
+        drop_postgres_tables(*SHOP_TABLES)
+        settings = distributed_settings(tmp_path / "home")
+    with build(settings, role="test") as first, build(settings, role="test") as second:
+        yield [first, second]

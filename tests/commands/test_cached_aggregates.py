@@ -4,7 +4,6 @@ conflict the client did not cause. Two wirings over one store stand for two API 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
@@ -16,20 +15,8 @@ from eventkeep.commands.messages import AdjustStock
 from eventkeep.domain.product import Product
 from eventkeep.eventstore.aggregate_cache import AggregateCache
 from eventkeep.eventstore.write_store import ApplicationWriteStore
-from tests.api.conftest import SHOP_TABLES, distributed_settings, embedded_settings
+from tests.api.conftest import embedded_settings
 from tests.commands.shopping import Writer, create_product, send
-from tests.eventstore.stores import drop_postgres_tables
-
-
-@pytest.fixture(params=["embedded", "distributed"])
-def two_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Eventkeep]]:
-    if request.param == "embedded":
-        settings = embedded_settings(tmp_path / "home")
-    else:
-        drop_postgres_tables(*SHOP_TABLES)
-        settings = distributed_settings(tmp_path / "home")
-    with build(settings, role="test") as first, build(settings, role="test") as second:
-        yield [first, second]
 
 
 def writer(system: Eventkeep) -> Writer:

@@ -89,7 +89,7 @@ def postgres_log(table: str) -> Iterator[PostgresApplicationRecorder]:
     """A fresh event log in `table` (and its side tables) of the shared database, dropped after."""
     from eventkeep.eventstore.postgres import PostgresApplicationRecorder
 
-    tables = (table, f"{table}_claims", f"{table}_idempotency")
+    tables = (table, f"{table}_claims", f"{table}_idempotency", f"{table}_data_keys")
     drop_postgres_tables(*tables)
     datastore = postgres_datastore(pool_size=4, max_overflow=8)
     recorder = PostgresApplicationRecorder(datastore, events_table_name=table)

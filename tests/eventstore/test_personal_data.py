@@ -20,6 +20,7 @@ from eventkeep.domain.user import User
 from eventkeep.eventstore.pii import PII_SECRET, PersonalFields
 from eventkeep.eventstore.records import RecordedEvent
 from tests.eventstore.stores import drop_postgres_tables, postgres_env
+from tests.eventstore.test_one_trip import batches
 
 ADA = RegisterUser("Ada@Example.com", "Ada", "Lovelace")
 
@@ -187,4 +188,80 @@ def test_a_field_under_another_streams_key_is_erased_with_that_stream(
     assert read() == {legacy_id: "old", author: None, shared: None, later: None}
     with pytest.raises(IntegrityError, match="erased"):  # the erased stream's own event
         store.insert_events([note(author, 3, "NoteWritten", {"secret": "again"})])
+    factory.close()
+
+
+# --- a new stream's key is stored by its first append ------------------------------------------
+
+
+def data_key_rows(store: Any, stream_id: UUID) -> int:
+    keys = store.personal_data._keys  # the store's own table of wrapped keys
+    return len(keys.fetch([str(stream_id)]))
+
+
+def test_a_stream_made_and_erased_in_one_append_keeps_no_key(store_env: dict[str, str]) -> None:
+    """An import may write a person's first event and their erasure in one batch: the key made
+    for the first is stored by that batch and deleted by it again (the first batch of a writer
+    takes the locked path, the next the append function's one trip in PostgreSQL)."""
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **TOLD.to_env()}))
+    store: Any = factory.application_recorder()
+    for path in ("locked", "one_trip"):
+        taken = batches(path)
+        note_id = uuid4()
+        store.insert_events(
+            [
+                note(note_id, 1, "NoteWritten", {"secret": "s3"}),
+                note(note_id, 2, "NoteForgotten", {}),
+            ]
+        )
+        if store.sql.has_append_function:
+            assert batches(path) == taken + 1
+        assert data_key_rows(store, note_id) == 0
+        written = [e for e in store.select_notifications(None, 100) if e.originator_id == note_id]
+        assert orjson.loads(written[0].state) == {"secret": None}
+        with pytest.raises(IntegrityError, match="erased"):  # and nothing of it again
+            store.insert_events([note(note_id, 3, "NoteWritten", {"secret": "again"})])
+    factory.close()
+
+
+def test_a_refused_first_event_leaves_its_key_neither_stored_nor_kept(
+    store_env: dict[str, str],
+) -> None:
+    """Two writers make the same stream: the loser's key is not stored, and it forgets it, so
+    its next event of that stream is sealed under the winner's key (readable)."""
+    env = Environment("", {**store_env, **TOLD.to_env()})
+    first, second = InfrastructureFactory.construct(env), InfrastructureFactory.construct(env)
+    a: Any = first.application_recorder()
+    b: Any = second.application_recorder()
+    note_id = uuid4()
+    b.insert_events([note(note_id, 1, "NoteWritten", {"secret": "b's"})])
+
+    with pytest.raises(IntegrityError):
+        a.insert_events([note(note_id, 1, "NoteWritten", {"secret": "a's"})])
+    a.insert_events([note(note_id, 2, "NoteWritten", {"secret": "a's, later"})])
+
+    assert data_key_rows(a, note_id) == 1
+    read = [orjson.loads(e.state)["secret"] for e in b.select_notifications(None, 10)]
+    assert read == ["b's", "a's, later"]
+    first.close()
+    second.close()
+
+
+def test_a_keyed_stream_gets_its_key_with_a_first_event_that_seals_nothing(
+    store_env: dict[str, str],
+) -> None:
+    """A product's first event has no personal field, its later stock adjustments do: with
+    its type keyed, the key is stored with the first event, and a later event asks for none."""
+    keyed = PersonalFields(
+        {"NoteWritten": frozenset({"secret"})}, "NoteForgotten", keyed_streams=frozenset({"Note"})
+    )
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **keyed.to_env()}))
+    store: Any = factory.application_recorder()
+    note_id = uuid4()
+    store.insert_events([note(note_id, 1, "NoteOpened", {"title": "t"})])
+    assert data_key_rows(store, note_id) == 1
+    store.insert_events([note(note_id, 2, "NoteWritten", {"secret": "s3"})])
+    assert data_key_rows(store, note_id) == 1
+    [_, written] = store.select_notifications(None, 10)
+    assert orjson.loads(written.state) == {"secret": "s3"}
     factory.close()

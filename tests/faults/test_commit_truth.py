@@ -7,6 +7,7 @@ must read the protocol to cut right after COMMIT and the shared server accepts T
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -121,8 +122,9 @@ def test_unknown_when_the_store_cannot_be_asked(
     assert len(_stored(append.events[0].originator_id)) == 1  # it did land
 
 
+@pytest.mark.parametrize("waiting", ["in a thread", "on an event loop"])
 def test_a_writer_waits_a_bounded_time_on_a_frozen_connection(
-    recorder: PostgresApplicationRecorder, proxy: TcpProxy
+    recorder: PostgresApplicationRecorder, proxy: TcpProxy, waiting: str
 ) -> None:
     recorder.append(_append())
     recorder.set_commit_timeouts(result_wait=1.5)
@@ -136,13 +138,26 @@ def test_a_writer_waits_a_bounded_time_on_a_frozen_connection(
             except Exception as error:
                 answers.append(error)
 
-        writers = [threading.Thread(target=write) for _ in range(2)]
+        async def write_awaiting(delay: float) -> None:
+            await asyncio.sleep(delay)
+            try:
+                answers.append(await recorder.append_async(_append()))
+            except Exception as error:
+                answers.append(error)
+
+        async def both_awaiting() -> None:
+            await asyncio.gather(write_awaiting(0), write_awaiting(0.3))
+
         started = time.monotonic()
-        for writer in writers:
-            writer.start()
-            time.sleep(0.3)
-        for writer in writers:
-            writer.join(10)
+        if waiting == "on an event loop":
+            asyncio.run(both_awaiting())
+        else:
+            writers = [threading.Thread(target=write) for _ in range(2)]
+            for writer in writers:
+                writer.start()
+                time.sleep(0.3)
+            for writer in writers:
+                writer.join(10)
         assert time.monotonic() - started < 5
         kinds = sorted(type(answer).__name__ for answer in answers)
         # The batch on the wire: unknown; the one still queued is withdrawn.

@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from eventkeep.api.app import create_app
-from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.bootstrap import CommandHandle, Wiring
 from eventkeep.api.keys import Role
 from eventkeep.bootstrap import build
 from eventkeep.projections.log_feed import LogFeed
@@ -37,11 +37,16 @@ class Attempts:
 
     def __init__(self) -> None:
         self.handle: Any = None
+        self.handle_async: Any = None
         self.count = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.count += 1
         return self.handle(*args, **kwargs)
+
+    async def awaitable(self, *args: Any, **kwargs: Any) -> Any:
+        self.count += 1
+        return await self.handle_async(*args, **kwargs)
 
 
 # A refusal must not wait out the 5 s PostgreSQL connect or pool timeout; the margin below it
@@ -62,8 +67,12 @@ def attempts() -> Attempts:
     return Attempts()
 
 
-@pytest.fixture
-def outage_wiring(tmp_path: Path, proxy: TcpProxy, attempts: Attempts) -> Iterator[Wiring]:
+@pytest.fixture(params=["worker thread", "event loop"])
+def outage_wiring(
+    request: pytest.FixtureRequest, tmp_path: Path, proxy: TcpProxy, attempts: Attempts
+) -> Iterator[Wiring]:
+    """Commands through a plain handle (run in a worker thread) or, as `wire` builds them,
+    awaited on the event loop."""
     drop_postgres_tables(*SHOP_TABLES)
     direct = distributed_settings(tmp_path / "home")
     info = conninfo_to_dict(require_env(POSTGRES_URL)) | {"port": proxy.port}
@@ -83,10 +92,13 @@ def outage_wiring(tmp_path: Path, proxy: TcpProxy, attempts: Attempts) -> Iterat
     # read side needs PostgreSQL only, not Kafka, in this test.
     feed = LogFeed(reads.recorder, reads.read_models, reads.cache)
     feed.start()
-    attempts.handle = writes.bus.handle
+    attempts.handle, attempts.handle_async = writes.bus.handle, writes.bus.handle_async
+    handle: Any = breaker.guard(attempts)
+    if request.param == "event loop":
+        handle = CommandHandle(handle, breaker.guard_async(attempts.awaitable))
     wiring = Wiring(
         shop=writes.shop,
-        handle=breaker.guard(attempts),
+        handle=handle,
         keys=reads.keys,
         queries=Queries(reads.read_models, reads.cache, feed),
         min_position_wait=10.0,
