@@ -6,32 +6,7 @@ import threading
 from typing import Any
 
 import psycopg
-from psycopg.pq import ConnStatus
 from psycopg_pool import ConnectionPool
-
-
-def check_locally_and_sweep(connection: psycopg.Connection[Any]) -> None:
-    """`check_and_sweep` without its round trip (the write path's pool: every load and key
-    fetch through it paid one): reads, locally, what the server sent while the connection was
-    idle. A server that restarted or a connection that was cut closed the socket, and that is
-    read here; a connection found dead is refused and every idle one checked at once, as
-    `check_and_sweep` does. (A peer gone silent without closing is found by the query's own
-    timeouts, as it would be during the query.)"""
-    try:
-        if connection.closed or connection.broken:
-            raise psycopg.OperationalError("the connection is closed")
-        connection.pgconn.consume_input()
-        if connection.pgconn.status != ConnStatus.OK:
-            raise psycopg.OperationalError("the connection is broken")
-    except Exception:
-        _sweep(connection)
-        raise
-
-
-def _sweep(connection: psycopg.Connection[Any]) -> None:
-    pool = getattr(connection, "_pool", None)
-    if pool is not None:
-        threading.Thread(target=pool.check, name="pool-sweep", daemon=True).start()
 
 
 def check_and_sweep(connection: psycopg.Connection[Any]) -> None:
@@ -43,5 +18,7 @@ def check_and_sweep(connection: psycopg.Connection[Any]) -> None:
     try:
         ConnectionPool.check_connection(connection)
     except Exception:
-        _sweep(connection)
+        pool = getattr(connection, "_pool", None)
+        if pool is not None:
+            threading.Thread(target=pool.check, name="pool-sweep", daemon=True).start()
         raise

@@ -32,7 +32,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
-from eventkeep.eventstore.pools import check_locally_and_sweep
+from eventkeep.eventstore.pools import check_and_sweep
 from eventkeep.eventstore.recorder import (
     Argument,
     ColumnType,
@@ -337,7 +337,7 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
             pool_kwargs = cast(dict[str, Any], self.datastore.pool.kwargs)  # not yet opened
             pool_kwargs.update(conninfo_to_dict(options))
         if self.datastore.pre_ping:  # POSTGRES_PRE_PING: the library's pool checks, we sweep
-            self.datastore.pool._check = check_locally_and_sweep  # (the pool is not yet open)
+            self.datastore.pool._check = check_and_sweep  # the pool's check (not yet opened)
 
 
 Factory = PostgresFactory

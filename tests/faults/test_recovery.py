@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
-import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eventkeep.bootstrap import Eventkeep, build
 from eventkeep.eventstore.group_commit import Append
-from eventkeep.eventstore.pools import check_and_sweep, check_locally_and_sweep
 from eventkeep.settings import Settings
 from tests.api.conftest import SHOP_TABLES, TEST_SECRET
 from tests.eventstore.stores import drop_postgres_tables, postgres_params, postgres_url
@@ -64,26 +62,3 @@ def test_every_part_works_at_once_after_all_connections_were_cut(
     keys.list()
     models.position()
     assert time.monotonic() - started < 10
-
-
-def test_the_event_stores_pool_checks_a_connection_without_a_round_trip(tmp_path: Path) -> None:
-    """The check before lending sends nothing (libpq's own trace of the wire stays empty),
-    and still refuses a connection the server closed meanwhile."""
-    trace = tmp_path / "wire.trace"
-    with psycopg.connect(postgres_url(), autocommit=True) as connection, trace.open("w") as out:
-        connection.pgconn.trace(out.fileno())
-        check_locally_and_sweep(connection)
-        connection.pgconn.untrace()
-        assert trace.read_text() == ""
-        connection.pgconn.trace(out.fileno())
-        check_and_sweep(connection)  # the other pools' check: a round trip
-        connection.pgconn.untrace()
-        assert trace.read_text() != ""
-        backend = connection.info.backend_pid
-        with psycopg.connect(postgres_url(), autocommit=True) as other:
-            other.execute("SELECT pg_terminate_backend(%s)", (backend,))
-        deadline = time.monotonic() + 10
-        with pytest.raises(psycopg.OperationalError):  # once the server's close has arrived
-            while time.monotonic() < deadline:
-                check_locally_and_sweep(connection)
-                time.sleep(0.05)
