@@ -32,8 +32,6 @@ from typing import Any
 
 import httpx
 
-TRIAL_SECONDS = 3  # each trial run of the overload's pacing
-
 WRK_SCRIPT = r"""
 counter, ok, refused, other = 0, 0, 0, 0  -- globals: done() reads them with thread:get
 local threads = {}
@@ -81,6 +79,7 @@ class Phase:
     seconds: float
     p50_ms: float
     p99_ms: float
+    steady: Steady | None = None
 
     @property
     def admitted_rate(self) -> float:
@@ -157,20 +156,30 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def run_wrk(
-    base: str, key: str, connections: int, seconds: float, script: Path, pause_ms: int = 0
+    base: str,
+    key: str,
+    connections: int,
+    seconds: float,
+    script: Path,
+    pause_ms: int = 0,
+    window: Counting | None = None,
 ) -> Phase:
     """wrk for `seconds`; each connection pauses `pause_ms` after each answer before its next
-    request (0: back to back, wrk's closed loop)."""
+    request (0: back to back, wrk's closed loop). With `window`, the server's own counts are
+    read after its `ramp` seconds and again after its `seconds` (see `Counting`)."""
     threads = max(1, min(4, connections))
     # Emails unique to this run of wrk: each phase registers new users only.
     run = uuid.uuid4().hex[:12] + "-"
     script.write_text(WRK_SCRIPT.replace("RUN", run).replace("DELAY_MS", str(pause_ms)))
-    done = subprocess.run(
+    total = seconds + (window.ramp + window.seconds if window else 0)
+    if window is not None:
+        window.open()
+    wrk = subprocess.Popen(
         [
             "wrk",
             f"-t{threads}",
             f"-c{connections}",
-            f"-d{max(1, round(seconds))}s",
+            f"-d{max(1, round(total))}s",
             "--timeout",
             "30s",
             "-s",
@@ -181,15 +190,96 @@ def run_wrk(
             "Content-Type: application/json",
             base,
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=True,
     )
-    unexpected = done.stderr.splitlines()
+    steady = window.measure() if window else None
+    stdout, stderr = wrk.communicate()
+    if wrk.returncode:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {stderr[-500:]}")
+    unexpected = stderr.splitlines()
     if unexpected:
         print(f"{len(unexpected)} unexpected answers, e.g. {unexpected[0][:300]}", file=sys.stderr)
-    line = next(line for line in done.stdout.splitlines() if line.startswith("BENCH "))
-    return Phase(connections=connections, **json.loads(line.removeprefix("BENCH ")))
+    line = next(line for line in stdout.splitlines() if line.startswith("BENCH "))
+    phase = Phase(connections=connections, **json.loads(line.removeprefix("BENCH ")))
+    phase.steady = steady
+    return phase
+
+
+@dataclass
+class Steady:
+    """Rates the server counted in a window of a run, once its connections were open."""
+
+    seconds: float
+    offered_per_s: float  # requests that reached the server: answered or refused at admission
+    admitted_per_s: float  # answered 2xx
+    refused_per_s: float  # 503 (at admission or STORE_UNAVAILABLE) or 429
+
+
+@dataclass
+class Counting:
+    """Reads the server's counters of `POST /v1/users` (answers by status, and refusals at
+    admission) every second of a run, and gives the rates between the first reading after
+    `ramp` seconds and the last, `seconds` later.
+
+    wrk's own totals start with its connections opening: hundreds at once wait in the
+    server's accept queue while its event loop is busy (seconds, under overload), so a short
+    run's totals understate the rate its connections offer once open. The readings go over
+    one connection opened before wrk's (a new one would wait in that queue too), read often
+    enough that the server keeps it open."""
+
+    base: str
+    admin_key: str
+    ramp: float = 4.0
+    seconds: float = 4.0
+    _client: httpx.Client | None = None
+
+    def open(self) -> None:
+        self._client = httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=60
+        )
+        self.counts()
+
+    def measure(self) -> Steady:
+        started = time.monotonic()
+        readings: list[tuple[float, tuple[float, float, float]]] = []
+        while (now := time.monotonic()) - started < self.ramp + self.seconds:
+            if now - started >= self.ramp:
+                readings.append((now, self.counts()))
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+        if self._client is not None:
+            self._client.close()
+        (first, before), (last, after) = readings[0], readings[-1]
+        took = max(last - first, 1e-9)
+        ok, refused, other = (b - a for a, b in zip(before, after, strict=True))
+        return Steady(
+            seconds=round(took, 2),
+            offered_per_s=round((ok + refused + other) / took, 1),
+            admitted_per_s=round(ok / took, 1),
+            refused_per_s=round(refused / took, 1),
+        )
+
+    def counts(self) -> tuple[float, float, float]:
+        """(answered 2xx, refused: 503 or 429, other answers) so far."""
+        assert self._client is not None, "open() first"
+        text = self._client.get("/metrics").text
+        ok = refused = other = 0.0
+        for line in text.splitlines():
+            if line.startswith("eventkeep_admission_refused_total "):
+                refused += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("eventkeep_http_requests_total{") and (
+                'route="/v1/users"' in line and 'method="POST"' in line
+            ):
+                status = line.split('status="', 1)[1].split('"', 1)[0]
+                value = float(line.rsplit(" ", 1)[1])
+                if status.startswith("2"):
+                    ok += value
+                elif status in ("503", "429"):
+                    refused += value
+                else:
+                    other += value
+        return ok, refused, other
 
 
 @dataclass
@@ -203,21 +293,25 @@ class Pacing:
     acknowledged: int = 0  # commands the trial runs had acknowledged
 
 
-def pace(base: str, key: str, connections: int, rate: float, script: Path, held: int) -> Pacing:
+def pace(
+    base: str, key: str, connections: int, rate: float, script: Path, held: int, window: Counting
+) -> Pacing:
     """Finds each connection's pause so that together they offer `rate` requests a second.
 
     A connection's cycle is its pause plus the time its answer takes, and under overload an
     answer (even a refusal) waits for the server's busy event loop, so a pause computed from
-    the rate alone offers too little. Each short trial measures the rate offered and the
-    answer time it implies, and the next pause takes that time off; a few trials settle it.
+    the rate alone offers too little. Each short trial measures the rate offered (counted by
+    the server once the connections are open) and the answer time it implies, and the next
+    pause takes that time off; a few trials settle it.
     The `held` connections the server keeps admitted wait for their answers, so only the others
     are counted as cycling."""
     cycling = max(1, connections - held)
     pause_s = cycling / rate
     pacing = Pacing(rate=rate, connections=connections, pause_ms=max(1, round(pause_s * 1000)))
     for _ in range(4):
-        trial = run_wrk(base, key, connections, TRIAL_SECONDS, script, pacing.pause_ms)
-        offered = trial.offered_rate
+        trial = run_wrk(base, key, connections, 1, script, pacing.pause_ms, window)
+        assert trial.steady is not None
+        offered = max(trial.steady.offered_per_s, 1.0)
         pacing.acknowledged += trial.ok
         pacing.trials.append({"pause_ms": pacing.pause_ms, "offered_per_s": round(offered, 1)})
         if offered >= rate:
@@ -229,9 +323,11 @@ def pace(base: str, key: str, connections: int, rate: float, script: Path, held:
     return pacing
 
 
-def server_admitted_p99(base: str, admin: str) -> float | None:
-    """p99 of the admitted `POST /v1/users` from the server's histogram (upper bucket bound)."""
-    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+def admitted_histogram(base: str, admin: str) -> dict[float, float]:
+    """The server's cumulative latency buckets of the admitted `POST /v1/users` so far."""
+    text = httpx.get(
+        f"{base}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=60
+    ).text
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith("eventkeep_http_request_duration_seconds_bucket{") and (
@@ -239,7 +335,13 @@ def server_admitted_p99(base: str, admin: str) -> float | None:
         ):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
-    if not buckets:
+    return buckets
+
+
+def p99_between(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """p99 in ms (a bucket's upper bound) of the answers counted between two histograms."""
+    buckets = {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+    if not buckets or buckets[max(buckets)] <= 0:
         return None
     total = buckets[max(buckets)]
     for bound in sorted(buckets):
@@ -306,18 +408,35 @@ def overload(
         sampler.start()
         prober.start()
         target = factor * sustained.admitted_rate
+        histogram_before = admitted_histogram(base, admin_key)
         admitted_at_once = workers * (
             max_in_flight or Settings.model_fields["max_in_flight"].default
         )
-        pacing = pace(base, client_key, overload_connections, target, script, admitted_at_once)
-        overloaded = run_wrk(
-            base, client_key, overload_connections, seconds, script, pacing.pause_ms
+        pacing = pace(
+            base,
+            client_key,
+            overload_connections,
+            target,
+            script,
+            admitted_at_once,
+            Counting(base, admin_key, ramp=3, seconds=4),
         )
+        overloaded = run_wrk(
+            base,
+            client_key,
+            overload_connections,
+            1,
+            script,
+            pacing.pause_ms,
+            Counting(base, admin_key, ramp=4, seconds=seconds),
+        )
+        steady = overloaded.steady
+        assert steady is not None
         probe.stopping.set()
         prober.join(35)
         sampling.set()
         sampler.join(2)
-        server_p99 = server_admitted_p99(base, admin_key)
+        server_p99 = p99_between(histogram_before, admitted_histogram(base, admin_key))
         alive = server.poll() is None
     finally:
         server.terminate()
@@ -343,16 +462,23 @@ def overload(
             "target_per_s": round(target, 1),
             "pause_ms": pacing.pause_ms,
             "pacing_trials": pacing.trials,
-            "offered_per_s": round(overloaded.offered_rate, 1),
-            "offered_vs_sustained": round(overloaded.offered_rate / sustained.admitted_rate, 1),
-            "admitted_per_s": round(overloaded.admitted_rate, 1),
-            "refused_per_s": round(overloaded.refused_rate, 1),
+            # Counted by the server over `window_s`, once the connections were open.
+            "window_s": steady.seconds,
+            "offered_per_s": steady.offered_per_s,
+            "offered_vs_sustained": round(steady.offered_per_s / sustained.admitted_rate, 1),
+            "admitted_per_s": steady.admitted_per_s,
+            "refused_per_s": steady.refused_per_s,
+            # wrk's totals, from its first connection to its last answer.
+            "whole_run_offered_per_s": round(overloaded.offered_rate, 1),
+            "whole_run_admitted_per_s": round(overloaded.admitted_rate, 1),
+            "whole_run_refused_per_s": round(overloaded.refused_rate, 1),
             "other_answers": overloaded.other,
             "socket_errors": overloaded.errors,
             "admitted_p99_ms_client_probe": round(percentile(probe.admitted, 0.99) * 1000, 2),
             "admitted_p50_ms_client_probe": round(percentile(probe.admitted, 0.50) * 1000, 2),
             "probe_admitted": len(probe.admitted),
             "probe_refused": probe.refused,
+            # The admitted answers of the trials and the overload, from the server's histogram.
             "admitted_p99_ms_server_histogram_bound": server_p99,
             "all_answers_p99_ms_wrk": round(overloaded.p99_ms, 2),
         },
