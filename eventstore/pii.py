@@ -251,7 +251,9 @@ class PersonalData:
         if not streams:
             return {}, {}
         with self._sealing_lock:
-            streams = streams - self._sealing.keys()
+            # Not `streams - self._sealing.keys()`: a set minus a dict's keys walks every key
+            # kept (up to SEALING_KEYS_KEPT), about 1 ms per append at 50k.
+            streams = {stream for stream in streams if stream not in self._sealing}
         raw = {stream: os.urandom(32) for stream in streams}
         made = {stream: AESGCM(key) for stream, key in raw.items()}
         self._keep(made)

@@ -3,6 +3,7 @@ history still replays with the stored bytes unchanged while the personal fields 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,13 +12,14 @@ from uuid import UUID, uuid4
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError
 from eventsourcing.utils import Environment
 
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.commands.messages import CommandContext, ErasePersonalData, RegisterUser
 from eventkeep.domain.user import User
-from eventkeep.eventstore.pii import MARK, PII_SECRET, PersonalFields
+from eventkeep.eventstore.pii import MARK, PII_SECRET, SEALING_KEYS_KEPT, PersonalFields
 from eventkeep.eventstore.records import RecordedEvent
 from tests.eventstore.stores import drop_postgres_tables, postgres_env
 from tests.eventstore.test_one_trip import batches
@@ -265,4 +267,32 @@ def test_a_keyed_stream_gets_its_key_with_a_first_event_that_seals_nothing(
     assert data_key_rows(store, note_id) == 1
     [_, written] = store.select_notifications(None, 10)
     assert orjson.loads(written.state) == {"secret": "s3"}
+    factory.close()
+
+
+def test_making_a_key_costs_the_same_with_a_writer_full_of_kept_keys(
+    store_env: dict[str, str],
+) -> None:
+    """A writer keeps up to SEALING_KEYS_KEPT keys for sealing. Making the key of a new stream
+    once walked all of them (a set minus the dict's keys): about 1 ms per new user at the
+    limit, most of what an import or a burst of registrations spent. Measured as a ratio of
+    the same work with few keys kept, on one machine in one minute, so load cancels out."""
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **TOLD.to_env()}))
+    store: Any = factory.application_recorder()
+    personal = store.personal_data
+
+    def seconds_to_seal_new_streams() -> float:
+        firsts = [note(uuid4(), 1, "NoteWritten", {"secret": "s"}) for _ in range(200)]
+        started = time.perf_counter()
+        for event in firsts:
+            personal.seal([event])
+        personal.forget({str(e.originator_id) for e in firsts})
+        return time.perf_counter() - started
+
+    few = min(seconds_to_seal_new_streams() for _ in range(3))
+    one_key = AESGCM(bytes(32))
+    personal._keep({str(uuid4()): one_key for _ in range(SEALING_KEYS_KEPT)})
+    full = min(seconds_to_seal_new_streams() for _ in range(3))
+
+    assert full < 5 * few + 0.05, (few, full)
     factory.close()
