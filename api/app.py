@@ -10,7 +10,8 @@ from importlib.metadata import version
 from fastapi import Depends, FastAPI
 
 from eventkeep.api import graphql, headers
-from eventkeep.api.admission import Admission
+from eventkeep.api.admission import Admission, AdmissionGate
+from eventkeep.api.admission_protocol import STATE_KEY, Refusals
 from eventkeep.api.auth import KeyBeforeBody
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
@@ -49,8 +50,10 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
         settings = config or Settings()
         wiring = wire(settings)
 
+    gate = AdmissionGate(wiring.max_in_flight)
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Refusals]]:
         if serving:
             # Each new TLS connection to Redis cost its worker's event loop 40-250 ms (R1's
             # first second); opened here, before the worker takes requests.
@@ -61,7 +64,8 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
             # walked again; the passes see only what requests made since.
             gc.collect()
             gc.freeze()
-        yield
+        # The server's connections refuse at the limit too (api/admission_protocol.py).
+        yield {STATE_KEY: Refusals(gate)}
         if owned:
             wiring.close()
 
@@ -73,6 +77,9 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
         docs_url=None,  # served by api/headers.py from the package, under a strict CSP
         redoc_url=None,
         dependencies=[Depends(known_query_parameters)],
+        # Metrics are Prometheus's (eventkeep/metrics.py). FastAPI's OpenTelemetry layer, on by
+        # default, asks the global providers (environment reads) on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.wiring = wiring
     app.state.metrics = Metrics()
@@ -94,7 +101,7 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     # Outermost: at its limit of requests in flight a process refuses more at once (503,
     # Retry-After), before any other layer spends time on them.
-    app.add_middleware(Admission, limit=wiring.max_in_flight)
+    app.add_middleware(Admission, gate=gate)
     return app
 
 

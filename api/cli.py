@@ -338,6 +338,8 @@ def serve(
         workers=workers,
         timeout_graceful_shutdown=10,
         access_log=False,  # the app logs each request itself, with its route template
+        # httptools, refusing at the admission limit before a request becomes a task.
+        http="eventkeep.api.admission_protocol:AdmittingHttpToolsProtocol",
         # Structured lines, INFO and up by default, every line redacted (eventkeep/logs.py).
         log_config=log_config(settings.log_level, settings.log_format),
         h11_max_incomplete_event_size=settings.max_header_bytes,

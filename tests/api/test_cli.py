@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 from typer.testing import CliRunner
+from uvicorn.importer import import_from_string
 
 from eventkeep.api import cli
+from eventkeep.api.admission_protocol import AdmittingHttpToolsProtocol
 from eventkeep.api.keys import Role
 from eventkeep.bootstrap import build_key_store
 from eventkeep.settings import Settings
@@ -126,6 +128,8 @@ def test_serve_prints_urls_and_a_fresh_bootstrap_admin_key(served: list[dict[str
         (8123, 1, True),
         (8000, 1, True),
     ]
+    # Its connections refuse at the admission limit (tests/api/test_admission_protocol.py).
+    assert {import_from_string(call["http"]) for call in served} == {AdmittingHttpToolsProtocol}
 
 
 def test_embedded_serve_runs_one_process(served: list[dict[str, Any]]) -> None:
