@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,10 @@ class Counting:
         return ok, refused, other
 
 
+MAX_PACING_TRIALS = 6
+PACING_TOLERANCE = 1.2  # a trial offering up to this times the rate asked is taken
+
+
 @dataclass
 class Pacing:
     """The pause that makes `connections` offer `rate`, found by trial runs."""
@@ -293,34 +298,62 @@ class Pacing:
     acknowledged: int = 0  # commands the trial runs had acknowledged
 
 
-def pace(
-    base: str, key: str, connections: int, rate: float, script: Path, held: int, window: Counting
-) -> Pacing:
+Trial = Callable[[int], tuple[float, int]]  # a pause (ms) -> rate offered, commands acknowledged
+
+
+def pace(trial: Trial, connections: int, rate: float, held: int) -> Pacing:
     """Finds each connection's pause so that together they offer `rate` requests a second.
 
     A connection's cycle is its pause plus the time its answer takes, and under overload an
     answer (even a refusal) waits for the server's busy event loop, so a pause computed from
     the rate alone offers too little. Each short trial measures the rate offered (counted by
     the server once the connections are open) and the answer time it implies, and the next
-    pause takes that time off; a few trials settle it.
+    pause takes that time off, staying strictly between the pauses already seen to offer too
+    much and too little; a few trials settle it.
     The `held` connections the server keeps admitted wait for their answers, so only the others
     are counted as cycling."""
     cycling = max(1, connections - held)
-    pause_s = cycling / rate
-    pacing = Pacing(rate=rate, connections=connections, pause_ms=max(1, round(pause_s * 1000)))
-    for _ in range(4):
-        trial = run_wrk(base, key, connections, 1, script, pacing.pause_ms, window)
-        assert trial.steady is not None
-        offered = max(trial.steady.offered_per_s, 1.0)
-        pacing.acknowledged += trial.ok
-        pacing.trials.append({"pause_ms": pacing.pause_ms, "offered_per_s": round(offered, 1)})
+    first = max(1, round(cycling / rate * 1e3))
+    pacing = Pacing(rate=rate, connections=connections, pause_ms=first)
+    enough: int | None = None  # the longest pause seen to offer at least `rate`
+    too_little: int | None = None  # the shortest pause seen to offer less
+    pause = first
+    for _ in range(MAX_PACING_TRIALS):
+        offered, acknowledged = trial(pause)
+        offered = max(offered, 1.0)
+        pacing.acknowledged += acknowledged
+        pacing.trials.append({"pause_ms": pause, "offered_per_s": round(offered, 1)})
         if offered >= rate:
-            break
-        answer_s = max(0.0, cycling / offered - pacing.pause_ms / 1000)
-        pacing.pause_ms = max(0, round((cycling / rate - answer_s) * 1000))
-        if pacing.pause_ms == 0 and pacing.trials[-1]["pause_ms"] == 0:
-            break  # back to back already: more is not to be had from these connections
+            enough = pause if enough is None else max(enough, pause)
+            if offered <= rate * PACING_TOLERANCE:
+                break
+        else:
+            too_little = pause if too_little is None else min(too_little, pause)
+            if pause == 0:
+                break  # back to back already: more is not to be had from these connections
+        estimate = _next_pause(pacing.trials, cycling, rate)
+        low = -1 if enough is None else enough
+        high = too_little if too_little is not None else max(estimate, low + 1) + 1
+        if high - low <= 1:
+            break  # no whole millisecond left between them
+        pause = min(max(estimate, low + 1), high - 1)
+        if enough is not None and too_little is not None and not low < estimate < high:
+            pause = (low + high) // 2
+    pacing.pause_ms = enough if enough is not None else pause
     return pacing
+
+
+def _next_pause(trials: list[dict[str, float]], cycling: int, rate: float) -> int:
+    """The pause to try next: through the last two trials (a secant: the offered rate falls as
+    the pause grows), or after one, the cycle the rate asks for less the answer time the trial
+    implies (answers get faster as the pause grows, so this alone can overshoot)."""
+    pause, offered = trials[-1]["pause_ms"], trials[-1]["offered_per_s"]
+    if len(trials) >= 2 and trials[-2]["offered_per_s"] != offered:
+        before, offered_before = trials[-2]["pause_ms"], trials[-2]["offered_per_s"]
+        slope = (pause - before) / (offered - offered_before)
+        return round(pause + (rate - offered) * slope)
+    answer_s = max(0.0, cycling / offered - pause / 1e3)
+    return round((cycling / rate - answer_s) * 1e3)
 
 
 def admitted_histogram(base: str, admin: str) -> dict[float, float]:
@@ -412,15 +445,14 @@ def overload(
         admitted_at_once = workers * (
             max_in_flight or Settings.model_fields["max_in_flight"].default
         )
-        pacing = pace(
-            base,
-            client_key,
-            overload_connections,
-            target,
-            script,
-            admitted_at_once,
-            Counting(base, admin_key, ramp=3, seconds=4),
-        )
+        counting = Counting(base, admin_key, ramp=3, seconds=4)
+
+        def trial(pause_ms: int) -> tuple[float, int]:
+            run = run_wrk(base, client_key, overload_connections, 1, script, pause_ms, counting)
+            assert run.steady is not None
+            return run.steady.offered_per_s, run.ok
+
+        pacing = pace(trial, overload_connections, target, admitted_at_once)
         overloaded = run_wrk(
             base,
             client_key,
