@@ -250,7 +250,11 @@ def overload_bench(
         int, typer.Option(help="wrk connections of the sustained phase.")
     ] = 8,
     factor: Annotated[
-        float, typer.Option(help="Offered rate of the overload phase: this times the sustained.")
+        float,
+        typer.Option(
+            help="Offered rate of the overload phase: this times the sustained (aimed 10 % above, "
+            "as runs vary)."
+        ),
     ] = 10.0,
     overload_connections: Annotated[
         int, typer.Option(help="wrk connections of the overload phase.")

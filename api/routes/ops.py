@@ -22,8 +22,9 @@ router = APIRouter(tags=["ops"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """The process is up; says nothing about the store."""
+async def healthz() -> dict[str, str]:
+    """The process is up; says nothing about the store. On the event loop: a liveness probe
+    must not wait for a worker thread when they are all busy."""
     return {"status": "ok"}
 
 
