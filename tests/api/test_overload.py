@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import anyio.to_thread
 from eventsourcing.persistence import StoredEvent
 from fastapi.testclient import TestClient
 
@@ -139,3 +140,27 @@ def test_a_limit_of_0_admits_everything(wiring: Wiring, bearer: Any) -> None:
     with TestClient(app, headers=bearer(Role.client)) as client, ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: client.get("/healthz"), range(16)))
     assert {answer.status_code for answer in answers} == {200}
+
+
+def test_liveness_answers_while_every_worker_thread_is_busy(wiring: Wiring) -> None:
+    """Sync routes wait for a worker thread; under overload all may be busy. /healthz runs on
+    the event loop: a fresh probe once waited 2 s for a thread, and a probe's timeout would
+    have had a live process restarted."""
+    release = threading.Event()
+
+    def take_every_thread() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+
+    with TestClient(create_app(wiring)) as client:
+        portal = client.portal
+        assert portal is not None
+        portal.call(take_every_thread)
+        busy = portal.start_task_soon(anyio.to_thread.run_sync, release.wait)
+        with ThreadPoolExecutor(1) as pool:
+            live = pool.submit(client.get, "/healthz")
+            try:
+                status = live.result(timeout=10).status_code
+            finally:
+                release.set()  # before the pool waits for the probe
+        busy.result(timeout=10)
+    assert status == 200
