@@ -69,6 +69,12 @@ STEPS: dict[tuple[str, int], Callable[[Data], Data]] = {
 }
 
 
+def is_current(envelope: Mapping[str, Any]) -> bool:
+    """Whether the envelope is at the current schema version of its event type already
+    (`upcast` would only copy it)."""
+    return (envelope["event_type"], envelope["schema_version"]) not in STEPS
+
+
 def upcast(envelope: Mapping[str, Any]) -> dict[str, Any]:
     """A new envelope at the current schema version of its event type (input untouched)."""
     event_type = envelope["event_type"]

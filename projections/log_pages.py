@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-from eventkeep.domain.upcasters import upcast
+from eventkeep.domain.upcasters import is_current, upcast
 
 Page = list[dict[str, Any]]
 # Pages read ahead of the fold (each up to a batch of ~5000 events: memory stays bounded).
@@ -53,7 +53,8 @@ def upcast_pages(
             while not stop.is_set() and (
                 page := global_log.select_envelopes(position, batch_size, until, stream_types)
             ):
-                ready.put([upcast(envelope) for envelope in page])
+                # The envelopes are this reader's own: one already current is not copied.
+                ready.put([e if is_current(e) else upcast(e) for e in page])
                 position = page[-1]["position"]
             ready.put(None)
         except BaseException as error:  # handed to the caller, raised there

@@ -114,6 +114,7 @@ class ReadModel:
     json_columns: ClassVar[frozenset[str]] = frozenset()  # stored as JSON text
     cache_kind: ClassVar[str | None] = None  # cache namespace of by-id reads; None: not cached
     appliers: ClassVar[dict[str, Apply]]
+    _json_at: ClassVar[tuple[tuple[int, str], ...]]  # the JSON columns, by place in `columns`
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -123,6 +124,11 @@ class ReadModel:
             for method in vars(klass).values()
             if hasattr(method, "applies_to")
         }
+        cls._json_at = tuple(
+            (at, column)
+            for at, column in enumerate(getattr(cls, "columns", ()))
+            if column in cls.json_columns
+        )
 
     def __init__(self, database: Database, prefix: str) -> None:
         self.db = database
@@ -186,7 +192,7 @@ class ReadModel:
         event-by-event path and the bulk path (`projections/bulk.py`) both fold with it."""
         stream_id, version = event["stream_id"], event["stream_version"]
         current = batch.rows.get(stream_id)
-        applied = current["version"] if current else batch.seen.get(stream_id, 0)
+        applied = current["version"] if current is not None else batch.seen.get(stream_id, 0)
         if version <= applied:
             return  # already applied: a redelivery
         if version > applied + 1:
@@ -210,15 +216,19 @@ class ReadModel:
         batch.seen[stream_id] = version
 
     def _fold(self, batch: Batch, event: Envelope) -> None:
+        """Folds `event` into its stream's row. Once per event and read model on both paths:
+        no dict is made here but the new row."""
         stream_id, version = event["stream_id"], event["stream_version"]
         current = batch.rows.get(stream_id)
         updated = self.apply_event(batch, current, event)
-        if updated is None:
-            if current is None:
-                return
+        if updated is not None:  # a row of its own (the apply method's answer)
+            updated["id"] = stream_id
+            updated["version"] = version
+            updated["updated_at"] = event["recorded_at"]
+        elif current is not None:
             updated = current | {"version": version}  # nothing shown changed
         else:
-            updated |= {"id": stream_id, "version": version, "updated_at": event["recorded_at"]}
+            return
         batch.rows[stream_id] = updated
         batch.changed[stream_id] = version
 
@@ -260,10 +270,16 @@ class ReadModel:
         (`projections/bulk.py`): whatever those triggers would have kept (none by default)."""
 
     def encoded(self, row: Row) -> tuple[Any, ...]:
-        return tuple(
-            orjson.dumps(row[c]).decode() if c in self.json_columns else row.get(c)
-            for c in self.columns
-        )
+        """The row's values in `columns` order (None where it has none), JSON columns as
+        text; once per row a load writes, so the columns are taken by `map` in C and only
+        the JSON ones are visited in Python."""
+        values = tuple(map(row.get, self.columns))
+        if not self._json_at:
+            return values
+        patched = list(values)
+        for at, column in self._json_at:
+            patched[at] = orjson.dumps(row[column]).decode()
+        return tuple(patched)
 
     def decoded(self, row: Row) -> Row:
         for column in self.json_columns:
