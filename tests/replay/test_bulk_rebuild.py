@@ -8,6 +8,7 @@ log read straight into envelopes is the log as logged."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -344,7 +345,8 @@ def test_a_catch_up_in_worker_processes_gives_the_tables_and_the_changes_to_forg
 @pytest.mark.timeout(120)
 def test_a_failing_write_ends_the_load_with_its_error_never_a_hang(store: Wiring) -> None:
     """The writer thread's failure (here: a table gone under it) is raised in the folding
-    thread at its next step, however many loads wait behind it."""
+    thread at its next step, however many loads wait behind it; the cycle collector, paused
+    for the load, runs again after it, with nothing left frozen."""
     models = ReadModels(store.queries.models.db, "bulk_")
     models.drop()
     models.migrate(defer_indexes=True)
@@ -353,3 +355,5 @@ def test_a_failing_write_ends_the_load_with_its_error_never_a_hang(store: Wiring
     load = BulkLoad(models, rows_bound=2, flush_events=1)
     with pytest.raises(Exception, match="bulk_orders"):
         load.run(upcast_pages(store.shop.recorder, 0, 7), lambda position: None)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
