@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from eventkeep.projections.cursors import decode_cursor
 from eventkeep.projections.readmodel import (
     Envelope,
     ReadModel,
@@ -26,6 +27,16 @@ SORTS = {
 
 # Each column a page is sorted by, under its index name (both directions walk one index).
 SORT_COLUMNS = {"name": "name", "price": "price_cents", "newest": "created_at"}
+
+# The rare states (a few per cent of a shop), under their indexes' names: each has an index of
+# every sort of its own rows only (partial), which a search for it walks as it walks the whole
+# shop's. The condition is written as the indexes' predicate, so that a plan may use them.
+RARE = {"out_of_stock": "stock <= 0", "discontinued": "status = 'discontinued'"}
+
+# A search with a filter no index answers in its order (words, a price range under another
+# sort, the common states) walks at most this many rows per row of its page in the page's
+# order; when that fills no page, its matches are looked up first and sorted (`SearchPlan`).
+WALK_PER_ROW = 50
 
 
 class Products(ReadModel):
@@ -52,17 +63,18 @@ class Products(ReadModel):
             " category text NOT NULL, price_cents bigint NOT NULL, currency text NOT NULL,"
             " stock bigint NOT NULL, status text NOT NULL, created_at text NOT NULL,"
             f" updated_at text NOT NULL{search})",
-            # A page of every sort, with or without a category, walks one index in that
-            # order and stops after the page (`SORTS`); the rare filters (out of stock,
-            # discontinued) have partial indexes of their few rows, so no plan reads the
-            # whole table to find or sort them (tests/projections/test_search_plans.py).
+            # A page of every sort, with or without a category, of the whole shop or of a
+            # rare state's rows (`RARE`), walks one index in that order and stops after the
+            # page (`SearchPlan`, tests/projections/test_search_plans.py).
             *(
-                f"CREATE INDEX {tag}products_{sort}{by} ON {t} ({lead}{column}, id)"
+                f"CREATE INDEX {tag}products_{sort}{by}{state} ON {t} ({lead}{column}, id){where}"
                 for sort, column in SORT_COLUMNS.items()
                 for by, lead in (("", ""), ("_by_category", "category, "))
+                for state, where in (
+                    ("", ""),
+                    *((f"_{name}", f" WHERE {rare}") for name, rare in RARE.items()),
+                )
             ),
-            f"CREATE INDEX {tag}products_out_of_stock ON {t} (id) WHERE stock <= 0",
-            f"CREATE INDEX {tag}products_discontinued ON {t} (id) WHERE status = 'discontinued'",
         ]
         if postgres:
             return [*statements, f"CREATE INDEX {tag}products_search ON {t} USING gin (search)"]
@@ -157,39 +169,130 @@ class SearchFilters:
     limit: int = 20
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """The statements of one search, each `(sql, params)`, reading `limit` + 1 rows in the
+    page's order.
+
+    `walk` reads the rows of one index in the page's order (the category's or the whole
+    shop's, of a rare state or not, from the cursor on, within the price range when the page
+    is sorted by price), at most `WALK_PER_ROW` per row of the page, and keeps those the other
+    filters (`rest`) match: when the matches are common, it stops after the page. When it
+    finds fewer than a page (rare matches, or none left), `matches` (None when there is no
+    other filter: the walk is exact) reads every match through the indexes of its filters
+    (the text index, the category's, a price range, a rare state's) before sorting them, so
+    it reads about as many rows as there are matches. Either way no search reads more than
+    its page's share of the walk plus its matches, whatever the planner estimates: its
+    estimates of words (an unknown word, a word and a category that rarely meet) are what
+    made it walk a whole category, or the whole shop, for no match.
+    """
+
+    walk: tuple[str, list[Any]]
+    matches: tuple[str, list[Any]] | None
+    column: str
+    limit: int
+
+
 class ProductQueries(ReadModelQueries):
     model: Products
 
     def search(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
         """A page of products (`SearchFilters`' keywords), and the next page's cursor."""
-        return self.model.page(*self._search(SearchFilters(**filters)))
+        plan = self.search_plan(**filters)
+        with self.model.db.reading(custom_plans=True) as db:
+            db.execute(*plan.walk)
+            rows = db.fetchall()
+            if plan.matches is not None and len(rows) <= plan.limit:
+                db.execute(*plan.matches)
+                rows = db.fetchall()
+        return self.model.paged(rows, plan.column, plan.limit)
 
-    def search_statement(self, **filters: Any) -> tuple[str, list[Any]]:
-        """The SELECT `search` runs for these filters (to EXPLAIN it)."""
-        return self.model.page_statement(*self._search(SearchFilters(**filters)))
-
-    def _search(self, f: SearchFilters) -> tuple[list[str], list[Any], str, str, str | None, int]:
-        where: list[str] = ["true"]
-        params: list[Any] = []
-        if f.q and (match := self._text_match(f.q)) is not None:
-            where.append(match[0])
-            params.append(match[1])
-        if f.category is not None:
-            where.append("category = %s")
-            params.append(f.category)
-        if f.min_price is not None:
-            where.append("price_cents >= %s")
-            params.append(to_cents(f.min_price))
-        if f.max_price is not None:
-            where.append("price_cents <= %s")
-            params.append(to_cents(f.max_price))
-        if f.status is not None:
-            where.append("status = %s")
-            params.append(f.status)
-        if f.in_stock is not None:
-            where.append("stock > 0" if f.in_stock else "stock <= 0")
+    def search_plan(self, **filters: Any) -> SearchPlan:
+        """The statements `search` runs for these filters (to EXPLAIN them)."""
+        f = SearchFilters(**filters)
         column, direction = SORTS[f.sort]
-        return where, params, column, direction, f.cursor, f.limit
+        walked, walked_params, rest, rest_params = self._conditions(f, column)
+        if f.cursor is not None:
+            walked.append(f"({column}, id) {'>' if direction == 'asc' else '<'} (%s, %s)")
+            walked_params.extend(decode_cursor(f.cursor, column))
+        table, shown_columns = self.model.table(), self.model.shown_columns
+        where = " AND ".join(walked) or "true"
+        order = f"ORDER BY {column} {direction}, id {direction} LIMIT %s"
+        page = f.limit + 1
+        if not rest:
+            walk = f"SELECT {shown_columns} FROM {table} WHERE {where} {order}"
+            return SearchPlan((walk, [*walked_params, page]), None, column, f.limit)
+        others = " AND ".join(rest)
+        # Both find the page's ids and sort values (narrow rows: carrying every column of
+        # each row read cost 6x), then read the page's rows by id. The walk's rows carry what
+        # the other filters read (the text index's key).
+        key = "search" if self.model.db.kind == "postgres" else "rowid AS rowid"
+        carried = ", ".join(dict.fromkeys(("id", column, "price_cents", "stock", "status", key)))
+        walk = (
+            f"SELECT id, {column} FROM (SELECT {carried} FROM {table} WHERE {where} {order})"
+            f" AS walk WHERE {others} {order}"
+        )
+        # MATERIALIZED: the matches are planned without the page's order, so found through
+        # their filters' indexes, never by walking an index in order for them.
+        matches = (
+            f"WITH matches AS MATERIALIZED (SELECT id, {column} FROM {table}"
+            f" WHERE {where} AND {others}) SELECT id, {column} FROM matches {order}"
+        )
+        return SearchPlan(
+            (
+                self._rows_of(walk, column, direction),
+                [*walked_params, page * WALK_PER_ROW, *rest_params, page],
+            ),
+            (self._rows_of(matches, column, direction), [*walked_params, *rest_params, page]),
+            column,
+            f.limit,
+        )
+
+    def _rows_of(self, page: str, column: str, direction: str) -> str:
+        """The shown rows of the ids `page` selects, in the page's order."""
+        shown_columns = ", ".join(f"p.{c}" for c in self.model.columns)
+        return (
+            f"SELECT {shown_columns} FROM ({page}) AS page"
+            f" JOIN {self.model.table()} AS p ON p.id = page.id"
+            f" ORDER BY p.{column} {direction}, p.id {direction}"
+        )
+
+    def _conditions(
+        self, f: SearchFilters, column: str
+    ) -> tuple[list[str], list[Any], list[str], list[Any]]:
+        """The filters an index answers in the page's order (its leading category, its rare
+        state, a price range on the price sort), and the others, each with their values."""
+        walked: list[str] = []
+        walked_params: list[Any] = []
+        rest: list[str] = []
+        rest_params: list[Any] = []
+        if f.category is not None:
+            walked.append("category = %s")
+            walked_params.append(f.category)
+        states: list[str] = []
+        if f.in_stock is not None:
+            states.append(RARE["out_of_stock"] if not f.in_stock else "stock > 0")
+        if f.status == "discontinued":
+            states.append(RARE["discontinued"])
+        elif f.status is not None:
+            rest.append("status = %s")
+            rest_params.append(f.status)
+        rare = [state for state in states if state in RARE.values()][:1]  # one index walked
+        walked.extend(rare)
+        rest.extend(state for state in states if state not in rare)
+        price, price_params = (
+            (walked, walked_params) if column == "price_cents" else (rest, rest_params)
+        )
+        if f.min_price is not None:
+            price.append("price_cents >= %s")
+            price_params.append(to_cents(f.min_price))
+        if f.max_price is not None:
+            price.append("price_cents <= %s")
+            price_params.append(to_cents(f.max_price))
+        if f.q and (match := self._text_match(f.q)) is not None:
+            rest.append(match[0])
+            rest_params.append(match[1])
+        return walked, walked_params, rest, rest_params
 
     def by_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Many products by id in one statement (GraphQL's batched loading), by id."""

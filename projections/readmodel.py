@@ -320,9 +320,14 @@ class ReadModel:
         )
         with self.db.reading() as db:
             db.execute(statement, values)
-            rows = [self.decoded(row) for row in db.fetchall()]
+            rows = db.fetchall()
+        return self.paged(rows, column, limit)
+
+    def paged(self, rows: list[Row], column: str, limit: int) -> tuple[list[Row], str | None]:
+        """A page's rows as shown (of `limit` + 1 read in order on (column, id)), and the next
+        page's cursor when the extra row says there is one."""
         more = len(rows) > limit
-        rows = rows[:limit]
+        rows = [self.decoded(row) for row in rows[:limit]]
         next_cursor = encode_cursor(rows[-1][column], rows[-1]["id"]) if more else None
         return [shown(row) for row in rows], next_cursor
 

@@ -66,9 +66,9 @@ class FallbackDatabase:
         self.greatest = replica.greatest
 
     @contextmanager
-    def reading(self) -> Iterator[Cursor]:
+    def reading(self, *, custom_plans: bool = False) -> Iterator[Cursor]:
         with ExitStack() as stack:
-            yield _FallbackCursor(self, stack)
+            yield _FallbackCursor(self, stack, custom_plans)
 
     def transaction(self) -> Any:
         return self.primary.transaction()
@@ -108,14 +108,16 @@ class _FallbackCursor:
     """A cursor on the replica until one of its statements cannot reach it; then, for the
     rest of the `reading()`, on the primary (whose read models are at least as far)."""
 
-    def __init__(self, database: FallbackDatabase, stack: ExitStack) -> None:
+    def __init__(self, database: FallbackDatabase, stack: ExitStack, custom_plans: bool) -> None:
         self._database = database
         self._stack = stack
+        self._custom_plans = custom_plans
         self._cursor: Cursor | None = None
         self._on_primary = False
 
     def _to_primary(self) -> Cursor:
-        self._cursor = self._stack.enter_context(self._database.primary.reading())
+        primary = self._database.primary.reading(custom_plans=self._custom_plans)
+        self._cursor = self._stack.enter_context(primary)
         self._on_primary = True
         return self._cursor
 
@@ -128,7 +130,9 @@ class _FallbackCursor:
             return self._to_primary().execute(sql, params)
         try:
             if self._cursor is None:
-                self._cursor = self._stack.enter_context(self._database.replica.reading())
+                self._cursor = self._stack.enter_context(
+                    self._database.replica.reading(custom_plans=self._custom_plans)
+                )
             return self._cursor.execute(sql, params)
         except RECOVERY_CONFLICT:
             REPLICA_FALLBACKS.labels("conflict").inc()

@@ -175,8 +175,8 @@ def statements(wiring: Wiring) -> Iterator[list[str]]:
 
     def counting(reading: Any) -> Any:
         @contextlib.contextmanager
-        def wrapped() -> Iterator[Any]:
-            with reading() as cursor:
+        def wrapped(**options: Any) -> Iterator[Any]:
+            with reading(**options) as cursor:
                 yield Counted(cursor)
 
         return wrapped
