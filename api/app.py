@@ -16,7 +16,7 @@ from eventkeep.api.auth import KeyBeforeBody
 from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.correlation import CorrelationId
 from eventkeep.api.errors import LastResortErrors, install_error_handlers
-from eventkeep.api.fast_reads import FastByIdReads
+from eventkeep.api.fast_reads import FastReads
 from eventkeep.api.headers import SecurityHeaders
 from eventkeep.api.limits import Limits, RequestLimits, known_query_parameters
 from eventkeep.api.metrics import Metrics, RequestMetrics
@@ -90,8 +90,8 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
     app.include_router(graphql.router)  # product queries; commands stay REST
     # The last added runs first: metrics see every answer, with its correlation id, even
     # the 500s that LastResortErrors makes of unexpected exceptions.
-    # Innermost: by-id cache hits answered before routing (api/fast_reads.py).
-    app.add_middleware(FastByIdReads)
+    # Innermost: by-id reads and product searches answered before routing (api/fast_reads.py).
+    app.add_middleware(FastReads)
     app.add_middleware(LastResortErrors)
     # Limits and the key are checked before a byte of a body is read.
     app.add_middleware(KeyBeforeBody)

@@ -1,8 +1,9 @@
 """By-id queries answer the cache's encoded bytes as they are (no model, no re-encoding), with
 their position header, in both modes, on a short path before routing (api/fast_reads.py) that
-still refuses a revoked key; and erasure reaches those bytes as it reaches the rows:
-once the read model and its cache tombstones include the erasure, no cached answer holds the
-user's personal data."""
+still refuses a revoked key; product searches take it too and answer as the route does, which
+still answers (and refuses) every search the short path does not; and erasure reaches those
+bytes as it reaches the rows: once the read model and its cache tombstones include the
+erasure, no cached answer holds the user's personal data."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.api.fast_reads import BY_ID
+from eventkeep.api.fast_reads import BY_ID, SEARCH
 from eventkeep.api.keys import Role
 from eventkeep.api.ratelimit import LocalLimiter
+from eventkeep.api.routes import products as product_routes
 from eventkeep.projections.readmodel import ReadModelQueries
 from tests.api.shopping import USER, answer, create_product, register
 
@@ -137,5 +139,82 @@ def test_a_miss_is_read_filled_and_answered_on_the_short_path(
 
 def test_the_short_path_labels_requests_with_the_routes_templates(app: FastAPI) -> None:
     paths = app.openapi()["paths"]
-    for route in BY_ID.values():
+    for route in (*BY_ID.values(), SEARCH):
         assert "get" in paths[route.path], route
+
+
+SEARCHES: list[Any] = [
+    {},
+    {"q": "lamp"},
+    {"q": "desk lamp", "category": "lighting", "sort": "-price", "limit": "2"},
+    {"category": "lighting", "min_price": "1.00", "max_price": "500.00", "sort": "price"},
+    {"in_stock": "true", "status": "active", "sort": "newest", "limit": "1"},
+    {"q": "zebra", "in_stock": "false"},
+]
+REFUSED: list[Any] = [
+    {"limit": "0"},
+    {"limit": "101"},
+    {"limit": "many"},
+    {"sort": "cheapest"},
+    {"min_price": "1.0"},
+    {"status": "gone"},
+    {"in_stock": "perhaps"},
+    {"q": "x" * 201},
+    {"cursor": "bm90IGEgY3Vyc29y"},
+    {"colour": "red"},
+    {"category": ""},
+]
+# Answered by the route as it reads them (the last value of a name given twice; a blank word).
+ODD: list[Any] = [[("q", "lamp"), ("q", "desk")], {"q": ""}]
+
+
+def test_a_search_is_answered_on_the_short_path_as_the_route_answers_it(
+    wiring: Wiring, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same status, bytes and position as the route's answer (X-Min-Position takes a
+    request to the route), pages followed by their cursors included; the route is not run for
+    a search the short path answers; every search it refuses, it refuses as before, and one it
+    does not read as the route does goes to the route."""
+    # The short path's limiter is in memory (Redis's is asked off the event loop, by the route).
+    monkeypatch.setattr(wiring, "limiter", LocalLimiter(rate=1000, burst=1000))
+    made = [
+        create_product(client, sku=f"L{i}", name=f"Desk lamp {i}", category="lighting")
+        for i in range(4)
+    ] + [create_product(client, sku="C1", name="Chair", category="furniture", stock=0)]
+    last = max(p["position"] for p in made)
+    poll(lambda: wiring.queries.position("products") >= last, "the read model")
+    routed: list[Any] = []  # the route's answers, spied on
+
+    def route_page(*args: Any) -> Any:
+        routed.append(args)
+        return page(*args)
+
+    page = product_routes.page
+    monkeypatch.setattr(product_routes, "page", route_page)
+    assert client.get("/v1/products", params={"limit": 1}).status_code == 200  # key verified
+    by_route = {"X-Min-Position": "0"}
+    for params in SEARCHES:
+        cursor = None
+        while True:
+            query = params if cursor is None else {**params, "cursor": cursor}
+            routed.clear()
+            fast = client.get("/v1/products", params=query)
+            assert routed == [], query  # answered before routing
+            full = client.get("/v1/products", params=query, headers=by_route)
+            assert routed, query
+            assert (fast.status_code, fast.content) == (200, full.content), query
+            for header in ("content-type", "content-length", "x-projection-position"):
+                assert fast.headers[header] == full.headers[header], (query, header)
+            if (cursor := fast.json()["next_cursor"]) is None:
+                break
+    for params in REFUSED:
+        fast = client.get("/v1/products", params=params)
+        full = client.get("/v1/products", params=params, headers=by_route)
+        assert fast.status_code == full.status_code and 400 <= fast.status_code < 500, params
+        assert fast.json()["error"] == full.json()["error"], params
+    for params in ODD:
+        routed.clear()
+        fast = client.get("/v1/products", params=params)
+        assert routed, params  # not the short path's to answer
+        full = client.get("/v1/products", params=params, headers=by_route)
+        assert (fast.status_code, fast.content) == (full.status_code, full.content), params
