@@ -18,12 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import structlog
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventkeep.api.auth import CUSTOMER_TOKEN_PREFIX
+from eventkeep.api.auth import CUSTOMER_TOKEN_PREFIX, act_as
 from eventkeep.api.keys import Role
 from eventkeep.api.reads import POSITION_HEADER
 from eventkeep.metrics import CACHE_LOOKUPS
@@ -105,8 +104,7 @@ class FastByIdReads:
         # A refusal changes no limiter state: the route asks again and answers the 429.
         if limiter.acquire(key.id) is not None:
             return False
-        scope.setdefault("state", {})["actor"] = key.id
-        structlog.contextvars.bind_contextvars(actor=key.id)
+        act_as(scope, key)
         scope["route"] = route  # as routing would: RequestMetrics labels by its `path`
         await send(
             {
