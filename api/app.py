@@ -18,6 +18,7 @@ from eventkeep.api.correlation import CorrelationId
 from eventkeep.api.errors import LastResortErrors, install_error_handlers
 from eventkeep.api.fast_reads import FastReads
 from eventkeep.api.headers import SecurityHeaders
+from eventkeep.api.lean_commands import LeanCommands, lean_routes
 from eventkeep.api.limits import Limits, RequestLimits, known_query_parameters
 from eventkeep.api.metrics import Metrics, RequestMetrics
 from eventkeep.api.routes import (
@@ -37,11 +38,14 @@ from eventkeep.api.settings import Settings
 WARM_CACHE_CONNECTIONS = 8
 
 
-def create_app(config: Settings | Wiring | None = None, *, serving: bool = False) -> FastAPI:
+def create_app(
+    config: Settings | Wiring | None = None, *, serving: bool = False, lean_commands: bool = True
+) -> FastAPI:
     """Builds the app on `config`: settings (read from the environment when None) are wired
     here and closed at shutdown; a ready wiring stays its caller's to close. `serving` (an
     `eventkeep serve` worker, `serve_app`): at startup the cache's connections are opened,
-    then what the process holds is left out of the garbage collector's passes."""
+    then what the process holds is left out of the garbage collector's passes.
+    `lean_commands=False` leaves every command to its full route (the tests' reference)."""
     owned = not isinstance(config, Wiring)
     settings: Settings | None = None
     if isinstance(config, Wiring):
@@ -90,8 +94,11 @@ def create_app(config: Settings | Wiring | None = None, *, serving: bool = False
     app.include_router(graphql.router)  # product queries; commands stay REST
     # The last added runs first: metrics see every answer, with its correlation id, even
     # the 500s that LastResortErrors makes of unexpected exceptions.
-    # Innermost: by-id reads and product searches answered before routing (api/fast_reads.py).
+    # Innermost: by-id reads and product searches answered before routing (api/fast_reads.py),
+    # and the hot commands sent before it (api/lean_commands.py).
     app.add_middleware(FastReads)
+    if lean_commands:
+        app.add_middleware(LeanCommands, routes=lean_routes(app))
     app.add_middleware(LastResortErrors)
     # Limits and the key are checked before a byte of a body is read.
     app.add_middleware(KeyBeforeBody)

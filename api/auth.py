@@ -35,9 +35,7 @@ async def authenticated(
     key = await _verified(wiring, credentials.credentials)
     if key is None:
         raise _unauthenticated("The API key is unknown or revoked.")
-    # The request's log lines name the key by its id (never the key itself).
-    request.state.actor = key.id
-    structlog.contextvars.bind_contextvars(actor=key.id)
+    act_as(request.scope, key)
     limiter = wiring.limiter
     acquire = limiter.acquire
     wait = acquire(key.id) if limiter.in_memory else await run_in_threadpool(acquire, key.id)
@@ -50,6 +48,13 @@ async def authenticated(
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     return key
+
+
+def act_as(scope: Scope, key: ApiKey) -> None:
+    """The request's log line and the lines written while it is handled name the key by its
+    id (never the key itself)."""
+    scope.setdefault("state", {})["actor"] = key.id
+    structlog.contextvars.bind_contextvars(actor=key.id)
 
 
 def requires(role: Role, *others: Role) -> Callable[[ApiKey], Awaitable[ApiKey]]:

@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, Header, Request
@@ -55,6 +55,11 @@ class Dispatch:
         return CommandAnswer(id=result.id, version=result.version, position=result.position)
 
 
+# The roles each `dispatcher` dependency admits (admin keys too), for the lean command path
+# (api/lean_commands.py), which answers these routes without solving their dependencies.
+ADMITTED_BY: dict[Callable[..., Awaitable[Dispatch]], tuple[Role, ...]] = {}
+
+
 def dispatcher(role: Role, *others: Role) -> Callable[..., Awaitable[Dispatch]]:
     """A dependency that authorises `role` (or one of `others`) and builds the command's
     context."""
@@ -73,22 +78,48 @@ def dispatcher(role: Role, *others: Role) -> Callable[..., Awaitable[Dispatch]]:
         ] = None,
         x_causation_id: TraceHeader = None,
     ) -> Dispatch:
-        request_hash = None
-        if idempotency_key is not None:
-            # Scoped by key id: one client's retry key can never answer another's request.
-            idempotency_key = f"{key.id}:{idempotency_key}"
-            request_hash = await _request_hash(request)
-        context = CommandContext(
-            actor=key.id,
-            correlation_id=request.state.correlation_id,
-            causation_id=x_causation_id,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
+        body = await request.body() if idempotency_key is not None else b""
+        context = command_context(
+            key,
+            request.state.correlation_id,
+            x_causation_id,
+            idempotency_key,
+            f"{request.method}\n{request.url.path}",
+            body,
         )
-        state = request.app.state
-        return Dispatch(state.wiring.handle, context, state.metrics.commands)
+        return dispatch_of(request.app.state, context)
 
+    ADMITTED_BY[build] = (role, *others, Role.admin)
     return build
+
+
+def command_context(
+    key: ApiKey,
+    correlation_id: str,
+    causation_id: str | None,
+    idempotency_key: str | None,
+    target: str,
+    body: bytes,
+) -> CommandContext:
+    """The context of a command sent by `key`; with an Idempotency-Key, the hash of the
+    request (`target`: method and path, and the body) that a retry must repeat."""
+    request_hash = None
+    if idempotency_key is not None:
+        # Scoped by key id: one client's retry key can never answer another's request.
+        idempotency_key = f"{key.id}:{idempotency_key}"
+        request_hash = _request_hash(target, body)
+    return CommandContext(
+        actor=key.id,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+
+
+def dispatch_of(state: Any, context: CommandContext) -> Dispatch:
+    """The dispatch of a command in `context` on the app (its `state`)'s bus and counter."""
+    return Dispatch(state.wiring.handle, context, state.metrics.commands)
 
 
 ClientCommand = Annotated[Dispatch, Depends(dispatcher(Role.client))]
@@ -123,9 +154,8 @@ async def expected_version(  # async: no worker thread for a header
 IfMatch = Annotated[int | None, Depends(expected_version)]
 
 
-async def _request_hash(request: Request) -> str:
+def _request_hash(target: str, raw: bytes) -> str:
     """sha256 of method, path and the body as canonical JSON (key order and spacing ignored)."""
-    raw = await request.body()
     try:
         body = (
             json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -134,5 +164,4 @@ async def _request_hash(request: Request) -> str:
         )
     except ValueError:
         raise ApiError("MALFORMED_REQUEST", "The request body is not valid JSON.") from None
-    text = f"{request.method}\n{request.url.path}\n{body}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(f"{target}\n{body}".encode()).hexdigest()

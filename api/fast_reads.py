@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 import orjson
-import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from eventkeep.api.auth import CUSTOMER_TOKEN_PREFIX
+from eventkeep.api.auth import CUSTOMER_TOKEN_PREFIX, act_as
 from eventkeep.api.keys import ApiKey, Role
 from eventkeep.api.reads import POSITION_HEADER
 from eventkeep.api.routes.products import search_products
@@ -175,8 +174,7 @@ async def _answer(
     # A refusal changes no limiter state: the route asks again and answers the 429.
     if scope["app"].state.wiring.limiter.acquire(key.id) is not None:
         return False
-    scope.setdefault("state", {})["actor"] = key.id
-    structlog.contextvars.bind_contextvars(actor=key.id)
+    act_as(scope, key)
     scope["route"] = route  # as routing would: RequestMetrics labels by its `path`
     await send(
         {

@@ -106,7 +106,7 @@ def test_commands_in_flight_share_batches_with_one_worker_thread(
 
     answers = asyncio.run(send_all())
 
-    assert [a.status_code for a in answers] == [200] * IN_FLIGHT
+    assert [a.status_code for a in answers] == [200] * IN_FLIGHT, answers[0].text
     assert {a.json()["version"] for a in answers} == {2}
     assert batches_over(2) > before  # the queued commands went in one batch
 

@@ -26,7 +26,8 @@ from eventkeep.bootstrap import build
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import Queries
 from tests.api.conftest import SHOP_TABLES, distributed_settings
-from tests.api.shopping import USER
+from tests.api.shopping import PRODUCT, USER
+from tests.api.test_lean_commands import DependencyCount
 from tests.conftest_services import POSTGRES_URL, require_env
 from tests.eventstore.stores import drop_postgres_tables
 from tests.faults.tcp_proxy import TcpProxy
@@ -179,3 +180,37 @@ def test_postgres_unreachable_commands_fail_fast_and_queries_still_answer(
         }
         assert len(commands) == 2  # the user before the cut and the one after it
     print(f"first command after the cut answered 503 in {first_took:.3f}s")
+
+
+def test_a_command_on_the_short_path_answers_the_outage_as_its_route(
+    outage_wiring: Wiring, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot commands' short path (api/lean_commands.py) answers the store's outage with the
+    app's own handler: the same 503, headers and body as the full route."""
+    key = outage_wiring.keys.create(Role.client, "outage").secret_key
+    headers = {"Authorization": f"Bearer {key}", "X-Correlation-ID": "outage"}
+    solved = DependencyCount(monkeypatch)
+    with (
+        TestClient(create_app(outage_wiring), headers=headers) as lean,
+        TestClient(create_app(outage_wiring, lean_commands=False), headers=headers) as full,
+    ):
+        product = lean.post("/v1/products", json=PRODUCT)
+        assert product.status_code == 201, product.text
+        stock = f"/v1/products/{product.json()['id']}/stock"
+        proxy.refusing = True
+        proxy.cut_all()
+        tripped = full.post("/v1/users", json=USER)  # the breaker opens on this one (or before)
+        assert tripped.status_code == 503, tripped.text
+        for path, body in (("/v1/users", USER), (stock, {"delta": -1, "reason": "sold"})):
+            before = solved.calls
+            short = lean.post(path, json=body)
+            assert solved.calls == before  # answered on the short path
+            routed = full.post(path, json=body)
+            assert short.status_code == 503, short.text
+            assert short.json()["error"]["code"] == "STORE_UNAVAILABLE"
+            assert (short.status_code, short.headers.raw, short.content) == (
+                routed.status_code,
+                routed.headers.raw,
+                routed.content,
+            )
+        proxy.refusing = False
