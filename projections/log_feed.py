@@ -83,6 +83,9 @@ class LogFeed:
         """The read model's quarantined streams (see ReadModels.quarantine)."""
         return self._quarantined.get(name, {})
 
+    def want(self) -> None:
+        """Nothing to do: the position is this process's own, moved by each commit."""
+
     def _read_generations(self) -> None:
         progress = self._models.progress_by_name()
         self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}

@@ -371,6 +371,10 @@ class Progress(Protocol):
         """The read model's quarantined streams: id -> first quarantined event and error."""
         ...
 
+    def want(self) -> None:
+        """A reader is about to wait for a position: keep it fresh meanwhile."""
+        ...
+
 
 class ReadModelQueries:
     """The query side of one read model: how far it is, and by-id reads through the cache.

@@ -225,6 +225,9 @@ class OneBehind:
     def cache_position_of(self, name: str) -> int:
         return self._real.cache_position_of(name)
 
+    def want(self) -> None:
+        self._real.want()
+
 
 def test_a_query_waits_only_for_the_read_model_it_reads(client: TestClient, wiring: Wiring) -> None:
     user = register(client)
