@@ -501,7 +501,7 @@ class GroupCommitter:
             if head is not None and self._one_trip and not any(a.tracking for a in batch):
                 # One round trip while no other process appended since our last batch.
                 with self._storage.one_trip() as send:
-                    plan = plan_batch(batch, _state_at(head), datetime.now(UTC), self.chain_key)
+                    plan = plan_batch(batch, state_at(head), datetime.now(UTC), self.chain_key)
                     sent = True
                     if send(plan, head):
                         GROUP_COMMIT_PATH.labels("one_trip").inc()
@@ -590,7 +590,7 @@ class GroupCommitter:
                 time.sleep(0.2)
 
 
-def _state_at(head: Head) -> StoreState:
+def state_at(head: Head) -> StoreState:
     """What a batch is planned on when the log is taken to end at `head` and nothing it
     could conflict with is stored (the append function checks that, else writes nothing)."""
     return StoreState(head.position, head.hash, set(), {}, set(), {})

@@ -27,7 +27,9 @@ import psycopg.errors
 from eventsourcing import postgres as library_postgres
 from eventsourcing.persistence import ApplicationRecorder, ProcessRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, PostgresTrackingRecorder
+from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Format
 from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
@@ -54,6 +56,7 @@ class PostgresDialect:
         self._datastore = datastore
         self._channel = quote_identifier(channel)
         self._batch_connection: psycopg.Connection[Any] | None = None
+        self._bulk_connection: psycopg.Connection[Any] | None = None
 
     def table(self, name: str) -> str:
         return f"{quote_identifier(self._datastore.schema)}.{quote_identifier(name)}"
@@ -106,6 +109,21 @@ class PostgresDialect:
         connection = self._connect()
         try:
             with connection.pipeline(), connection.transaction():
+                self._lock(connection, events_table)
+                yield _PostgresBatch(connection, self._channel)
+        except psycopg.OperationalError:
+            connection.close()
+            raise
+
+    @contextmanager
+    def bulk_transaction(self, events_table: str) -> Iterator[_PostgresBatch]:
+        # An import's: on a connection of its own (the committer's serves its own thread), not
+        # pipelined (COPY cannot be), the log's write lock taken first as every batch's is.
+        if self._bulk_connection is None or self._bulk_connection.closed:
+            self._bulk_connection = self._new_connection()
+        connection = self._bulk_connection
+        try:
+            with connection.transaction():
                 self._lock(connection, events_table)
                 yield _PostgresBatch(connection, self._channel)
         except psycopg.OperationalError:
@@ -185,8 +203,9 @@ class PostgresDialect:
             yield PostgresSchemaDatabase(connection)
 
     def close(self) -> None:
-        if self._batch_connection is not None:
-            self._batch_connection.close()
+        for connection in (self._batch_connection, self._bulk_connection):
+            if connection is not None:
+                connection.close()
 
     def uuid(self, value: Any) -> UUID:
         return value if isinstance(value, UUID) else UUID(str(value))
@@ -199,11 +218,14 @@ class PostgresDialect:
 
     def _connect(self, **options: Any) -> psycopg.Connection[Any]:
         if self._batch_connection is None or self._batch_connection.closed:
-            pool = self._datastore.pool
-            pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
-            kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
-            self._batch_connection = psycopg.connect(cast(str, pool.conninfo), **(kwargs | options))
+            self._batch_connection = self._new_connection(**options)
         return self._batch_connection
+
+    def _new_connection(self, **options: Any) -> psycopg.Connection[Any]:
+        pool = self._datastore.pool
+        pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
+        kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
+        return psycopg.connect(cast(str, pool.conninfo), **(kwargs | options))
 
 
 def _arrays(types: Sequence[ColumnType], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
@@ -230,6 +252,19 @@ def _insert(insert: Insert) -> tuple[Any, list[list[Any]]]:
     return sql, _arrays(types, insert.rows)
 
 
+_COPY_TYPES = {"int": "int4"}
+
+
+class _JsonTextBinaryDumper(Dumper):
+    """jsonb in binary from JSON text as is: psycopg's own would encode the text again."""
+
+    format = Format.BINARY
+    oid = 3802  # jsonb's, fixed in PostgreSQL: registered by it, COPY finds it by its type
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + (obj.encode() if isinstance(obj, str) else bytes(obj))
+
+
 class _PostgresBatch:
     def __init__(self, connection: psycopg.Connection[Any], channel: str) -> None:
         self._connection = connection
@@ -245,6 +280,17 @@ class _PostgresBatch:
 
     def insert(self, insert: Insert) -> None:
         self.query(*_insert(insert))
+
+    def copy(self, insert: Insert) -> None:
+        """The rows through binary COPY (a jsonb column's values as JSON text)."""
+        cursor = self._connection.cursor()
+        cursor.adapters.register_dumper(None, _JsonTextBinaryDumper)
+        columns = ", ".join(insert.columns)
+        statement = f"COPY {insert.table} ({columns}) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(cast(Any, statement)) as copy:
+            copy.set_types([_COPY_TYPES.get(t, t) for t in insert.types])
+            for row in insert.rows:
+                copy.write_row(row)
 
     def announce(self) -> None:
         self.query(f"NOTIFY {self._channel}")

@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar, cast
 from uuid import UUID
 
@@ -31,7 +32,15 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment
 
-from eventkeep.eventstore.group_commit import Append, BatchPlan, GroupCommitter, Head, StoreState
+from eventkeep.eventstore.group_commit import (
+    Append,
+    BatchPlan,
+    GroupCommitter,
+    Head,
+    StoreState,
+    plan_batch,
+    state_at,
+)
 from eventkeep.eventstore.hashchain import GENESIS, chain_key
 from eventkeep.eventstore.migrations import (
     Migration,
@@ -91,6 +100,39 @@ class Insert:
     on_conflict: str = ""
 
 
+@dataclass(frozen=True)
+class ImportProgress:
+    """How far the import of one file (by its SHA-256, hex) got: the lines written, the
+    events they made, and the log's position and hash after its last batch. Each import batch
+    stores it in its own transaction as an idempotency record (`key`), so it is exactly as
+    true as the batch: a re-run of the file resumes after `lines`, or writes nothing once
+    `finished`."""
+
+    digest: str
+    lines: int
+    events: int
+    position: int
+    hash: bytes
+    finished: bool
+
+    PREFIX = "import "  # no API client's key can start so: theirs are "<key id>:<key>"
+
+    @property
+    def key(self) -> str:
+        return f"{self.PREFIX}{self.digest} {self.lines:012d}"  # sorts in line order
+
+    def answer(self) -> str:
+        return orjson.dumps(
+            {
+                "lines": self.lines,
+                "events": self.events,
+                "position": self.position,
+                "hash": self.hash.hex(),
+                "finished": self.finished,
+            }
+        ).decode()
+
+
 class Rows(Protocol):
     """The rows of a query issued in a batch transaction, fetched when needed (PostgreSQL
     sends every query of the batch's read in one round trip)."""
@@ -106,6 +148,10 @@ class BatchSQL(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
 
     def insert(self, insert: Insert) -> None: ...
+
+    def copy(self, insert: Insert) -> None:
+        """`insert` the fastest way the database loads many rows (PostgreSQL: binary COPY)."""
+        ...
 
     def announce(self) -> None:
         """Tells readers in other processes that the log grew (when this commits)."""
@@ -154,6 +200,11 @@ class Dialect(Protocol):
         ...
 
     def locked_transaction(self, events_table: str) -> AbstractContextManager[BatchSQL]: ...
+
+    def bulk_transaction(self, events_table: str) -> AbstractContextManager[BatchSQL]:
+        """A transaction holding the log's write lock, for an import's large batches (`copy`
+        allowed), on a connection of its own."""
+        ...
 
     has_append_function: bool  # whether the migrations install `<events>_append`
 
@@ -288,6 +339,77 @@ class EventRecorder:
             return append
         sealed = self.personal_data.seal(append.events, query=query)
         return replace(append, events=sealed.events, data_keys=sealed.new_keys)
+
+    def import_progress(self, digest: str) -> ImportProgress | None:
+        """The last batch recorded for the import of the file `digest` (None: none, or one
+        whose last event the log does not hold: a log dropped and made again)."""
+        rows = self.sql.read(
+            f"SELECT result FROM {self._idempotency} WHERE key LIKE %s ORDER BY key DESC LIMIT 1",
+            (f"{ImportProgress.PREFIX}{digest} %",),
+        )
+        if not rows:
+            return None
+        found = self.sql.json(rows[0]["result"])
+        progress = ImportProgress(
+            digest,
+            int(found["lines"]),
+            int(found["events"]),
+            int(found["position"]),
+            bytes.fromhex(found["hash"]),
+            bool(found["finished"]),
+        )
+        if progress.position:
+            held = self.sql.read(
+                f"SELECT hash FROM {self._events} WHERE position = %s", (progress.position,)
+            )
+            if not held or bytes(held[0]["hash"]) != progress.hash:
+                return None
+        return progress
+
+    def import_batch(
+        self,
+        appends: Sequence[Append],
+        *,
+        digest: str,
+        lines: int,
+        events_before: int,
+        finished: bool,
+    ) -> ImportProgress:
+        """Writes an import's appends in one transaction under the log's write lock, the
+        events loaded with `BatchSQL.copy`, with what group commit writes for them (positions
+        after the log's head, the hash chain, data keys, claims, NOTIFY) and the import's
+        progress (`ImportProgress`, `lines` of the file written): all of it or nothing.
+        A version already stored refuses the whole batch (`IntegrityError`)."""
+        sealed = [self._sealed(append) for append in appends]
+        made = [stream for append in sealed for stream in append.data_keys]
+        try:
+            with self.sql.bulk_transaction(self._events) as batch:
+                transaction = _BatchTransaction(self, batch)
+                head = transaction.head()
+                plan = plan_batch(sealed, state_at(head), datetime.now(UTC), self.chain_key)
+                for _, outcome in plan.outcomes:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                last = plan.rows[-1] if plan.rows else head
+                progress = ImportProgress(
+                    digest,
+                    lines,
+                    events_before + len(plan.rows),
+                    last.position,
+                    last.hash,
+                    finished,
+                )
+                transaction.write(plan, bulk=True)
+                record = [(progress.key, "import", progress.answer())]
+                columns = ("key", "request_hash", "result")
+                batch.insert(Insert(self._idempotency, columns, ("text", "text", "jsonb"), record))
+        except BaseException:
+            if made and self.personal_data is not None:
+                self.personal_data.forget(made)  # perhaps not stored
+            raise
+        if plan.rows:
+            self._wake()
+        return progress
 
     @property
     def chain_key(self) -> bytes | None:
@@ -604,10 +726,20 @@ class _BatchTransaction:
         self._recorder = recorder
         self._batch = batch
 
+    def head(self) -> Head:
+        """The log's last position and hash (0 and `GENESIS` when empty)."""
+        last = self._head_query().fetchall()
+        return Head(last[0][0], bytes(last[0][1])) if last else Head(0, GENESIS)
+
+    def _head_query(self) -> Rows:
+        return self._batch.query(
+            f"SELECT position, hash FROM {self._recorder._events} ORDER BY position DESC LIMIT 1"
+        )
+
     def read_state(self, appends: Sequence[Append]) -> StoreState:
         r, batch, sql = self._recorder, self._batch, self._recorder.sql
         # Every query first, then every fetch: one round trip where the driver pipelines.
-        head = batch.query(f"SELECT position, hash FROM {r._events} ORDER BY position DESC LIMIT 1")
+        head = self._head_query()
         versions = [(e.originator_id, e.originator_version) for a in appends for e in a.events]
         taken = _select(
             batch, sql, "stream_id, stream_version", r._events, ("uuid", "bigint"), versions
@@ -631,10 +763,11 @@ class _BatchTransaction:
             },
         )
 
-    def write(self, plan: BatchPlan) -> None:
+    def write(self, plan: BatchPlan, *, bulk: bool = False) -> None:
+        """`plan`'s writes; `bulk`: its events loaded with `BatchSQL.copy`."""
         r, batch = self._recorder, self._batch
         if plan.rows:
-            batch.insert(
+            (batch.copy if bulk else batch.insert)(
                 Insert(
                     r._events,
                     EVENT_COLUMNS.split(", "),

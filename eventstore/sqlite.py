@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -120,6 +120,9 @@ class SQLiteDialect:
                 cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 cursor.fetchall()
 
+    def bulk_transaction(self, events_table: str) -> AbstractContextManager[_SQLiteBatch]:
+        return self.locked_transaction(events_table)  # in-process: nothing to stream
+
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # One file, one writer at a time: a read sees every committed transaction.
         rows = self.read(f"SELECT hash FROM {events_table} WHERE position = %s", (position,))
@@ -176,6 +179,9 @@ class _SQLiteBatch:
 
     def insert(self, insert: Insert) -> None:
         _insert(self._dialect, self._cursor, insert)
+
+    def copy(self, insert: Insert) -> None:
+        self.insert(insert)  # one executemany: no faster load in SQLite
 
     def announce(self) -> None:
         """Readers in this process are woken after the commit; others poll."""

@@ -31,7 +31,13 @@ from eventkeep.bootstrap import Eventkeep, Role, build, checkpoint_file
 from eventkeep.metrics import record_verify
 from eventkeep.private_files import open_private
 from eventkeep.replay import audit
-from eventkeep.replay.importer import ImportRefused, check_file, import_file
+from eventkeep.replay.importer import (
+    AlreadyImported,
+    CheckedFile,
+    ImportRefused,
+    check_file,
+    import_file,
+)
 from eventkeep.replay.rebuild import PROJECTIONS, Rebuild
 from eventkeep.settings import Settings
 
@@ -336,7 +342,9 @@ def import_(
 ) -> None:
     """Import history in the export format, keeping ids, versions, times, metadata and stored
     schema versions. Every line is checked first: a bad one refuses the file, naming the line
-    and the reason, and nothing is written."""
+    and the reason, and nothing is written. Then it is written in large transactions; a run
+    that failed resumes where it stopped when run again, and a file imported already is not
+    written again."""
     size = file.stat().st_size
     with _built("import") as system:  # the writer's role: the auditor's may only read
         shop, bus = system.shop, system.bus
@@ -349,6 +357,7 @@ def import_(
             TimeRemainingColumn(),
             console=err,
         )
+        checked: CheckedFile | None = None
         try:
             with bytes_bar as bar:
                 checking = bar.add_task("checking", total=size)
@@ -366,7 +375,15 @@ def import_(
                     lambda d: bar.update(writing, completed=d),
                     checked,
                 )
+        except AlreadyImported as done:
+            out.print(f"{file}: {done}.")
+            return
         except ImportRefused as refused:
-            err.print(f"[red]Refused {file}[/red], nothing written: {refused}")
+            # Refused by the check: nothing written. While writing (the file changed since
+            # its check, or the store since): the transactions before it are kept.
+            kept = "nothing written" if checked is None else "the lines before it are written"
+            err.print(f"[red]Refused {file}[/red], {kept}: {refused}")
             raise typer.Exit(1) from None
-    out.print(f"Imported {checked.count:,} events from {file}.")
+    resumed = checked.progress
+    after = f" (resumed after line {resumed.lines:,} of an earlier run)" if resumed else ""
+    out.print(f"Imported {checked.count:,} events from {file}{after}.")

@@ -36,6 +36,7 @@ from eventkeep.domain.catalog import EVENT_TYPES, STREAM_TYPES, stream_type_of
 from eventkeep.domain.upcasters import CURRENT_SCHEMA_VERSIONS, upcast
 from eventkeep.domain.user import normalize_email
 from eventkeep.eventstore.group_commit import Append, UniqueClaim
+from eventkeep.eventstore.recorder import ImportProgress
 from eventkeep.eventstore.records import RecordedEvent
 
 MONEY = re.compile(r"^(0|[1-9][0-9]*)\.[0-9]{2}$")
@@ -48,12 +49,26 @@ COUNT_BOUNDS = {"stock": (0, MAX_STOCK), "delta": (-MAX_STOCK_DELTA, MAX_STOCK_D
                 "quantity": (1, MAX_QUANTITY * 100)}  # fmt: skip
 METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
 APPEND_SIZE = 1000  # events per append, when they share their metadata
+# Events per import transaction (whole lines): large enough that the transaction's fixed costs
+# vanish, small enough that a concurrent command waits for the log's lock only briefly.
+BULK_EVENTS = 5000
 READ_AHEAD = 1000  # lines whose streams' versions and emails' owners are read together
 EMAIL_EVENTS = ("UserRegistered", "UserEmailChanged")
 CHANGED = "the file changed since it was checked"
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
 Advance = Callable[[int], None]  # bytes of the file done
+
+
+class AlreadyImported(ValueError):
+    """Every line of the file was imported before (`ImportProgress`): nothing is written."""
+
+    def __init__(self, progress: ImportProgress) -> None:
+        super().__init__(
+            f"this file was imported already ({progress.events:,} events, the last at "
+            f"position {progress.position:,}): nothing written"
+        )
+        self.progress = progress
 
 
 class ImportRefused(ValueError):
@@ -79,20 +94,23 @@ class Checker:
     # Claims' owners in the store, read ahead for a page of lines (None: nobody's).
     owners: dict[tuple[str, str], UUID | None] = field(default_factory=dict)
 
-    def read_ahead(self, texts: list[bytes]) -> list[Any]:
+    def read_ahead(self, texts: list[bytes], written: list[bool] | None = None) -> list[Any]:
         """Reads from the store, in one statement each, the last versions of the streams and
         the owners of the emails these lines name that were not read yet: `check` then asks
         the store nothing per line (a round trip per new stream bound the import). Returns
-        each line parsed (None: not JSON), for `check` not to parse it again."""
+        each line parsed (None: not JSON), for `check` not to parse it again. Lines
+        `written` already (by an import resumed) are parsed and nothing is read for them."""
         streams: set[str] = set()
         claims: set[tuple[str, str]] = set()
         parsed: list[Any] = []
-        for text in texts:
+        for index, text in enumerate(texts):
             try:
                 envelope = orjson.loads(text)
             except orjson.JSONDecodeError:
                 envelope = None
             parsed.append(envelope)
+            if written is not None and written[index]:
+                continue
             try:
                 stream_id = str(UUID(str(envelope["stream_id"])))
             except (TypeError, KeyError, ValueError):
@@ -246,14 +264,23 @@ class Checker:
             raise refuse(f"email {email!r} already belongs to user {stored} in the store")
 
 
-def lines_of(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(line number, text, bytes read so far); blank lines are skipped."""
+def lines_of(path: Path, whole: Any = None) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, text, bytes read so far); blank lines are skipped. `whole`: a hashlib
+    object updated with every byte read."""
     done = 0
     with path.open("rb") as file:
         for number, text in enumerate(file, start=1):
             done += len(text)
+            if whole is not None:
+                whole.update(text)
             if text.strip():
                 yield number, text, done
+
+
+def file_digest(path: Path) -> str:
+    """The file's SHA-256 (hex): which file an import's progress is of."""
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 Line = tuple[int, bytes, int]  # (line number, text, bytes read so far)
@@ -262,17 +289,23 @@ Line = tuple[int, bytes, int]  # (line number, text, bytes read so far)
 Page = tuple[list[Line], bytes, list[Any]]  # lines, their digest, each parsed (None: not JSON)
 
 
-def read_ahead(path: Path, checker: Checker) -> Iterator[Page]:
+def read_ahead(path: Path, checker: Checker, written: int = 0, whole: Any = None) -> Iterator[Page]:
     """`lines_of` in pages of `READ_AHEAD` lines, each with its digest (`_digest`) and its
-    lines parsed, the store read for each page before it is checked."""
+    lines parsed, the store read for each page before it is checked (not for the lines up to
+    line `written`, which an import resumed wrote before)."""
     page: list[Line] = []
-    for line in lines_of(path):
+
+    def done() -> Page:
+        texts = [text for _, text, _ in page]
+        return page, _digest(page), checker.read_ahead(texts, [n <= written for n, _, _ in page])
+
+    for line in lines_of(path, whole):
         page.append(line)
         if len(page) == READ_AHEAD:
-            yield page, _digest(page), checker.read_ahead([text for _, text, _ in page])
+            yield done()
             page = []
     if page:
-        yield page, _digest(page), checker.read_ahead([text for _, text, _ in page])
+        yield done()
 
 
 def _digest(page: list[Line]) -> bytes:
@@ -291,24 +324,43 @@ class CheckedFile:
     the write to see that it writes what was checked."""
 
     path: Path
-    count: int
+    count: int  # lines checked (those an earlier run wrote are not)
     size: int
     pages: tuple[bytes, ...]
+    digest: str  # the whole file's (`file_digest`)
+    progress: ImportProgress | None  # of an earlier run of the same file, to resume
+
+
+def progress_of(path: Path, recorder: Any) -> tuple[str, ImportProgress | None]:
+    """The file's digest and how far an earlier import of it got; raises AlreadyImported
+    when it finished."""
+    digest = file_digest(path)
+    progress = recorder.import_progress(digest)
+    if progress is not None and progress.finished:
+        raise AlreadyImported(progress)
+    return digest, progress
 
 
 def check_file(path: Path, recorder: Any, claim: Claim, advance: Advance) -> CheckedFile:
-    """Checks every line; raises ImportRefused at the first bad one."""
+    """Checks every line not written by an earlier run of the same file; raises
+    ImportRefused at the first bad one, AlreadyImported when every line was written."""
+    digest, progress = progress_of(path, recorder)
+    written = progress.lines if progress else 0
     checker = Checker(recorder, claim)
     count = 0
     digests = []
     size = path.stat().st_size
-    for page, digest, parsed in read_ahead(path, checker):
+    whole = hashlib.sha256()
+    for page, page_digest, parsed in read_ahead(path, checker, written, whole):
         for (number, text, done), envelope in zip(page, parsed, strict=True):
-            checker.check(number, text, envelope)
-            count += 1
+            if number > written:
+                checker.check(number, text, envelope)
+                count += 1
             advance(done)
-        digests.append(digest)
-    return CheckedFile(path, count, size, tuple(digests))
+        digests.append(page_digest)
+    if whole.hexdigest() != digest:
+        raise ImportRefused(1, CHANGED)
+    return CheckedFile(path, count, size, tuple(digests), digest, progress)
 
 
 def import_file(
@@ -318,9 +370,14 @@ def import_file(
     advance: Advance,
     checked: CheckedFile | None = None,
 ) -> int:
-    """Appends the file: consecutive events with the same metadata go together, and the
-    appends are pipelined (`append_all`: many per transaction, in the file's order, none
-    waiting for the one before to commit).
+    """Writes the file in large transactions (`recorder.import_batch`: the events loaded in
+    bulk, BULK_EVENTS a transaction, of whole lines, in the file's order), consecutive events
+    with the same metadata in one append; returns the events written.
+
+    Each transaction records how many lines of the file are written: a run that failed (a
+    connection lost, a refusal) leaves whole transactions, and running the same file again
+    resumes after the last one (`ImportProgress`); once every line is written, a re-run
+    writes nothing (AlreadyImported).
 
     Without `checked`, each line is checked in full as it goes. With it (the file's check,
     `check_file`), the file's content is not checked again: its size must be the checked
@@ -329,36 +386,67 @@ def import_file(
     line is checked again only against the store as it now is (`Checker.recheck`)."""
     if checked is not None and (checked.path != path or path.stat().st_size != checked.size):
         raise ImportRefused(1, CHANGED)
+    if checked is None:
+        digest, progress = progress_of(path, recorder)
+    else:
+        digest, progress = checked.digest, checked.progress
+    written = progress.lines if progress else 0
 
-    def appends() -> Iterator[Append]:
+    def appends() -> Iterator[tuple[Append, int]]:
+        """Each append with the number of the file's last line it holds."""
         checker = Checker(recorder, claim)
         pending: list[RecordedEvent] = []
         claims: list[UniqueClaim] = []
         metadata: dict[str, Any] = {}
         emails: dict[str, str] = {}  # stream -> its current email, released when it changes
         check = checker.check if checked is None else checker.recheck
-        pages = 0
-        for page, digest, parsed in read_ahead(path, checker):
+        pages = last = 0
+        for page, digest, parsed in read_ahead(path, checker, written):
             if checked is not None and (
                 pages >= len(checked.pages) or checked.pages[pages] != digest
             ):
                 raise ImportRefused(page[0][0], CHANGED)
             pages += 1
             for (number, text, done), line in zip(page, parsed, strict=True):
+                if number <= written:  # by an earlier run: only whose email each user has
+                    _claims(line | {"stream_id": str(UUID(str(line["stream_id"])))}, emails, claim)
+                    continue
                 envelope = check(number, text, line)
                 if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
-                    yield Append(pending, metadata, claims)
+                    yield Append(pending, metadata, claims), last
                     pending, claims = [], []
                 metadata = envelope["metadata"]
                 pending.append(_recorded(envelope))
                 claims += _claims(envelope, emails, claim)
+                last = number
                 advance(done)
         if checked is not None and pages != len(checked.pages):
             raise ImportRefused(1, CHANGED)
         if pending:
-            yield Append(pending, metadata, claims)
+            yield Append(pending, metadata, claims), last
 
-    return int(recorder.append_all(appends()))
+    events = progress.events if progress else 0
+    batch: list[Append] = []
+    size = lines = 0
+    for append, last in appends():
+        if size + len(append.events) > BULK_EVENTS and batch:
+            events = _write(recorder, batch, digest, lines, events, finished=False)
+            batch, size = [], 0
+        batch.append(append)
+        size += len(append.events)
+        lines = last
+    events = _write(recorder, batch, digest, max(lines, written), events, finished=True)
+    return events - (progress.events if progress else 0)
+
+
+def _write(
+    recorder: Any, batch: list[Append], digest: str, lines: int, events: int, *, finished: bool
+) -> int:
+    """One import transaction; the events the import has written after it."""
+    done: ImportProgress = recorder.import_batch(
+        batch, digest=digest, lines=lines, events_before=events, finished=finished
+    )
+    return done.events
 
 
 def _recorded(envelope: dict[str, Any]) -> RecordedEvent:
