@@ -47,7 +47,7 @@ from eventkeep.commands.ports import (
     IdempotencyRecord,
     UniqueClaim,
 )
-from eventkeep.eventstore.hashchain import event_hash
+from eventkeep.eventstore.hashchain import canonical_metadata, event_hash
 from eventkeep.eventstore.records import RecordedEvent
 from eventkeep.metrics import (
     GROUP_COMMIT_BATCH,
@@ -165,18 +165,20 @@ def plan_batch(
     plan = BatchPlan()
     position, prev_hash = state.last_position, state.last_hash
     for append in appends:
-        conflict = _conflict(append, state)
+        versions = [(str(e.originator_id), e.originator_version) for e in append.events]
+        conflict = _conflict(append, versions, state)
         if conflict is not None:
             plan.outcomes.append((append, conflict))
             continue
         positions = []
-        for event in append.events:
+        metadata = canonical_metadata(append.metadata)  # hashed with each of its events
+        for event, version in zip(append.events, versions, strict=True):
             position += 1
-            row = _row(event, position, prev_hash, append.metadata, now, key)
+            row = _row(event, version[0], position, prev_hash, append.metadata, metadata, now, key)
             prev_hash = row.hash
             plan.rows.append(row)
             positions.append(position)
-            state.taken_versions.add((str(event.originator_id), event.originator_version))
+            state.taken_versions.add(version)
         for claim in append.claims:
             plan.claims[(claim.scope, claim.key)] = claim.owner
             if claim.owner is None:
@@ -196,14 +198,14 @@ def plan_batch(
     return plan
 
 
-def _conflict(append: Append, state: StoreState) -> Exception | None:
+def _conflict(
+    append: Append, versions: list[tuple[str, int]], state: StoreState
+) -> Exception | None:
+    """Why `append` (whose events are `versions`: stream id, version) cannot commit."""
     seen: set[tuple[str, int]] = set()
-    for event in append.events:
-        key = (str(event.originator_id), event.originator_version)
+    for key in versions:
         if key in state.taken_versions or key in seen:
-            return IntegrityError(
-                f"stream {event.originator_id} already has version {event.originator_version}"
-            )
+            return IntegrityError(f"stream {key[0]} already has version {key[1]}")
         seen.add(key)
     for claim in append.claims:
         owner = state.claim_owners.get((claim.scope, claim.key))
@@ -224,12 +226,16 @@ def _conflict(append: Append, state: StoreState) -> Exception | None:
 
 def _row(
     event: StoredEvent,
+    stream: str,
     position: int,
     prev_hash: bytes,
     metadata: dict[str, Any],
+    canonical: bytes,
     now: datetime,
     key: bytes | None = None,
 ) -> Row:
+    """The event's row (`stream`: its stream id as text, `canonical`: the metadata's
+    `canonical_metadata`, both made once by the caller)."""
     if isinstance(event, RecordedEvent):
         stream_type, schema_version, recorded_at = (
             event.stream_type,
@@ -238,18 +244,32 @@ def _row(
         )
     else:  # a plain library event: its topic is all we know of its type
         stream_type, schema_version, recorded_at = "", 1, now
-    fields: dict[str, Any] = {
-        "position": position,
-        "stream_id": event.originator_id,
-        "stream_type": stream_type,
-        "stream_version": event.originator_version,
-        "event_type": event.topic,
-        "schema_version": schema_version,
-        "recorded_at": recorded_at,
-        "data": event.state,
-        "metadata": metadata,
-    }
-    return Row(**fields, prev_hash=prev_hash, hash=event_hash(prev_hash, **fields, key=key))
+    hash = event_hash(
+        prev_hash,
+        position=position,
+        stream_id=stream,
+        stream_type=stream_type,
+        stream_version=event.originator_version,
+        event_type=event.topic,
+        schema_version=schema_version,
+        recorded_at=recorded_at,
+        data=event.state,
+        metadata=canonical,
+        key=key,
+    )
+    return Row(
+        position,
+        event.originator_id,
+        stream_type,
+        event.originator_version,
+        event.topic,
+        schema_version,
+        recorded_at,
+        event.state,
+        metadata,
+        prev_hash,
+        hash,
+    )
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,15 @@ def chain_key(secret: bytes) -> bytes:
 
 
 def canonical_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    if moment.tzinfo is not UTC:  # converting a time already in UTC makes a copy for nothing
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
-def canonical_metadata(metadata: Mapping[str, Any]) -> bytes:
+def canonical_metadata(metadata: Mapping[str, Any] | bytes) -> bytes:
+    """Sorted-key JSON (given as bytes: canonical already, e.g. one append's, made once)."""
+    if isinstance(metadata, bytes):
+        return metadata
     return orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
 
 
@@ -57,11 +62,11 @@ def event_hash(
     schema_version: int,
     recorded_at: datetime,
     data: bytes,
-    metadata: Mapping[str, Any],
+    metadata: Mapping[str, Any] | bytes,
     key: bytes | None = None,
 ) -> bytes:
     """The event's chain hash: HMAC-SHA256 with `key`; without one, the unkeyed SHA-256 of
-    history written before the chain was keyed."""
+    history written before the chain was keyed. `metadata` may be its `canonical_metadata`."""
     fields = (
         str(position).encode(),
         str(stream_id).encode(),
@@ -73,9 +78,9 @@ def event_hash(
         data,
         canonical_metadata(metadata),
     )
-    framed = b"".join(_PREFIX.pack(len(field)) + field for field in fields)
+    framed = b"".join([_PREFIX.pack(len(field)) + field for field in fields])
     if key is not None:
-        return hmac.new(key, prev_hash + framed, hashlib.sha256).digest()
+        return hmac.digest(key, prev_hash + framed, "sha256")  # one C call, no HMAC object
     return hashlib.sha256(prev_hash + framed).digest()
 
 

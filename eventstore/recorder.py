@@ -37,6 +37,7 @@ from eventkeep.eventstore.group_commit import (
     BatchPlan,
     GroupCommitter,
     Head,
+    Row,
     StoreState,
     plan_batch,
     state_at,
@@ -702,7 +703,7 @@ def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> l
         Argument("int[]", [r.schema_version for r in rows]),
         Argument("timestamptz[]", [r.recorded_at for r in rows]),
         Argument("bytea[]", [r.data for r in rows]),
-        Argument("text[]", [orjson.dumps(r.metadata).decode() for r in rows]),
+        Argument("text[]", _metadata_json(rows)),
         Argument("bytea[]", [r.prev_hash for r in rows]),
         Argument("bytea[]", [r.hash for r in rows]),
         Argument("text[]", [scope for (scope, _), _ in claims]),
@@ -715,6 +716,18 @@ def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> l
         Argument("uuid[]", [_uuid(stream) for stream in plan.data_keys]),
         Argument("bytea[]", list(plan.data_keys.values())),
     ]
+
+
+def _metadata_json(rows: Sequence[Row]) -> list[str]:
+    """Each row's metadata as JSON text, encoded once per append (its rows share the dict)."""
+    texts: dict[int, str] = {}
+    found = []
+    for row in rows:
+        text = texts.get(id(row.metadata))
+        if text is None:
+            text = texts[id(row.metadata)] = orjson.dumps(row.metadata).decode()
+        found.append(text)
+    return found
 
 
 def _uuid(value: UUID | str) -> UUID:
@@ -782,11 +795,11 @@ class _BatchTransaction:
                             row.schema_version,
                             row.recorded_at,
                             row.data,
-                            orjson.dumps(row.metadata).decode(),
+                            metadata,
                             row.prev_hash,
                             row.hash,
                         )
-                        for row in plan.rows
+                        for row, metadata in zip(plan.rows, _metadata_json(plan.rows), strict=True)
                     ],
                 )
             )

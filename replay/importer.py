@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -58,6 +59,18 @@ CHANGED = "the file changed since it was checked"
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
 Advance = Callable[[int], None]  # bytes of the file done
+
+
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stream_text(value: Any) -> str:
+    """A stream id in its canonical text (ValueError: not a UUID). An export's ids are
+    canonical already: one match instead of parsing and formatting a UUID, on every line of
+    both passes."""
+    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
+        return value
+    return str(UUID(str(value)))
 
 
 class AlreadyImported(ValueError):
@@ -112,7 +125,7 @@ class Checker:
             if written is not None and written[index]:
                 continue
             try:
-                stream_id = str(UUID(str(envelope["stream_id"])))
+                stream_id = stream_text(envelope["stream_id"])
             except (TypeError, KeyError, ValueError):
                 continue  # `check` refuses it, naming the line
             if stream_id not in self.versions:
@@ -156,7 +169,7 @@ class Checker:
         ):
             raise refuse(f"{event_type} does not belong to stream type {stream_type!r}")
         try:
-            stream_id = str(UUID(str(envelope["stream_id"])))
+            stream_id = stream_text(envelope["stream_id"])
         except ValueError:
             raise refuse(f"stream_id {envelope['stream_id']!r} is not a UUID") from None
         current = CURRENT_SCHEMA_VERSIONS.get(event_type, 1)
@@ -183,7 +196,7 @@ class Checker:
         gives it, and checked again only against the store as it now is (each stream's
         versions continue the store's; an email is not another user's there)."""
         envelope = orjson.loads(text) if parsed is None else parsed
-        stream_id = str(UUID(str(envelope["stream_id"])))
+        stream_id = stream_text(envelope["stream_id"])
 
         def refuse(reason: str) -> ImportRefused:
             return ImportRefused(number, reason)
@@ -409,7 +422,7 @@ def import_file(
             pages += 1
             for (number, text, done), line in zip(page, parsed, strict=True):
                 if number <= written:  # by an earlier run: only whose email each user has
-                    _claims(line | {"stream_id": str(UUID(str(line["stream_id"])))}, emails, claim)
+                    _claims(line | {"stream_id": stream_text(line["stream_id"])}, emails, claim)
                     continue
                 envelope = check(number, text, line)
                 if pending and (envelope["metadata"] != metadata or len(pending) >= APPEND_SIZE):
@@ -425,28 +438,39 @@ def import_file(
         if pending:
             yield Append(pending, metadata, claims), last
 
-    events = progress.events if progress else 0
-    batch: list[Append] = []
-    size = lines = 0
-    for append, last in appends():
-        if size + len(append.events) > BULK_EVENTS and batch:
-            events = _write(recorder, batch, digest, lines, events, finished=False)
-            batch, size = [], 0
-        batch.append(append)
-        size += len(append.events)
-        lines = last
-    events = _write(recorder, batch, digest, max(lines, written), events, finished=True)
-    return events - (progress.events if progress else 0)
+    # One transaction is written (in a thread: the database's share of it overlaps reading
+    # the next one) while the next is read and checked; each waits for the one before.
+    events = before = progress.events if progress else 0
+    with ThreadPoolExecutor(1, thread_name_prefix="eventkeep-import") as writer:
+        writing: Future[ImportProgress] | None = None
 
+        def write(batch: list[Append], lines: int, *, finished: bool) -> None:
+            nonlocal writing, events
+            if writing is not None:
+                writing.result()  # its failure ends the import: nothing after it is written
+            writing = writer.submit(
+                recorder.import_batch,
+                batch,
+                digest=digest,
+                lines=lines,
+                events_before=events,
+                finished=finished,
+            )
+            events += sum(len(append.events) for append in batch)
 
-def _write(
-    recorder: Any, batch: list[Append], digest: str, lines: int, events: int, *, finished: bool
-) -> int:
-    """One import transaction; the events the import has written after it."""
-    done: ImportProgress = recorder.import_batch(
-        batch, digest=digest, lines=lines, events_before=events, finished=finished
-    )
-    return done.events
+        batch: list[Append] = []
+        size = lines = 0
+        for append, last in appends():
+            if size + len(append.events) > BULK_EVENTS and batch:
+                write(batch, lines, finished=False)
+                batch, size = [], 0
+            batch.append(append)
+            size += len(append.events)
+            lines = last
+        write(batch, max(lines, written), finished=True)
+        assert writing is not None
+        writing.result()
+    return events - before
 
 
 def _recorded(envelope: dict[str, Any]) -> RecordedEvent:
