@@ -13,6 +13,7 @@ may re-format it (PostgreSQL `jsonb`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -80,11 +81,18 @@ def event_hash(
     )
     framed = b"".join([_PREFIX.pack(len(field)) + field for field in fields])
     if key is not None:
-        return hmac.digest(key, prev_hash + framed, "sha256")  # one C call, no HMAC object
+        keyed = _keyed(key).copy()  # the key's padded state, made once (not per event)
+        keyed.update(prev_hash + framed)
+        return keyed.digest()
     return hashlib.sha256(prev_hash + framed).digest()
 
 
 _PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def recomputed_hash(event: LoggedEvent, prev_hash: bytes, key: bytes | None = None) -> bytes:
