@@ -55,6 +55,7 @@ APPEND_SIZE = 1000  # events per append, when they share their metadata
 BULK_EVENTS = 5000
 READ_AHEAD = 1000  # lines whose streams' versions and emails' owners are read together
 EMAIL_EVENTS = ("UserRegistered", "UserEmailChanged")
+CLAIMING_EVENTS = frozenset({*EMAIL_EVENTS, "UserPersonalDataErased"})  # take or release one
 CHANGED = "the file changed since it was checked"
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
@@ -487,6 +488,8 @@ def _recorded(envelope: dict[str, Any]) -> RecordedEvent:
 
 def _claims(envelope: dict[str, Any], emails: dict[str, str], claim: Claim) -> list[UniqueClaim]:
     stream_id, event_type = envelope["stream_id"], envelope["event_type"]
+    if event_type not in CLAIMING_EVENTS:
+        return []
     made = []
     if event_type in ("UserEmailChanged", "UserPersonalDataErased") and stream_id in emails:
         made.append(claim(emails.pop(stream_id), None))
