@@ -12,6 +12,7 @@ claims, so commands after the import keep them unique.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterator
@@ -49,6 +50,11 @@ MONEY_BOUNDS = {"price": MAX_PRICE, "unit_price": MAX_PRICE, "total": MAX_ORDER_
 COUNT_BOUNDS = {"stock": (0, MAX_STOCK), "delta": (-MAX_STOCK_DELTA, MAX_STOCK_DELTA),
                 "quantity": (1, MAX_QUANTITY * 100)}  # fmt: skip
 METADATA_FIELDS = ("actor", "correlation_id", "causation_id")
+METADATA_KEYS = frozenset(METADATA_FIELDS)
+ENVELOPE_FIELDS = frozenset(
+    {"stream_id", "stream_type", "stream_version", "event_type", "schema_version",
+     "recorded_at", "data", "metadata"}
+)  # fmt: skip
 APPEND_SIZE = 1000  # events per append, when they share their metadata
 # Events per import transaction (whole lines): large enough that the transaction's fixed costs
 # vanish, small enough that a concurrent command waits for the log's lock only briefly.
@@ -92,8 +98,9 @@ class ImportRefused(ValueError):
         self.reason = reason
 
 
-def _data_fields(event_type: str) -> set[str]:
-    return set(vars(EVENT_TYPES[event_type]).get("__annotations__", {}))
+@functools.cache
+def _data_fields(event_type: str) -> frozenset[str]:
+    return frozenset(vars(EVENT_TYPES[event_type]).get("__annotations__", {}))
 
 
 @dataclass
@@ -155,10 +162,7 @@ class Checker:
             raise refuse(f"not JSON ({error})") from None
         if not isinstance(envelope, dict):
             raise refuse("not a JSON object")
-        missing = {
-            "stream_id", "stream_type", "stream_version", "event_type", "schema_version",
-            "recorded_at", "data", "metadata",
-        } - set(envelope)  # fmt: skip
+        missing = ENVELOPE_FIELDS - envelope.keys()
         if missing:
             raise refuse(f"missing {', '.join(sorted(missing))}")
         event_type, stream_type = envelope["event_type"], envelope["stream_type"]
@@ -185,7 +189,7 @@ class Checker:
         if recorded.tzinfo is None:
             raise refuse("recorded_at has no time zone")
         metadata = envelope["metadata"]
-        if not isinstance(metadata, dict) or not set(METADATA_FIELDS) <= set(metadata):
+        if not isinstance(metadata, dict) or not metadata.keys() >= METADATA_KEYS:
             raise refuse(f"metadata needs {', '.join(METADATA_FIELDS)}")
         self._check_data(envelope, refuse)
         if event_type in EMAIL_EVENTS:
@@ -231,7 +235,7 @@ class Checker:
                 f"data does not fit {envelope['event_type']} v{envelope['schema_version']}"
                 f" ({type(error).__name__}: {error})"
             ) from None
-        missing = _data_fields(envelope["event_type"]) - set(data)
+        missing = _data_fields(envelope["event_type"]) - data.keys()
         if missing:
             raise refuse(f"data lacks {', '.join(sorted(missing))}")
         amounts = [data.get(name) for name in MONEY_FIELDS if name in data]
