@@ -260,6 +260,7 @@ class EventRecorder:
         self.channel = events_table_name.replace(".", "_")  # of the NOTIFY after a commit
         # Set by the factory when the deployment has a secret and names its personal fields.
         self.personal_data: PersonalData | None = None
+        self._import_head: Head | None = None  # where the last import batch left the log
         self._woken: weakref.WeakSet[Any] = weakref.WeakSet()
         self._committer = GroupCommitter(
             _BatchStorage(self),
@@ -383,11 +384,17 @@ class EventRecorder:
         A version already stored refuses the whole batch (`IntegrityError`)."""
         sealed = [self._sealed(append) for append in appends]
         made = [stream for append in sealed for stream in append.data_keys]
+        # Planned (numbered and hashed) on the head the import's last batch left, before the
+        # lock: the lock is held for the load, and only planned again when a command appended.
+        guess, self._import_head = self._import_head, None
+        now = datetime.now(UTC)
+        plan = plan_batch(sealed, state_at(guess), now, self.chain_key) if guess else None
         try:
             with self.sql.bulk_transaction(self._events) as batch:
                 transaction = _BatchTransaction(self, batch)
                 head = transaction.head()
-                plan = plan_batch(sealed, state_at(head), datetime.now(UTC), self.chain_key)
+                if plan is None or head != guess:
+                    plan = plan_batch(sealed, state_at(head), now, self.chain_key)
                 for _, outcome in plan.outcomes:
                     if isinstance(outcome, Exception):
                         raise outcome
@@ -408,6 +415,7 @@ class EventRecorder:
             if made and self.personal_data is not None:
                 self.personal_data.forget(made)  # perhaps not stored
             raise
+        self._import_head = Head(progress.position, progress.hash)
         if plan.rows:
             self._wake()
         return progress
