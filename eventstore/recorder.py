@@ -411,9 +411,11 @@ class EventRecorder:
                 record = [(progress.key, "import", progress.answer())]
                 columns = ("key", "request_hash", "result")
                 batch.insert(Insert(self._idempotency, columns, ("text", "text", "jsonb"), record))
-        except BaseException:
+        except BaseException as error:
             if made and self.personal_data is not None:
                 self.personal_data.forget(made)  # perhaps not stored
+            if isinstance(error, self.sql.integrity_errors):  # a version taken meanwhile
+                raise IntegrityError(str(error)) from error
             raise
         self._import_head = Head(progress.position, progress.hash)
         if plan.rows:

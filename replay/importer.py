@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from eventsourcing.persistence import IntegrityError
 
 from eventkeep.domain.bounds import (
     MAX_ORDER_TOTAL,
@@ -63,6 +64,10 @@ READ_AHEAD = 1000  # lines whose streams' versions and emails' owners are read t
 EMAIL_EVENTS = ("UserRegistered", "UserEmailChanged")
 CLAIMING_EVENTS = frozenset({*EMAIL_EVENTS, "UserPersonalDataErased"})  # take or release one
 CHANGED = "the file changed since it was checked"
+CONFLICT = (
+    "another writer appended to a stream of this line or the next ones since they were checked;"
+    " the lines before are written: run the import again to resume"
+)
 
 Claim = Callable[[str, UUID | None], UniqueClaim]  # (email, owner or None to release)
 Advance = Callable[[int], None]  # bytes of the file done
@@ -448,11 +453,22 @@ def import_file(
     events = before = progress.events if progress else 0
     with ThreadPoolExecutor(1, thread_name_prefix="eventkeep-import") as writer:
         writing: Future[ImportProgress] | None = None
+        first = submitted = written  # the line before the one being written; the last sent
+
+        def settle() -> None:
+            """Waits for the transaction being written; its failure ends the import, nothing
+            after it is written."""
+            if writing is None:
+                return
+            try:
+                writing.result()
+            except IntegrityError as error:  # a version another writer took since the check
+                raise ImportRefused(first + 1, f"{CONFLICT} ({error})") from None
 
         def write(batch: list[Append], lines: int, *, finished: bool) -> None:
-            nonlocal writing, events
-            if writing is not None:
-                writing.result()  # its failure ends the import: nothing after it is written
+            nonlocal writing, events, first, submitted
+            settle()
+            first, submitted = submitted, lines
             writing = writer.submit(
                 recorder.import_batch,
                 batch,
@@ -473,8 +489,7 @@ def import_file(
             size += len(append.events)
             lines = last
         write(batch, max(lines, written), finished=True)
-        assert writing is not None
-        writing.result()
+        settle()
     return events - before
 
 

@@ -17,7 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
-from eventkeep.commands.messages import CommandContext, CreateProduct, ErasePersonalData
+from eventkeep.commands.messages import (
+    AdjustStock,
+    CommandContext,
+    CreateProduct,
+    ErasePersonalData,
+)
 from eventkeep.replay import importer
 from eventkeep.replay.audit import verify
 from eventkeep.replay.importer import AlreadyImported, ImportRefused, check_file, import_file
@@ -133,6 +138,42 @@ def test_a_refused_page_leaves_whole_transactions_and_a_rerun_completes(
     assert_whole_and_intact(wiring)
     with pytest.raises(AlreadyImported):
         check_file(path, recorder, claim, lambda _: None)
+
+
+def test_a_version_taken_during_the_import_refuses_its_transaction_whole(
+    wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command appends to one of the file's products after its page was checked, before
+    the transaction holding that product's next event: the transaction is refused whole,
+    naming its first line, and the ones before it stay; run again, the check names the line."""
+    recorder = wiring.shop.recorder
+    original = recorder.import_batch
+    written: list[int] = []
+
+    def racing(appends: list[Any], **progress: Any) -> Any:
+        if len(written) == 1:  # the first transaction committed: a command takes a version
+            product = next(
+                e.originator_id
+                for a in appends
+                for e in a.events
+                if e.stream_type == "Product" and e.originator_version > 1
+            )
+            context = CommandContext(actor="test", correlation_id="race")
+            wiring.handle(AdjustStock(product, 1, "counted"), context)
+        written.append(progress["lines"])
+        return original(appends, **progress)
+
+    monkeypatch.setattr(recorder, "import_batch", racing)
+    with pytest.raises(ImportRefused, match="another writer appended") as refused:
+        import_history(wiring, LEGACY, check_first=True)
+    assert refused.value.line == written[0] + 1
+    assert in_file_order(wiring)[: written[0]] == FILE_ORDER[: written[0]]
+    stored = recorder.max_notification_id()
+    assert stored == len(in_file_order(wiring)) and stored == written[0] + 1  # and the command's
+    monkeypatch.setattr(recorder, "import_batch", original)
+    with pytest.raises(ImportRefused, match="breaks its sequence"):
+        import_history(wiring, LEGACY, check_first=True)
+    assert recorder.max_notification_id() == stored
 
 
 def test_commands_during_an_import_keep_the_log_gap_free(wiring: Wiring) -> None:
