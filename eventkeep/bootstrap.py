@@ -102,6 +102,8 @@ class Eventkeep:
     def shop(self) -> Shop:
         url = database_url(self.settings, EVENT_STORE_ROLE.get(self.role, "writer"))
         env = shop_env(self.settings, postgres_url=url)
+        if self.role in DISTRIBUTED_ROLES:  # long-running loops: no ping at every checkout
+            env["POOL_CHECKS"] = "unless_recent"
         if url is not None and _user(url) != _user(owner_url(self.settings)):
             # A least-privilege role creates no tables (`eventkeep db roles` made them).
             env["CREATE_TABLE"] = "n"
@@ -133,7 +135,9 @@ class Eventkeep:
     def read_models(self) -> ReadModels:
         role = READ_MODELS_ROLE.get(self.role)
         url = database_url(self.settings, role) if role is not None else None
-        return build_read_models(self.settings, postgres_url=url)
+        return build_read_models(
+            self.settings, postgres_url=url, long_running=self.role in DISTRIBUTED_ROLES
+        )
 
     @cached_property
     def cache(self) -> Cache:
@@ -415,16 +419,20 @@ def provision_roles(settings: Settings) -> list[str]:
 def projector_read_models(settings: Settings) -> ReadModels:
     """The read models as a projector writes them: on its role's connection (the query side's,
     `Eventkeep.read_models` of `serve`, may only read them)."""
-    return build_read_models(settings, postgres_url=database_url(settings, "projector"))
+    return build_read_models(
+        settings, postgres_url=database_url(settings, "projector"), long_running=True
+    )
 
 
-def build_read_models(settings: Settings, *, postgres_url: str | None = None) -> ReadModels:
+def build_read_models(
+    settings: Settings, *, postgres_url: str | None = None, long_running: bool = False
+) -> ReadModels:
     if settings.postgres_url is None:
         settings.home.mkdir(parents=True, exist_ok=True)
         models = ReadModels.open(sqlite_path=settings.home / "readmodels.db")
     else:
         url = postgres_url or _merged(settings, None)
-        models = ReadModels.open(postgres_url=url)
+        models = ReadModels.open(postgres_url=url, long_running=long_running)
     models.migrate()
     return models
 

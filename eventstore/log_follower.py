@@ -190,6 +190,11 @@ class LogFollower:
         """Everything up to `position` is handled: the next batch starts after it."""
         self.position = max(self.position, position)
 
+    def rewind_to(self, position: int) -> None:
+        """What came after `position` was not handled after all (a pipelined send failed):
+        the next batch starts after it again."""
+        self.position = position
+
     def read(self, until: int | None = None) -> Sequence[LoggedEvent]:
         """The next batch after the position (up to `until`), without waiting; maybe empty."""
         return self._log.select_notifications(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -22,3 +24,22 @@ def check_and_sweep(connection: psycopg.Connection[Any]) -> None:
         if pool is not None:
             threading.Thread(target=pool.check, name="pool-sweep", daemon=True).start()
         raise
+
+
+# A connection found alive this recently is lent without another check (`check_unless_recent`).
+RECENTLY_CHECKED = 1.0
+_checked: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def check_unless_recent(connection: psycopg.Connection[Any]) -> None:
+    """`check_and_sweep` at most once per `RECENTLY_CHECKED` seconds per connection: for the
+    long-running loops (the relay, a projector) whose failed statement is retried anyway. The
+    ping at every checkout was a round trip per batch, a tenth of their time at a thousand
+    commands a second; a connection killed since its last check fails its statement, is
+    dropped by the pool, and the loop's retry finds the others checked (idle past the delay).
+    """
+    now = time.monotonic()
+    if now - _checked.get(connection, -RECENTLY_CHECKED) < RECENTLY_CHECKED:
+        return
+    check_and_sweep(connection)
+    _checked[connection] = now

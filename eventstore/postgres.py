@@ -34,7 +34,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
-from eventkeep.eventstore.pools import check_and_sweep
+from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent
 from eventkeep.eventstore.recorder import (
     Argument,
     ColumnType,
@@ -376,6 +376,9 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
     # conninfo string: the library passes on only dbname, host, port, user and password, and
     # TLS settings must reach every connection (the pool's, group commit's, LISTEN's).
     POSTGRES_CONNINFO = "POSTGRES_CONNINFO"
+    # "unless_recent": the pool checks a connection only if not checked in the last second
+    # (eventstore/pools.py `check_unless_recent`), for the relay's and projectors' processes.
+    POOL_CHECKS = "POOL_CHECKS"
 
     def __init__(self, env: Any) -> None:
         super().__init__(env)
@@ -383,7 +386,9 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
             pool_kwargs = cast(dict[str, Any], self.datastore.pool.kwargs)  # not yet opened
             pool_kwargs.update(conninfo_to_dict(options))
         if self.datastore.pre_ping:  # POSTGRES_PRE_PING: the library's pool checks, we sweep
-            self.datastore.pool._check = check_and_sweep  # the pool's check (not yet opened)
+            # The pool's check (not yet opened); in a long-running loop, not at every checkout.
+            loop = self.env.get(self.POOL_CHECKS) == "unless_recent"
+            self.datastore.pool._check = check_unless_recent if loop else check_and_sweep
 
 
 Factory = PostgresFactory

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,7 +108,14 @@ class PostgresDatabase:
     kind = "postgres"
     greatest = "GREATEST"
 
-    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        timeout: float = 5.0,
+        check: Callable[[psycopg.Connection[Any]], None] = check_and_sweep,
+    ) -> None:
         self.url = url  # for another process to open it (a rebuild's workers)
         self._pool = ConnectionPool(
             url,
@@ -117,7 +124,7 @@ class PostgresDatabase:
             timeout=timeout,
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
-            check=check_and_sweep,  # dead connections (a PostgreSQL restart) never lent
+            check=check,  # dead connections (a PostgreSQL restart) never lent
             configure=_plan_for_memory,
         )
 

@@ -21,6 +21,7 @@ import orjson
 import psycopg
 
 from eventkeep.domain.catalog import ERASING_EVENT
+from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent
 from eventkeep.metrics import QUARANTINE_SIZE, QUARANTINED
 from eventkeep.projections import feed_refusals
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
@@ -79,9 +80,13 @@ class ReadModels:
         sqlite_path: Path | str | None = None,
         postgres_url: str | None = None,
         prefix: str = "rm_",
+        long_running: bool = False,
     ) -> ReadModels:
+        """`long_running`: for a projector's loop, its connections checked only when not used
+        for a second (eventstore/pools.py `check_unless_recent`)."""
         if postgres_url is not None:
-            return cls(PostgresDatabase(postgres_url), prefix)
+            check = check_unless_recent if long_running else check_and_sweep
+            return cls(PostgresDatabase(postgres_url, check=check), prefix)
         assert sqlite_path is not None, "give sqlite_path or postgres_url"
         return cls(SqliteDatabase(sqlite_path), prefix)
 
