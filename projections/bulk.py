@@ -115,8 +115,7 @@ class BulkLoad:
         self._rows_bound = rows_bound
         self._flush_events = flush_events
         with models.db.reading() as cursor:
-            held = models._held_in(cursor)
-        progress = models.progress_by_name()
+            progress, held = models._progress_and_held_in(cursor, models.names)
         self._folds = {
             name: _Fold(model, fresh=not progress[name].get(LOG), held=held[name])
             for name, model in models.models.items()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,8 +32,11 @@ class Database(Protocol):
     kind: str  # "postgres" | "sqlite"
     greatest: str  # the SQL function of the larger of two values
 
-    def transaction(self) -> Any:
-        """A context manager: a cursor inside one transaction, committed on success."""
+    def transaction(self, *, pipelined: bool = False) -> Any:
+        """A context manager: a cursor inside one transaction, committed on success.
+        `pipelined`: statements are sent without waiting for each one's answer, until a
+        result is fetched or the transaction ends (one round trip for several statements);
+        an error is raised there, not by the statement that failed."""
         ...
 
     def reading(self, *, custom_plans: bool = False) -> Any:
@@ -129,9 +132,19 @@ class PostgresDatabase:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        with self._pool.connection() as connection, connection.transaction():
-            yield connection.cursor(row_factory=dict_row)
+    def transaction(self, *, pipelined: bool = False) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+        with self._pool.connection() as connection:
+            try:
+                pipeline = connection.pipeline() if pipelined else nullcontext()
+                with pipeline, connection.transaction():
+                    yield connection.cursor(row_factory=dict_row)
+            except BaseException:
+                if pipelined:
+                    # After an error in a pipeline, psycopg may take for prepared a statement
+                    # the server never prepared ("prepared statement … does not exist" on
+                    # its next use): the connection is dropped, the pool opens another.
+                    connection.close()
+                raise
 
     @contextmanager
     def reading(self, *, custom_plans: bool = False) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
@@ -257,7 +270,7 @@ class SqliteDatabase:
         return connection
 
     @contextmanager
-    def transaction(self) -> Iterator[_SqliteCursor]:
+    def transaction(self, *, pipelined: bool = False) -> Iterator[_SqliteCursor]:
         connection = self._connection()
         connection.execute("BEGIN IMMEDIATE")
         try:

@@ -70,8 +70,8 @@ class FallbackDatabase:
         with ExitStack() as stack:
             yield _FallbackCursor(self, stack, custom_plans)
 
-    def transaction(self) -> Any:
-        return self.primary.transaction()
+    def transaction(self, *, pipelined: bool = False) -> Any:
+        return self.primary.transaction(pipelined=pipelined)
 
     def in_list(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return self.replica.in_list(column, values)
