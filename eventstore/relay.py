@@ -366,9 +366,11 @@ class _Pipeline:
     stream). At most `_MAX_IN_FLIGHT` batches wait for acknowledgement; one more waits.
 
     Watermarks follow the events they cover on the same producer, at most every
-    `watermark_interval` while batches keep coming, and whenever the relay reaches the log's
-    end with events sent since the last ones (a watermark for each tiny batch on every
-    partition was most of the messages at a thousand commands a second)."""
+    `watermark_interval` (20 ms): after a batch when that long has passed, else at the log's
+    end as soon as it has (the idle follower looks again every poll interval, also 20 ms), so
+    an idle relay's head reaches every partition within about one interval. A watermark on
+    every partition after each tiny batch cost the relay more CPU than the events did at a
+    thousand commands a second (kafka-python makes a record batch per partition)."""
 
     _MAX_IN_FLIGHT = 8
 
@@ -392,10 +394,9 @@ class _Pipeline:
             futures = self._relay._send(self._producer, batch)
             self._sent = batch[-1].id
             self._follower.advance_to(self._sent)
-            if time.monotonic() - self._watermarked_at >= self._settings.watermark_interval:
+            if self._watermark_due():
                 futures += self._watermarks()
             self._in_flight.append((self._sent, futures))
-            self._wake_when_done(futures)
             self._settle(block=len(self._in_flight) > self._MAX_IN_FLIGHT)
         except KafkaError as error:
             self._failed(error)
@@ -403,10 +404,8 @@ class _Pipeline:
     def idle(self) -> None:
         """At the log's end: the head watermarked, acknowledgements taken in."""
         try:
-            if self._producer is not None and self._watermarked < self._sent:
-                futures = self._watermarks()
-                self._in_flight.append((self._sent, futures))
-                self._wake_when_done(futures)
+            if self._watermarked < self._sent and self._watermark_due():
+                self._in_flight.append((self._sent, self._watermarks()))
             self._settle(block=False)
         except KafkaError as error:
             self._failed(error)
@@ -420,27 +419,13 @@ class _Pipeline:
         if self._producer is not None:
             discard_producer(self._producer, timeout=5)
 
+    def _watermark_due(self) -> bool:
+        return time.monotonic() - self._watermarked_at >= self._settings.watermark_interval
+
     def _watermarks(self) -> list[Any]:
         assert self._producer is not None
         self._watermarked, self._watermarked_at = self._sent, time.monotonic()
         return self._relay._send_watermarks(self._producer, self._sent)
-
-    def _wake_when_done(self, futures: list[Any]) -> None:
-        """Wakes the follower's wait once all `futures` are resolved: the cursor is saved at
-        the acknowledgement, not at the next poll."""
-        remaining = [len(futures)]
-        lock = threading.Lock()
-        signal = self._follower.signal
-
-        def done(_: object) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                signal.wake()
-
-        for future in futures:
-            future.add_both(done)
 
     def _settle(self, *, block: bool) -> None:
         """Saves the cursor up to the last batch acknowledged in full, in order; raises the

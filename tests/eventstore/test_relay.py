@@ -8,11 +8,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from eventkeep.eventstore.kafka_tls import KafkaTLS
 from eventkeep.eventstore.postgres import PostgresApplicationRecorder
@@ -238,3 +239,85 @@ def test_a_producer_holding_records_when_kafka_stops_is_discarded_without_error(
         discard_producer(producer, timeout=1)
     finally:
         services("up", "kafka")
+
+
+def test_kafka_stopped_and_started_while_batches_are_in_flight(
+    log: PostgresApplicationRecorder, settings: RelaySettings, postgres_url: str
+) -> None:
+    """Events appended without pause, in batches of 3 sent before the previous ones are
+    acknowledged, while Kafka stops and starts: what was in flight is sent again from the
+    acknowledged position, nothing skipped, reordered or lost."""
+    relay = Relay(log, postgres_url, replace(settings, batch_size=3))
+    thread = start(relay)
+    stop = threading.Event()
+    appended: list[int] = []
+
+    def write() -> None:
+        while not stop.is_set():
+            append(log, streams=1, versions=3)
+            appended.append(3)
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        wait_for(lambda: (relay.published or 0) >= 30)
+        services("down", "kafka")
+        try:
+            time.sleep(2)  # appends go on: the log is the outbox
+        finally:
+            services("up", "kafka")
+        time.sleep(2)  # and after Kafka is back
+    finally:
+        stop.set()
+        writer.join(10)
+    total = sum(appended)
+    wait_for(lambda: relay.published == total, timeout=120)
+    messages = consume(settings, total)
+    relay.stop()
+    thread.join(10)
+    assert_complete_and_ordered(messages, total)
+
+
+def watermarks(settings: RelaySettings, head: int, timeout: float = 60) -> dict[int, list[int]]:
+    """The watermarks of each partition of the Product topic, until each one reached `head`."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        enable_auto_commit=False,
+        **settings.tls.options(),
+    )
+    topic = settings.topic("Product")
+    partitions = [TopicPartition(topic, n) for n in range(settings.partitions)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    marks: dict[int, list[int]] = {n: [] for n in range(settings.partitions)}
+    deadline = time.monotonic() + timeout
+    try:
+        while any(not m or m[-1] < head for m in marks.values()):
+            assert time.monotonic() < deadline, f"watermarks never reached {head}: {marks}"
+            for partition, records in consumer.poll(timeout_ms=500).items():
+                marks[partition.partition] += [
+                    orjson.loads(r.value)["watermark"] for r in records if is_watermark(r.headers)
+                ]
+    finally:
+        consumer.close()
+    return marks
+
+
+def test_watermarks_are_spaced_while_batches_keep_coming_and_reach_the_head_when_idle(
+    log: PostgresApplicationRecorder, settings: RelaySettings, postgres_url: str
+) -> None:
+    """Ten batches back to back (the log written before the relay starts), with watermarks
+    at most every 5 s: sent after the first batch and at the log's end once the interval has
+    passed (a third set only if the ten batches took over 5 s), not on every partition after
+    every batch; every partition's last one is the head."""
+    append(log, streams=10, versions=5)
+    relay = Relay(log, postgres_url, replace(settings, batch_size=5, watermark_interval=5))
+    thread = start(relay)
+    try:
+        marks = watermarks(settings, head=50)
+    finally:
+        relay.stop()
+        thread.join(10)
+    assert all(values[-1] == 50 for values in marks.values())
+    assert all(len(values) <= 3 for values in marks.values()), marks  # ten before

@@ -1,0 +1,57 @@
+"""The pools' checks on the real PostgreSQL: a connection whose backend was ended is never
+lent by `check_and_sweep`; `check_unless_recent` (the relay's and projectors' loops) lends a
+connection checked within the last second as it is, and checks one idle for longer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from eventkeep.eventstore import pools
+from eventkeep.eventstore.pools import check_unless_recent
+
+pytestmark = pytest.mark.services
+
+
+def pool_of(url: str, check: Callable[[psycopg.Connection[Any]], None]) -> ConnectionPool:
+    return ConnectionPool(url, min_size=1, max_size=1, timeout=10, check=check, open=True)
+
+
+def backend_of(pool: ConnectionPool) -> int:
+    with pool.connection() as connection:
+        row = connection.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def end(url: str, pid: int) -> None:
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+
+
+def test_a_connection_checked_within_the_delay_is_lent_unchecked_and_fails_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pools, "RECENTLY_CHECKED", 30.0)  # no check between these uses
+    with pool_of(postgres_url, check_unless_recent) as pool:
+        ended = backend_of(pool)
+        end(postgres_url, ended)
+        with pytest.raises(psycopg.OperationalError), pool.connection() as connection:
+            connection.execute("SELECT 1")  # lent without a ping: the loop's retry follows
+        assert backend_of(pool) != ended  # the dead one was dropped, a new one lent
+
+
+def test_a_connection_idle_past_the_delay_is_checked_before_it_is_lent(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pools, "RECENTLY_CHECKED", 0.2)
+    with pool_of(postgres_url, check_unless_recent) as pool:
+        ended = backend_of(pool)
+        end(postgres_url, ended)
+        time.sleep(0.5)  # past the delay: the next checkout checks
+        assert backend_of(pool) != ended  # no error: the dead one was never lent
