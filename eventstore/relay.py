@@ -7,11 +7,15 @@
   never opens them, so a topic holds no personal data in clear and an erasure (the key's
   deletion) reaches every copy; projectors open, then upcast. Headers `event_type`,
   `schema_version`, `position`.
-- Idempotent producer with `acks=all`. A batch is sent, `flush()`ed, and only then is the
-  relay's durable cursor advanced: a crash between the two re-sends (at-least-once); consumers
-  drop what they already applied by stream version.
-- After each batch, a watermark message on every partition (`projections/kafka_feed.py`
-  explains how projectors turn them into a position for read-your-writes).
+- Idempotent producer with `acks=all`. Batches are pipelined (`_Pipeline`): the next one is
+  read and sent while Kafka acknowledges the previous ones; the durable cursor only ever
+  moves to a position Kafka acknowledged in full (saved at most every 0.1 s): a crash re-sends
+  what came after it (at-least-once); consumers drop what they already applied by stream
+  version. A failed send rewinds to the acknowledged position and sends everything after it
+  again.
+- A watermark message on every partition at most every 20 ms while events come, and at the
+  log's end (`projections/kafka_feed.py` explains how projectors turn them into a position
+  for read-your-writes).
 - One active relay: the one holding a PostgreSQL advisory lock on its own connection. Others
   stand by and take over when that connection dies with its process. The active relay sends a
   heartbeat on that connection every `heartbeat` seconds; a standby that finds the lock's
@@ -51,6 +55,8 @@ from eventkeep.metrics import RELAY_ACTIVE, RELAY_PUBLISHED
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = "eventkeep relay"
+# The producer waits this long for more records before it sends a partition's batch.
+_LINGER = 0.005
 # A message with this header is no event: `{"watermark": P}` says every event of this
 # partition at or below position P came before it.
 WATERMARK_HEADER = "watermark"
@@ -295,7 +301,7 @@ class Relay:
         return KafkaProducer(
             acks="all",
             enable_idempotence=True,
-            linger_ms=5,
+            linger_ms=int(_LINGER * 1000),
             max_in_flight_requests_per_connection=5,
             max_block_ms=int(self._settings.request_timeout * 1000),
             **self._settings.client_options(),
@@ -384,6 +390,7 @@ class _Pipeline:
         self._acked = follower.position  # the last position Kafka acknowledged
         self._saved, self._saved_at = follower.position, 0.0  # the cursor's
         self._sent = follower.position  # the last position queued in the producer
+        self._sent_at = 0.0
         self._watermarked = follower.position
         self._watermarked_at = 0.0
         self._backoff = 0.1
@@ -392,7 +399,7 @@ class _Pipeline:
         try:
             self._producer = self._producer or self._relay._producer()
             futures = self._relay._send(self._producer, batch)
-            self._sent = batch[-1].id
+            self._sent, self._sent_at = batch[-1].id, time.monotonic()
             self._follower.advance_to(self._sent)
             if self._watermark_due():
                 futures += self._watermarks()
@@ -402,7 +409,12 @@ class _Pipeline:
             self._failed(error)
 
     def idle(self) -> None:
-        """At the log's end: the head watermarked, acknowledgements taken in."""
+        """At the log's end: the head watermarked, acknowledgements taken in; the next read
+        not before the producer's linger since the last send is over (what a read found
+        sooner would wait in the producer anyway: reading again at each commit cost a query
+        and a record batch per partition each)."""
+        if (linger := _LINGER - (time.monotonic() - self._sent_at)) > 0:
+            self._follower.pause(linger)
         try:
             if self._watermarked < self._sent and self._watermark_due():
                 self._in_flight.append((self._sent, self._watermarks()))

@@ -4,10 +4,11 @@
   offset of every partition it read (`offset:<topic>:<partition>`), and a partition assigned
   to this process starts from there. A batch redelivered after a crash was either committed
   with its offsets (and is skipped by stream version) or not at all.
-- The relay follows each acknowledged batch with a watermark message on every partition. A
-  partition read up to watermark W holds no unapplied event at or below W, so the smallest
-  watermark over all partitions (`watermark:<topic>:<partition>`) is a position every event
-  up to which is applied: what `X-Min-Position` waits for.
+- The relay follows the events it sends with a watermark message on every partition (at
+  most every 20 ms, and at the log's end). A partition read up to watermark W holds no
+  unapplied event at or below W, so the smallest watermark over all partitions
+  (`watermark:<topic>:<partition>`) is a position every event up to which is applied: what
+  `X-Min-Position` waits for.
 - Offsets are also committed to Kafka after each batch, only so that its tools show the lag.
 - Messages carry events as stored, personal fields sealed: each batch is opened with the
   store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
