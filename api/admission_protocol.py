@@ -8,8 +8,8 @@ loop per refusal, which under ten times the sustainable load is most of what the
 Here a refusal is one prepared write and no task. The answer is the middleware's, byte for byte,
 behind the server's own default headers (date, server). What this layer cannot refuse in order
 goes on to uvicorn and the middleware, which refuses the same way: a request pipelined behind
-one still in flight, an upgrade, `Expect: 100-continue`, or a percent-encoded path (it might be
-a probe's, always admitted).
+one still in flight, an upgrade, `Expect: 100-continue`, a `HEAD` (its answer has no body), or
+a percent-encoded path (it might be a probe's, always admitted).
 
 The gate reaches the protocol through the app's lifespan state (`STATE_KEY`: `Refusals`), the
 ASGI way for an app to hand something to its server's connections.
@@ -82,5 +82,7 @@ class AdmittingHttpToolsProtocol(HttpToolsProtocol):
             return False  # pipelined behind a request in flight: answers stay in order
         if self.expect_100_continue or self.parser.should_upgrade():
             return False
+        if self.parser.get_method() == b"HEAD":
+            return False  # answered without a body: uvicorn's cycle knows how
         path = httptools.parse_url(self.url).path
         return b"%" not in path and path not in _PROBES

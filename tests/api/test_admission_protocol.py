@@ -216,6 +216,22 @@ def test_an_http_1_0_client_is_refused_and_its_connection_closed(full: Served) -
     assert status == 503 and headers["connection"] == "close"
 
 
+def test_a_head_request_is_refused_without_a_body_and_the_connection_goes_on(
+    full: Served,
+) -> None:
+    """A HEAD's answer has no body: one written anyway would be read as the next answer."""
+    head = f"HEAD /v1/projections HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {full.key}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", full.port), timeout=10) as connection:
+        connection.sendall(head.encode() + request(full, "GET", "/healthz"))
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            received += connection.recv(65536)
+    first, _, rest = received.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 503"), received
+    assert rest.startswith(b"HTTP/1.1 200"), received  # no body between the two answers
+
+
 def test_probes_are_admitted_at_the_limit(full: Served) -> None:
     for probe in ("/healthz", "/readyz"):
         [(status, _, _)] = answers_of(full.raw(request(full, "GET", probe)))
