@@ -43,14 +43,6 @@ def on_plaintext_cluster(plaintext_cluster: Cluster, monkeypatch: pytest.MonkeyP
 
 
 @pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    params = postgres_params()
-    proxy = TcpProxy(params["host"], int(params["port"]))
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
 def recorder(proxy: TcpProxy) -> Iterator[PostgresApplicationRecorder]:
     drop_postgres_tables()
     params = postgres_params() | {"host": "127.0.0.1", "port": str(proxy.port)}

@@ -4,45 +4,22 @@ completes it with every event once, the chain intact."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from eventkeep.bootstrap import Eventkeep, build
+from eventkeep.bootstrap import Eventkeep
 from eventkeep.eventstore import postgres
 from eventkeep.replay import importer
 from eventkeep.replay.audit import verify
 from eventkeep.replay.importer import check_file, import_file
-from eventkeep.settings import Settings
-from tests.api.conftest import SHOP_TABLES, TEST_SECRET
-from tests.eventstore.stores import drop_postgres_tables, postgres_params, postgres_url
+from tests.eventstore.stores import postgres_url
 from tests.faults.tcp_proxy import TcpProxy
 from tests.replay.conftest import LEGACY
 
 LINES = [orjson.loads(line) for line in LEGACY.read_bytes().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    params = postgres_params()
-    proxy = TcpProxy(params["host"], int(params["port"]))
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def built(proxy: TcpProxy, tmp_path: Path) -> Iterator[Eventkeep]:
-    drop_postgres_tables(*SHOP_TABLES)
-    url = make_conninfo(**(conninfo_to_dict(postgres_url()) | {"port": str(proxy.port)}))
-    settings = Settings(home=tmp_path, postgres_url=url, claim_secret=TEST_SECRET)
-    with build(settings, role="test") as eventkeep:
-        yield eventkeep
-    drop_postgres_tables(*SHOP_TABLES)
 
 
 def test_a_connection_cut_mid_import_loses_one_whole_transaction_and_a_rerun_completes(

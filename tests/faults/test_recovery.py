@@ -6,38 +6,13 @@ connection the server dropped while it was idle."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
-import pytest
 from eventsourcing.persistence import StoredEvent
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from eventkeep.bootstrap import Eventkeep, build
+from eventkeep.bootstrap import Eventkeep
 from eventkeep.eventstore.group_commit import Append
-from eventkeep.settings import Settings
-from tests.api.conftest import SHOP_TABLES, TEST_SECRET
-from tests.eventstore.stores import drop_postgres_tables, postgres_params, postgres_url
 from tests.faults.tcp_proxy import TcpProxy
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    params = postgres_params()
-    proxy = TcpProxy(params["host"], int(params["port"]))
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def built(proxy: TcpProxy, tmp_path: Path) -> Iterator[Eventkeep]:
-    drop_postgres_tables(*SHOP_TABLES)
-    url = make_conninfo(**(conninfo_to_dict(postgres_url()) | {"port": str(proxy.port)}))
-    settings = Settings(home=tmp_path, postgres_url=url, claim_secret=TEST_SECRET)
-    with build(settings, role="test") as eventkeep:
-        yield eventkeep
-    drop_postgres_tables(*SHOP_TABLES)
 
 
 def _append() -> Append:
