@@ -142,16 +142,24 @@ class PostgresDialect:
             raise
 
         def send(function: str, arguments: Sequence[Argument]) -> int:
+            # One statement, its own transaction (the connection is in autocommit): the write
+            # lock (a function in FROM runs before the select list), then the append function,
+            # whose statements each see what committed before the lock was granted (a volatile
+            # function takes a fresh snapshot per statement), then the commit. One message
+            # exchange and no pipeline: a batch costs the committer a single wait. The lock
+            # and statement timeouts are the connection's own (`_connect`).
             placeholders = ", ".join(f"%b::{a.type}" for a in arguments)
             try:
-                with connection.pipeline(), connection.transaction():
-                    self._lock(connection, events_table)
-                    cursor = connection.cursor(binary=True)
-                    cursor.execute(
-                        cast(Any, f"SELECT {function}({placeholders})"),
-                        [a.value for a in arguments],
-                        prepare=True,
-                    )
+                cursor = connection.cursor(binary=True)
+                cursor.execute(
+                    cast(
+                        Any,
+                        f"SELECT {function}({placeholders})"
+                        " FROM pg_advisory_xact_lock(hashtext(%b::text))",
+                    ),
+                    [*(a.value for a in arguments), _lock_key(events_table)],
+                    prepare=True,
+                )
                 row = cursor.fetchone()
             except psycopg.OperationalError:
                 connection.close()
@@ -171,9 +179,7 @@ class PostgresDialect:
         # LOCK TABLE, which PostgreSQL 15 grants only to roles that may UPDATE, DELETE
         # or TRUNCATE the table (the writer role may only INSERT: eventstore/roles.py).
         # Every insert into the log comes through here, so it serialises them all.
-        connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"eventkeep append {events_table}",)
-        )
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(events_table),))
 
     def landed(self, events_table: str, position: int, hash: bytes, timeout: float) -> bool:
         # The batch connection failed and was closed: this opens the next one. The write lock
@@ -185,8 +191,7 @@ class PostgresDialect:
             with connection.transaction():
                 connection.execute(f"SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}")
                 connection.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    (f"eventkeep append {events_table}",),
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(events_table),)
                 )
                 row = connection.execute(
                     cast(Any, f"SELECT hash FROM {events_table} WHERE position = %s"),
@@ -217,8 +222,15 @@ class PostgresDialect:
         return value  # jsonb arrives parsed
 
     def _connect(self, **options: Any) -> psycopg.Connection[Any]:
+        """The committer's connection: in autocommit (a one-trip batch is one statement, its
+        own transaction; the locked path opens its transaction itself), its waits bounded by
+        POSTGRES_LOCK_TIMEOUT for the session (a transaction may set its own)."""
         if self._batch_connection is None or self._batch_connection.closed:
-            self._batch_connection = self._new_connection(**options)
+            connection = self._new_connection(autocommit=True, **options)
+            if timeout := self._datastore.lock_timeout:  # seconds
+                connection.execute(f"SET lock_timeout = '{int(timeout)}s'")
+                connection.execute(f"SET statement_timeout = '{int(timeout)}s'")
+            self._batch_connection = connection
         return self._batch_connection
 
     def _new_connection(self, **options: Any) -> psycopg.Connection[Any]:
@@ -226,6 +238,11 @@ class PostgresDialect:
         pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
         kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
         return psycopg.connect(cast(str, pool.conninfo), **(kwargs | options))
+
+
+def _lock_key(events_table: str) -> str:
+    """What the log's write lock is keyed by (`hashtext` of it): one lock per event table."""
+    return f"eventkeep append {events_table}"
 
 
 def _arrays(types: Sequence[ColumnType], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

@@ -3,7 +3,7 @@ every writer is told what the table holds — stored (success), not stored (`Com
 safe to retry) or, when the store cannot be asked, `CommitOutcomeUnknown` — and never a
 failure for an append that is stored. Faults come from a TCP proxy in front of a real
 PostgreSQL: a plaintext cluster of this module's own (tests/ops/cluster.py), because the proxy
-must read the protocol to cut right after COMMIT and the shared server accepts TLS only."""
+must read the protocol to cut right after a commit and the shared server accepts TLS only."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def on_plaintext_cluster(plaintext_cluster: Cluster, monkeypatch: pytest.MonkeyP
 def recorder(proxy: TcpProxy) -> Iterator[PostgresApplicationRecorder]:
     drop_postgres_tables()
     params = postgres_params() | {"host": "127.0.0.1", "port": str(proxy.port)}
-    # Plaintext through the proxy: it must see the protocol to cut after COMMIT.
+    # Plaintext through the proxy: it must see the protocol to cut after a commit.
     datastore = PostgresDatastore(**params, pool_size=2, max_overflow=4, connect_timeout=5)
     recorder = PostgresApplicationRecorder(datastore)
     recorder.create_table()
@@ -55,6 +55,12 @@ def recorder(proxy: TcpProxy) -> Iterator[PostgresApplicationRecorder]:
     recorder.close()
     datastore.close()
     drop_postgres_tables()
+
+
+# What the message that commits a batch carries: a batch in one trip is one statement, its own
+# transaction, with the log's write-lock key among its parameters (no COMMIT is sent); a
+# batch on the locked path sends the key with its first statement and COMMIT last.
+COMMITS = b"eventkeep append"
 
 
 def _append(stream: UUID | None = None) -> Append:
@@ -77,7 +83,7 @@ def test_cut_after_commit_is_a_success_when_the_commit_landed(
 ) -> None:
     recorder.append(_append())  # the batch connection is open
     append = _append()
-    proxy.cut_after(b"COMMIT")
+    proxy.cut_after(COMMITS)
     positions = recorder.append(append)
     assert proxy.cuts == 1
     assert _stored(append.events[0].originator_id) == positions
@@ -88,7 +94,7 @@ def test_cut_before_commit_is_not_written(
 ) -> None:
     recorder.append(_append())
     append = _append()
-    proxy.cut_before(b"COMMIT")
+    proxy.cut_before(COMMITS)
     with pytest.raises(CommitNotWritten):
         recorder.append(append)
     assert proxy.cuts == 1
@@ -102,7 +108,7 @@ def test_unknown_when_the_store_cannot_be_asked(
 ) -> None:
     recorder.append(_append())
     append = _append()
-    proxy.cut_after(b"COMMIT")
+    proxy.cut_after(COMMITS)
     # The store is unreachable from the moment of the cut until the bound has passed.
     refuse = threading.Timer(0.05, lambda: setattr(proxy, "refusing", True))
     refuse.start()
@@ -161,7 +167,7 @@ def test_a_writer_waits_a_bounded_time_on_a_frozen_connection(
 def test_every_answer_matches_the_table_under_cuts(
     recorder: PostgresApplicationRecorder, proxy: TcpProxy
 ) -> None:
-    """8 writers, the connection cut after or before COMMIT, or every connection cut, at
+    """8 writers, the connection cut after or before a commit, or every connection cut, at
     random moments: each success is stored with its positions, each CommitNotWritten is
     absent, and nothing else is answered."""
     answers: dict[UUID, Any] = {}
@@ -182,7 +188,14 @@ def test_every_answer_matches_the_table_under_cuts(
         writer.start()
     while time.monotonic() < stop:
         time.sleep(rng.uniform(0.1, 0.4))
-        rng.choice([proxy.cut_after, proxy.cut_before, lambda: proxy.cut_all()])()
+        rng.choice(
+            [
+                lambda: proxy.cut_after(COMMITS),
+                lambda: proxy.cut_before(COMMITS),
+                lambda: proxy.cut_after(b"COMMIT"),
+                proxy.cut_all,
+            ]
+        )()
     for writer in writers:
         writer.join(30)
     assert proxy.cuts >= 5
