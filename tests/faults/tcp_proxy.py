@@ -33,6 +33,7 @@ class TcpProxy:
         self._cut_marker: bytes | None = None
         self._cut_before = False
         self.cuts = 0
+        self.client_messages = 0  # client chunks forwarded to the server (one per send)
         self._muted: set[int] = set()  # ids of client sockets whose answers are held back
         self._accepting = threading.Thread(target=self._accept, daemon=True)
         self._accepting.start()
@@ -145,6 +146,8 @@ class TcpProxy:
                     break
                 if not upstream and id(pair[0]) in self._muted:
                     continue
+                if upstream:
+                    self.client_messages += 1
                 target.sendall(chunk)
         except OSError:
             pass

@@ -89,6 +89,21 @@ def test_cut_after_commit_is_a_success_when_the_commit_landed(
     assert _stored(append.events[0].originator_id) == positions
 
 
+def test_a_batch_in_one_trip_is_one_message_to_the_server(
+    recorder: PostgresApplicationRecorder, proxy: TcpProxy
+) -> None:
+    """Issue 13 item 2: once the committer knows the head, a batch's lock, checks, writes and
+    commit are one statement, its own transaction: the client sends one message (no BEGIN,
+    SET, lock or COMMIT of their own), so the committer waits for the server once."""
+    recorder.append(_append())  # the head is known from now on
+    recorder.append(_append())  # the statement is prepared
+    sent = proxy.client_messages
+    stream = uuid4()
+    positions = recorder.append(_append(stream))
+    assert proxy.client_messages - sent == 1
+    assert _stored(stream) == positions
+
+
 def test_cut_before_commit_is_not_written(
     recorder: PostgresApplicationRecorder, proxy: TcpProxy
 ) -> None:
