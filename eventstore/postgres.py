@@ -6,9 +6,11 @@ Plugged into the `eventsourcing` library as a persistence module
 - lists of values travel as binary arrays (`unnest`, `= ANY`), so a batch of any size is one
   statement with a fixed text (prepared once);
 - reads take a pooled connection and no lock; group commit writes on a connection of its own,
-  in pipeline mode, under the log's write lock (an advisory transaction lock; positions are
-  assigned under that lock, so position order is commit order and tailing readers never skip
-  an event), and each commit that adds events `NOTIFY`s the log's channel;
+  under the log's write lock (an advisory transaction lock; positions are assigned under that
+  lock, so position order is commit order and tailing readers never skip an event), and each
+  commit that adds events `NOTIFY`s the log's channel. A batch in one trip is one statement
+  in autocommit (the lock, the append function, the implicit commit: one message each way);
+  the locked path is a pipelined transaction;
 - schema changes are serialised by an advisory lock (`eventstore.migrations`); a trigger
   refuses UPDATE, DELETE and TRUNCATE on the log.
 """
