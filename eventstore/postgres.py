@@ -159,7 +159,7 @@ class PostgresDialect:
                         f"SELECT {function}({placeholders})"
                         " FROM pg_advisory_xact_lock(hashtext(%b::text))",
                     ),
-                    [*(a.value for a in arguments), _lock_key(events_table)],
+                    [*(_null_if_empty(a.value) for a in arguments), _lock_key(events_table)],
                     prepare=True,
                 )
                 row = cursor.fetchone()
@@ -240,6 +240,14 @@ class PostgresDialect:
         pool_kwargs = cast(dict[str, Any], pool.kwargs)  # a dict once the pool exists
         kwargs = {k: v for k, v in pool_kwargs.items() if k != "row_factory"}
         return psycopg.connect(cast(str, pool.conninfo), **(kwargs | options))
+
+
+def _null_if_empty(value: Any) -> Any:
+    """An empty array as NULL, which the append function reads as empty (`unnest` yields no
+    row, `= ANY` matches none, `cardinality` is not > 0): psycopg then encodes nothing for
+    it, and most of a command batch's arrays (claims, idempotency records, erasures, keys)
+    are empty."""
+    return None if isinstance(value, list) and not value else value
 
 
 def _lock_key(events_table: str) -> str:
