@@ -47,7 +47,7 @@ from eventkeep.commands.ports import (
     IdempotencyRecord,
     UniqueClaim,
 )
-from eventkeep.eventstore.hashchain import canonical_metadata, event_hash
+from eventkeep.eventstore.hashchain import ChainLinker, canonical_metadata
 from eventkeep.eventstore.records import RecordedEvent
 from eventkeep.metrics import (
     GROUP_COMMIT_BATCH,
@@ -164,6 +164,7 @@ def plan_batch(
     with `key`: `eventstore.hashchain`)."""
     plan = BatchPlan()
     position, prev_hash = state.last_position, state.last_hash
+    linker = ChainLinker(key)
     for append in appends:
         versions = [(str(e.originator_id), e.originator_version) for e in append.events]
         conflict = _conflict(append, versions, state)
@@ -174,7 +175,8 @@ def plan_batch(
         metadata = canonical_metadata(append.metadata)  # hashed with each of its events
         for event, version in zip(append.events, versions, strict=True):
             position += 1
-            row = _row(event, version[0], position, prev_hash, append.metadata, metadata, now, key)
+            stream = version[0]
+            row = _row(event, stream, position, prev_hash, append.metadata, metadata, now, linker)
             prev_hash = row.hash
             plan.rows.append(row)
             positions.append(position)
@@ -232,10 +234,10 @@ def _row(
     metadata: dict[str, Any],
     canonical: bytes,
     now: datetime,
-    key: bytes | None = None,
+    linker: ChainLinker,
 ) -> Row:
     """The event's row (`stream`: its stream id as text, `canonical`: the metadata's
-    `canonical_metadata`, both made once by the caller)."""
+    `canonical_metadata`, both made once by the caller; `linker`: the batch's)."""
     if isinstance(event, RecordedEvent):
         stream_type, schema_version, recorded_at = (
             event.stream_type,
@@ -244,7 +246,7 @@ def _row(
         )
     else:  # a plain library event: its topic is all we know of its type
         stream_type, schema_version, recorded_at = "", 1, now
-    hash = event_hash(
+    hash = linker.hash(
         prev_hash,
         position=position,
         stream_id=stream,
@@ -255,7 +257,6 @@ def _row(
         recorded_at=recorded_at,
         data=event.state,
         metadata=canonical,
-        key=key,
     )
     return Row(
         position,

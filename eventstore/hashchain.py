@@ -90,6 +90,69 @@ def event_hash(
 _PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
 
 
+class ChainLinker:
+    """`event_hash` for the events of one batch, one after the other: the same bytes, with
+    the framed fields that events repeat (an append's stream, types, recorded time and
+    metadata) made once per distinct value instead of once per event. `stream_id` must be
+    text and `metadata` its `canonical_metadata` (as a batch's planning has them)."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self._keyed = _keyed(key) if key is not None else None
+        self._streams: dict[tuple[str, str], bytes] = {}
+        self._kinds: dict[tuple[str, int, datetime], bytes] = {}
+        self._metadata: dict[bytes, bytes] = {}
+
+    def hash(
+        self,
+        prev_hash: bytes,
+        *,
+        position: int,
+        stream_id: str,
+        stream_type: str,
+        stream_version: int,
+        event_type: str,
+        schema_version: int,
+        recorded_at: datetime,
+        data: bytes,
+        metadata: bytes,
+    ) -> bytes:
+        stream = self._streams.get((stream_id, stream_type))
+        if stream is None:
+            stream = self._streams[(stream_id, stream_type)] = _framed(
+                stream_id.encode(), stream_type.encode()
+            )
+        # Equal datetimes are the same instant, whose canonical (UTC) text is the same.
+        kind = self._kinds.get((event_type, schema_version, recorded_at))
+        if kind is None:
+            kind = self._kinds[(event_type, schema_version, recorded_at)] = _framed(
+                event_type.encode(),
+                str(schema_version).encode(),
+                canonical_time(recorded_at).encode(),
+            )
+        framed_metadata = self._metadata.get(metadata)
+        if framed_metadata is None:
+            framed_metadata = self._metadata[metadata] = _framed(metadata)
+        framed = b"".join(
+            (
+                _framed(str(position).encode()),
+                stream,
+                _framed(str(stream_version).encode()),
+                kind,
+                _framed(data),
+                framed_metadata,
+            )
+        )
+        if self._keyed is not None:
+            keyed = self._keyed.copy()
+            keyed.update(prev_hash + framed)
+            return keyed.digest()
+        return hashlib.sha256(prev_hash + framed).digest()
+
+
+def _framed(*fields: bytes) -> bytes:
+    return b"".join([_PREFIX.pack(len(field)) + field for field in fields])
+
+
 @functools.lru_cache(maxsize=4)
 def _keyed(key: bytes) -> hmac.HMAC:
     return hmac.new(key, digestmod=hashlib.sha256)
