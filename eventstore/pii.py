@@ -190,11 +190,30 @@ class PersonalData:
 
     def open(self, events: Sequence[E]) -> list[E]:
         """Events with their personal fields readable, or null where the key was erased."""
+        return self._open(events, {})
+
+    def open_loaded(self, events: Sequence[E], stream: str, wrapped: bytes | None) -> list[E]:
+        """`open` for the write path's load of `stream`, which read the stream's wrapped data
+        key with its events (one statement): that key is not fetched again, and it is kept for
+        sealing the stream's next event, as a key fetched for sealing is (a key erased
+        meanwhile by another process seals what nobody can open: as good as erased). A stream
+        found without a key keeps none either: its next seal asks the table (and refuses an
+        erased stream's own event)."""
+        if wrapped is None:
+            self.forget([stream])
+            return self._open(events, {})
+        known = self._unwrapped({stream: wrapped})
+        self._keep(known)
+        return self._open(events, known)
+
+    def _open(self, events: Sequence[E], known: Mapping[str, AESGCM]) -> list[E]:
         personal = [e for e in events if e.topic in self._fields]
         if not personal:
             return list(events)
         opened = iter(
-            self._opened([(e.topic, str(e.originator_id), orjson.loads(e.state)) for e in personal])
+            self._opened(
+                [(e.topic, str(e.originator_id), orjson.loads(e.state)) for e in personal], known
+            )
         )
         return [
             replace(e, state=orjson.dumps(next(opened), option=orjson.OPT_SORT_KEYS))
@@ -210,20 +229,25 @@ class PersonalData:
         # pages of thousands of events, most of which have none.
         answer = list(envelopes)
         personal = [(i, e) for i, e in enumerate(answer) if e["event_type"] in self._fields]
-        opened = self._opened([(e["event_type"], e["stream_id"], e["data"]) for _, e in personal])
+        opened = self._opened(
+            [(e["event_type"], e["stream_id"], e["data"]) for _, e in personal], {}
+        )
         for (i, e), data in zip(personal, opened, strict=True):
             if data is not None:
                 answer[i] = {**e, "data": data}
         return answer
 
-    def _opened(self, events: Sequence[tuple[str, str, dict[str, Any]]]) -> list[dict | None]:
-        """Each event's data opened (None: it has no personal field)."""
+    def _opened(
+        self, events: Sequence[tuple[str, str, dict[str, Any]]], known: Mapping[str, AESGCM]
+    ) -> list[dict | None]:
+        """Each event's data opened (None: it has no personal field); the keys not `known`
+        are fetched."""
         owners = [
             self._owner(topic, stream, data) if topic in self._fields else None
             for topic, stream, data in events
         ]
-        wanted = {o for o in owners if o is not None}
-        keys = self._unwrapped(self._keys.fetch(wanted)) if wanted else {}
+        wanted = {o for o in owners if o is not None} - known.keys()
+        keys = {**known, **(self._unwrapped(self._keys.fetch(wanted)) if wanted else {})}
         return [
             self._map_fields(topic, data, partial(_open, keys.get(owner or ""), stream))
             if topic in self._fields

@@ -75,6 +75,9 @@ class PostgresDialect:
     def value(self, value: Any, type: ColumnType) -> Any:
         return value
 
+    def library_id(self, stream_id: UUID) -> Any:
+        return stream_id
+
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._datastore.get_connection() as connection, connection.cursor() as cursor:
             cursor.execute(cast(Any, sql), params or None, prepare=True)

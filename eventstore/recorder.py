@@ -183,6 +183,10 @@ class Dialect(Protocol):
         """Rows by column name, read outside any write transaction."""
         ...
 
+    def library_id(self, stream_id: UUID) -> Any:
+        """A stream id as the `eventsourcing` library's own tables (its snapshots) hold it."""
+        ...
+
     def read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """`read` as plain tuples (no mapping built per row: the bulk reads of the log)."""
         ...
@@ -476,6 +480,63 @@ class EventRecorder:
             params.append(limit)
         events = [RecordedEvent(**self._stored(row)) for row in self.sql.read(query, params)]
         return cast(list[StoredEvent], self._opened(events))
+
+    def select_stream(
+        self, stream_id: UUID, snapshots_table: str | None = None
+    ) -> tuple[StoredEvent | None, list[StoredEvent]]:
+        """A stream as the write path loads it, in ONE statement: its latest snapshot (from
+        the `eventsourcing` library's snapshot table, when named), its events after that, and
+        its wrapped data key, which opens them and is kept for sealing the stream's next event
+        (`PersonalData.open_loaded`). The library's repository asks three times for as much
+        (the snapshot, the events, the key), and sealing a fourth."""
+        columns = (
+            "part, stream_id, stream_version, event_type, data, stream_type, schema_version,"
+            " recorded_at"
+        )
+        id_param = self.sql.value(stream_id, "uuid")
+        sql, params, after = f"SELECT {columns} FROM (", [], "0"
+        if snapshots_table is not None:
+            sql = (
+                "WITH snapshot AS (SELECT originator_version, topic, state FROM"
+                f" {self.sql.table(snapshots_table)} WHERE originator_id = %s"
+                " ORDER BY originator_version DESC LIMIT 1) "
+                + sql
+                + "SELECT 0 AS part, NULL AS stream_id, originator_version AS stream_version,"
+                " topic AS event_type,"
+                " state AS data, NULL AS stream_type, NULL AS schema_version,"
+                " NULL AS recorded_at FROM snapshot UNION ALL "
+            )
+            params.append(self.sql.library_id(stream_id))
+            after = "COALESCE((SELECT originator_version FROM snapshot), 0)"
+        sql += (
+            "SELECT 1 AS part, stream_id, stream_version, event_type, data, stream_type,"
+            f" schema_version, recorded_at FROM {self._events}"
+            f" WHERE stream_id = %s AND stream_version > {after}"
+        )
+        params.append(id_param)
+        if self.personal_data is not None:
+            sql += (
+                " UNION ALL SELECT 2, NULL, NULL, NULL, wrapped, NULL, NULL, NULL"
+                f" FROM {self._data_keys} WHERE stream_id = %s"
+            )
+            params.append(id_param)
+        sql += ") AS loaded"
+        snapshot: StoredEvent | None = None
+        events: list[StoredEvent] = []
+        wrapped: bytes | None = None
+        for row in self.sql.read(sql, params):
+            if row["part"] == 1:
+                events.append(RecordedEvent(**self._stored(row)))
+            elif row["part"] == 0:
+                snapshot = StoredEvent(
+                    stream_id, row["stream_version"], row["event_type"], bytes(row["data"])
+                )
+            else:
+                wrapped = bytes(row["data"])
+        events.sort(key=lambda event: event.originator_version)  # UNION ALL keeps no order
+        if self.personal_data is not None:
+            events = self.personal_data.open_loaded(events, str(stream_id), wrapped)
+        return snapshot, events
 
     def select_notifications(
         self,

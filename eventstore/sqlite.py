@@ -71,6 +71,9 @@ class SQLiteDialect:
             return value.isoformat()
         return value
 
+    def library_id(self, stream_id: UUID) -> Any:
+        return stream_id.hex  # the library's SQLite recorders store UUIDs as hex
+
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._datastore.transaction(commit=False) as cursor:
             cursor.execute(_placeholders(sql), params)

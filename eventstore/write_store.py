@@ -10,7 +10,9 @@ snapshots (the shop has no followers to notify).
 Loading asks no database on the happy path: the saved aggregates stay in the write path's own
 cache (`eventstore.aggregate_cache`), trusted without a check. An append refused by the
 version check (a stale copy, or a concurrent writer) evicts the streams it saved, so the
-command bus's retry loads them afresh; so does an append whose outcome is not known.
+command bus's retry loads them afresh; so does an append whose outcome is not known. An
+aggregate not in memory costs one statement: its latest snapshot, its events after that and
+its data key (`EventRecorder.select_stream`), so sealing its next event asks nothing more.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import anyio.to_thread
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import Application, ProcessingEvent, project_aggregate
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, OperationalError
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
 
 from eventkeep.commands.ports import (
     EventMetadata,
@@ -48,6 +50,10 @@ class CommandRecorder(Protocol):
 
     def find_idempotent(self, key: str) -> tuple[str, Any] | None: ...
 
+    def select_stream(
+        self, stream_id: UUID, snapshots_table: str | None = None
+    ) -> tuple[StoredEvent | None, list[StoredEvent]]: ...
+
     def claim_owner(self, scope: str, key: str) -> UUID | None: ...
 
     def max_notification_id(self) -> int | None: ...
@@ -65,16 +71,27 @@ class ApplicationWriteStore:
         self._application = application
         self._recorder: CommandRecorder = recorder
         self.cache = AggregateCache(cache_size)
+        # The library's snapshot table (in the recorder's database), read by the same
+        # statement as the events (`select_stream`).
+        snapshots = application.snapshots
+        self._snapshots_table: str | None = (
+            getattr(snapshots.recorder, "events_table_name", None) if snapshots else None
+        )
+        if snapshots is not None and self._snapshots_table is None:
+            raise TypeError(f"{type(snapshots.recorder).__name__} names no snapshot table")
 
     def load(self, stream_id: UUID, *, fresh: bool = False) -> Aggregate | None:
         if fresh:
             self.cache.evict([stream_id])
         elif (cached := self.cache.get(stream_id)) is not None:
             return cached
-        try:
-            aggregate: object = self._application.repository.get(stream_id)
-        except AggregateNotFoundError:
-            return None
+        snapshot, events = self._recorder.select_stream(stream_id, self._snapshots_table)
+        mapper = self._application.mapper
+        domain_events = [mapper.to_domain_event(event) for event in events]
+        if snapshot is not None:
+            domain_events.insert(0, mapper.to_domain_event(snapshot))
+        # What the library's repository does with what it reads (three statements there).
+        aggregate: object = project_aggregate(None, domain_events)
         return aggregate if isinstance(aggregate, Aggregate) else None
 
     def stored_answer(self, idempotency_key: str) -> IdempotencyRecord | None:

@@ -13,12 +13,21 @@ from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
+import anyio.to_thread
 import orjson
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from eventkeep.bootstrap import Eventkeep
 from eventkeep.commands.errors import NotFound, VersionConflict
-from eventkeep.commands.messages import AdjustStock, CommandContext
+from eventkeep.commands.messages import (
+    AdjustStock,
+    ChangeUserEmail,
+    CommandContext,
+    ErasePersonalData,
+)
+from eventkeep.commands.shop import SNAPSHOT_INTERVAL
+from eventkeep.domain.errors import PersonalDataErased
 from eventkeep.eventstore.recorder import Insert
 from tests.commands.shopping import CONTEXT, create_product, register
 from tests.commands.test_cached_aggregates import stored_stock, writer
@@ -136,3 +145,75 @@ def test_an_awaited_command_keeps_every_rule_of_a_blocking_one(
     with pytest.raises(NotFound):
         awaited(a, AdjustStock(uuid4(), 1, "nobody's"))
     assert stored_stock(a, product_id) == 10 + 5 + 1 + 1 + 1 - 1 - 1
+
+
+# --- a stream not in memory: one statement, one worker-thread hop --------------------------
+
+
+def worker_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of what is run in a worker thread from now on (`anyio.to_thread.run_sync`,
+    still run: only counted)."""
+    ran: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return ran
+
+
+def state(aggregate: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(aggregate).items() if k != "_pending_events"}
+
+
+def test_a_product_not_in_memory_costs_one_statement_and_one_thread_hop(
+    two_processes: list[Eventkeep], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its snapshot, its events after that and its data key in one statement (the library's
+    repository asked for each, and sealing the next reason fetched the key again in a second
+    worker thread); what it decides on is what the library would have rebuilt."""
+    a, b = two_processes
+    product_id = create_product(writer(a), stock=1000)
+    for n in range(SNAPSHOT_INTERVAL + 4):  # a snapshot at 100, then events after it
+        writer(a).handle(AdjustStock(product_id, -1, f"sale {n}"), CONTEXT)
+    assert list(b.shop.snapshots.get(product_id))  # type: ignore[union-attr]
+    expected = state(b.shop.repository.get(product_id))  # the library's own rebuild
+    sent, hops = statements(b, monkeypatch), worker_thread_calls(monkeypatch)
+
+    loaded = b.store.load(product_id, fresh=True)
+    assert loaded is not None and state(loaded) == expected
+    assert len(sent()) == 1
+    b.store.cache.evict([product_id])
+    sent().clear()
+    result = awaited(b, AdjustStock(product_id, -1, "the last one"))
+
+    assert (len(sent()), hops) == (2, ["_decide"])  # the load above and this one; no seal hop
+    assert result.version == SNAPSHOT_INTERVAL + 6
+    assert stored_stock(a, product_id) == 1000 - SNAPSHOT_INTERVAL - 5
+    assert reasons(a, product_id)[-2:] == [f"sale {SNAPSHOT_INTERVAL + 3}", "the last one"]
+
+
+def test_a_user_erased_by_another_process_is_loaded_without_a_key(
+    two_processes: list[Eventkeep],
+) -> None:
+    """The load that finds no key keeps none for sealing (the key it kept before is dropped):
+    the erasure holds in the process that had the user in memory."""
+    a, b = two_processes
+    user_id = register(writer(a))
+    writer(b).handle(ChangeUserEmail(user_id, "ada@example.org"), CONTEXT)  # b keeps the key
+    writer(a).handle(ErasePersonalData(user_id), CONTEXT)
+
+    with pytest.raises(PersonalDataErased):  # b's stale copy refused, loaded afresh: erased
+        awaited(b, ChangeUserEmail(user_id, "ada@example.net"))
+    user: Any = b.store.load(user_id, fresh=True)
+    assert (user.erased, user.email, user.first_name) == (True, None, None)
+    recorder: Any = b.shop.recorder
+    with pytest.raises(IntegrityError, match="erased"):  # no key kept: the table is asked
+        recorder.personal_data.seal(
+            [
+                replace(e, originator_version=e.originator_version + 10)
+                for e in recorder.select_events(user_id)[:1]
+            ]
+        )
