@@ -53,6 +53,11 @@ Role = Literal[
     "serve", "relay", "project", "replay", "audit", "import", "seed", "keys", "bench", "test"
 ]
 DISTRIBUTED_ROLES: frozenset[Role] = frozenset({"relay", "project"})
+# Whose event-store pool checks a connection only when it was not checked in the last second
+# (eventstore/pools.py `check_unless_recent`): the loops, which retry a failed statement, and
+# the API, whose reads of the store run once more on another connection when the one lent
+# was dead (`PostgresDialect`); a ping at every checkout was a round trip per command.
+UNLESS_RECENT_ROLES: frozenset[Role] = DISTRIBUTED_ROLES | {"serve"}
 
 # The PostgreSQL role each part connects as (eventstore/roles.py), by what the process is built
 # for; each falls back to EVENTKEEP_POSTGRES_URL when its own URL is not set.
@@ -102,7 +107,7 @@ class Eventkeep:
     def shop(self) -> Shop:
         url = database_url(self.settings, EVENT_STORE_ROLE.get(self.role, "writer"))
         env = shop_env(self.settings, postgres_url=url)
-        if self.role in DISTRIBUTED_ROLES:  # long-running loops: no ping at every checkout
+        if self.role in UNLESS_RECENT_ROLES:  # no ping at every checkout (see the set)
             env["POOL_CHECKS"] = "unless_recent"
         if url is not None and _user(url) != _user(owner_url(self.settings)):
             # A least-privilege role creates no tables (`eventkeep db roles` made them).

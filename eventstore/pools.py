@@ -33,10 +33,12 @@ _checked: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.We
 
 def check_unless_recent(connection: psycopg.Connection[Any]) -> None:
     """`check_and_sweep` at most once per `RECENTLY_CHECKED` seconds per connection: for the
-    long-running loops (the relay, a projector) whose failed statement is retried anyway. The
-    ping at every checkout was a round trip per batch, a tenth of their time at a thousand
-    commands a second; a connection killed since its last check fails its statement, is
-    dropped by the pool, and the loop's retry finds the others checked (idle past the delay).
+    long-running loops (the relay, a projector) whose failed statement is retried anyway, and
+    the API's event store, whose reads run once more on another connection when the one lent
+    was dead (`PostgresDialect`). The ping at every checkout was a round trip per batch, a
+    tenth of the loops' time at a thousand commands a second, and one per command not in the
+    API's memory; a connection killed since its last check fails its statement, is dropped by
+    the pool, and the retry finds the others checked (idle past the delay, or swept).
     """
     now = time.monotonic()
     if now - _checked.get(connection, -RECENTLY_CHECKED) < RECENTLY_CHECKED:

@@ -20,14 +20,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import orjson
 import psycopg
 import psycopg.errors
 from eventsourcing import postgres as library_postgres
-from eventsourcing.persistence import ApplicationRecorder, ProcessRecorder
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InterfaceError,
+    OperationalError,
+    ProcessRecorder,
+)
 from eventsourcing.postgres import PostgresDatastore, PostgresRecorder, PostgresTrackingRecorder
 from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
@@ -46,6 +51,8 @@ from eventkeep.eventstore.recorder import (
     TrackingInBatch,
 )
 from eventkeep.eventstore.subscription import PollingSubscription
+
+T = TypeVar("T")
 
 # jsonb (metadata) parsed by orjson: several times faster than the standard library's.
 set_json_loads(orjson.loads)
@@ -79,17 +86,38 @@ class PostgresDialect:
         return stream_id
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._datastore.get_connection() as connection, connection.cursor() as cursor:
-            cursor.execute(cast(Any, sql), params or None, prepare=True)
-            return cursor.fetchall()
+        def run(connection: psycopg.Connection[Any]) -> list[Any]:
+            with connection.cursor() as cursor:
+                cursor.execute(cast(Any, sql), params or None, prepare=True)
+                return cursor.fetchall()
+
+        return self._on_a_live_connection(run)
 
     def read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with (
-            self._datastore.get_connection() as connection,
-            connection.cursor(row_factory=tuple_row, binary=True) as cursor,
-        ):
-            cursor.execute(cast(Any, sql), params or None, prepare=True)
-            return cursor.fetchall()
+        def run(connection: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            with connection.cursor(row_factory=tuple_row, binary=True) as cursor:
+                cursor.execute(cast(Any, sql), params or None, prepare=True)
+                return cursor.fetchall()
+
+        return self._on_a_live_connection(run)
+
+    def _on_a_live_connection(self, read: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """`read` on a pooled connection, and once more on another if the one lent was dead:
+        a pool that checks only connections idle for a second (`check_unless_recent`, the
+        API's and the loops') lends one ended since as it is. A read is safe to run again; the
+        pool's idle connections are checked first (a restart ends them all). A read that
+        fails on a live connection, or twice, raises as it did."""
+        lent: list[psycopg.Connection[Any]] = []
+        try:
+            with self._datastore.get_connection() as connection:
+                lent.append(connection)
+                return read(connection)
+        except (OperationalError, InterfaceError):
+            if not (lent and lent[0].broken):
+                raise
+        self._datastore.pool.check()
+        with self._datastore.get_connection() as connection:
+            return read(connection)
 
     # The server formats the ids and times (C), the client converts no UUID or datetime.
     envelope_columns = (

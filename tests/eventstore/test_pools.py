@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from eventkeep.bootstrap import build
 from eventkeep.eventstore import pools
 from eventkeep.eventstore.pools import check_unless_recent
+from tests.api.conftest import SHOP_TABLES, distributed_settings
+from tests.commands.shopping import create_product
+from tests.commands.test_cached_aggregates import writer
+from tests.eventstore.stores import drop_postgres_tables
 
 pytestmark = pytest.mark.services
 
@@ -55,3 +61,30 @@ def test_a_connection_idle_past_the_delay_is_checked_before_it_is_lent(
         end(postgres_url, ended)
         time.sleep(0.5)  # past the delay: the next checkout checks
         assert backend_of(pool) != ended  # no error: the dead one was never lent
+
+
+def test_an_api_processs_store_reads_answer_right_after_its_backends_were_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve`'s event-store pool checks a connection only when it was not checked in the
+    last second (a ping at every checkout was a round trip per command); a read lent a
+    connection ended since (a restart, `pg_terminate_backend`) runs once more on another, the
+    pool's idle ones checked first: it answers, it does not fail."""
+    monkeypatch.setattr(pools, "RECENTLY_CHECKED", 3600.0)  # checked once, then never again
+    drop_postgres_tables(*SHOP_TABLES)
+    with build(distributed_settings(tmp_path), role="serve") as system:
+        product_id = create_product(writer(system))
+        pool = system.recorder.datastore.pool  # type: ignore[attr-defined]
+        for _ in range(2 * pool.max_size):  # each pooled connection lent (in turn) and checked
+            assert system.recorder.max_notification_id() == 1
+        options = {k: v for k, v in pool.kwargs.items() if k != "row_factory"}
+        with psycopg.connect(pool.conninfo, **options) as connection:  # as the same role
+            ended = connection.execute(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                " WHERE usename = current_user AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= pool.min_size
+
+        assert system.recorder.max_notification_id() == 1
+        product = system.store.load(product_id, fresh=True)  # the cold load's one statement
+        assert product is not None and product.version == 1

@@ -9,6 +9,7 @@ side connects directly, as when the read models live in another database."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,10 @@ from eventkeep.api.app import create_app
 from eventkeep.api.bootstrap import CommandHandle, Wiring
 from eventkeep.api.keys import Role
 from eventkeep.bootstrap import build
+from eventkeep.eventstore import pools
 from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.queries import Queries
+from eventkeep.settings import Settings
 from tests.api.conftest import SHOP_TABLES, distributed_settings
 from tests.api.shopping import PRODUCT, USER
 from tests.api.test_lean_commands import DependencyCount
@@ -214,3 +217,47 @@ def test_a_command_on_the_short_path_answers_the_outage_as_its_route(
                 routed.content,
             )
         proxy.refusing = False
+
+
+def test_a_command_right_after_every_connection_was_cut_answers(
+    outage_wiring: Wiring, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart ends every pooled connection at once. The API's event-store pool checks a
+    connection only when it was not checked in the last second (eventstore/pools.py
+    `check_unless_recent`; here never again, the worst case: a cut right after a check), so
+    it lends a dead one as it is: the store's read runs once more on another connection, the
+    pool's idle ones checked first, and the command answers — never a 500, nor a 503 from a
+    breaker tripped by a connection the restart had already ended."""
+    monkeypatch.setattr(pools, "RECENTLY_CHECKED", 3600.0)
+    pool_size = Settings().pool_size  # and as many again beyond it, by demand
+    key = outage_wiring.keys.create(Role.client, "cut").secret_key
+    with TestClient(
+        create_app(outage_wiring), headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        product = client.post("/v1/products", json=PRODUCT)
+        assert product.status_code == 201, product.text
+        stock = f"/v1/products/{product.json()['id']}/stock"
+        # More reads than the pool holds connections (it lends them in turn): each is checked
+        # once, then never again.
+        for attempt in range(2 * (pool_size + 1)):
+            # An Idempotency-Key: the command first reads the store (is it a retry?).
+            keyed = {"Idempotency-Key": f"before-{attempt}"}
+            back = client.post(stock, json={"delta": 1, "reason": "returned"}, headers=keyed)
+            assert back.status_code == 200, back.text
+        assert back.json()["version"] == 2 * (pool_size + 1) + 1
+        # Cut right after the breaker's watcher probed (a fresh connection each second): a
+        # probe cut in its handshake would open the breaker, as it should in a real outage.
+        breaker = outage_wiring.breaker
+        assert breaker is not None
+        probed, probe = threading.Event(), breaker._probe
+        monkeypatch.setattr(breaker, "_probe", lambda: (probe(), probed.set()))
+        assert probed.wait(10)
+        proxy.cut_all()
+
+        after = client.post(
+            stock, json={"delta": 1, "reason": "returned"}, headers={"Idempotency-Key": "after"}
+        )
+        assert after.status_code == 200, after.text
+        user = client.post("/v1/users", json=USER, headers={"Idempotency-Key": "user"})
+        assert user.status_code == 201, user.text
+        assert after.json()["version"] == 2 * (pool_size + 1) + 2
