@@ -351,7 +351,7 @@ class GroupCommitter:
         self._one_trip = storage.has_one_trip
         # Whether another process appended between this committer's last two batches: then
         # the next batch takes the locked path at once (one trip would find the head moved:
-        # a statement under the log's lock and a round trip for nothing), until a locked
+        # a transaction, the log's lock and a round trip spent for nothing), until a locked
         # batch finds that nobody else appended since this committer's last one.
         self._others_appending = False
         self._thread = self._new_thread()
