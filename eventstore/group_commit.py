@@ -349,11 +349,6 @@ class GroupCommitter:
         # and written in one round trip while no other process appended (`_commit`).
         self._head: Head | None = None
         self._one_trip = storage.has_one_trip
-        # Whether another process appended between this committer's last two batches: then
-        # the next batch takes the locked path at once (one trip would find the head moved:
-        # a transaction, the log's lock and a round trip spent for nothing), until a locked
-        # batch finds that nobody else appended since this committer's last one.
-        self._others_appending = False
         self._thread = self._new_thread()
         self._started = threading.Lock()
         self._closed = False
@@ -524,12 +519,7 @@ class GroupCommitter:
         sent = False
         head, self._head = self._head, None  # unknown again until this batch has ended
         try:
-            if (
-                head is not None
-                and self._one_trip
-                and not self._others_appending
-                and not any(a.tracking for a in batch)
-            ):
+            if head is not None and self._one_trip and not any(a.tracking for a in batch):
                 # One round trip while no other process appended since our last batch.
                 with self._storage.one_trip() as send:
                     plan = plan_batch(batch, state_at(head), datetime.now(UTC), self.chain_key)
@@ -543,7 +533,6 @@ class GroupCommitter:
             GROUP_COMMIT_PATH.labels("locked").inc()
             with self._storage.locked_transaction() as transaction:
                 state = transaction.read_state(batch)
-                self._others_appending = head is not None and state.last_position != head.position
                 head = Head(state.last_position, state.last_hash)
                 plan = plan_batch(batch, state, datetime.now(UTC), self.chain_key)
                 if plan.writes_anything:

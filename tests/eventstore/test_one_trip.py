@@ -24,8 +24,6 @@ from eventkeep.eventstore.hashchain import GENESIS, recomputed_hash
 from tests.eventstore.conftest import MakeRecorder
 from tests.eventstore.test_global_log import events_for
 
-PATHS = ("one_trip", "moved", "locked")  # how batches went (each locked one counted there)
-
 
 def batches(path: str) -> float:
     value = REGISTRY.get_sample_value("eventkeep_group_commit_batches_total", {"path": path})
@@ -44,37 +42,9 @@ def test_two_processes_interleaving_keep_one_contiguous_chain(
         assert (event.prev_hash, event.hash) == (prev, recomputed_hash(event, prev))
         prev = event.hash
     if a.sql.has_append_function:
-        # a a a: the 2nd and 3rd in one trip. b's first, and a's 4th, find the head moved
-        # (a's 4th after trying one trip), and so does b's 2nd; b's 3rd goes straight to the
-        # locked path (b saw another writer), finds b alone and b would try one trip again;
-        # a's 5th goes straight to the locked path too (a saw b).
-        assert batches("one_trip") - one_trip == 2
-        assert batches("moved") - moved == 2
-
-
-def test_a_writer_that_saw_another_takes_the_locked_path_until_it_is_alone_again(
-    make_recorder: MakeRecorder,
-) -> None:
-    """One trip tried while another process appends is a transaction, the log's lock and a
-    round trip spent for nothing (two API workers interleave nearly every batch): after a
-    batch that found the head moved, the next goes straight to the locked path, and one that
-    finds nobody else appended since makes the next try one trip again."""
-    a, b = make_recorder(), make_recorder()
-    a.insert_events(events_for(uuid4(), 1, 1))
-    b.insert_events(events_for(uuid4(), 1, 1))
-    before = [batches(path) for path in PATHS]
-
-    a.insert_events(events_for(uuid4(), 1, 1))  # tries one trip: moved, then locked
-    a.insert_events(events_for(uuid4(), 1, 1))  # locked at once: finds itself alone
-    a.insert_events(events_for(uuid4(), 1, 1))  # one trip again
-
-    taken = [batches(path) - seen for path, seen in zip(PATHS, before, strict=True)]
-    # SQLite has no append function: every batch takes the locked path there.
-    assert taken == ([1, 1, 2] if a.sql.has_append_function else [0, 0, 3])
-    prev = GENESIS
-    for event in b.select_notifications(None, 100):
-        assert (event.prev_hash, event.hash) == (prev, recomputed_hash(event, prev))
-        prev = event.hash
+        # a a a: the 2nd and 3rd in one trip; each switch of writer finds the head moved.
+        assert batches("one_trip") - one_trip >= 3
+        assert batches("moved") - moved >= 3
 
 
 def test_what_one_trip_finds_taken_is_refused_as_before(make_recorder: MakeRecorder) -> None:
