@@ -17,15 +17,22 @@ its data key (`EventRecorder.select_stream`), so sealing its next event asks not
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import anyio.to_thread
+import psycopg
 from eventsourcing.application import Application, ProcessingEvent, project_aggregate
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
 
 from eventkeep.commands.ports import (
     EventMetadata,
@@ -35,6 +42,8 @@ from eventkeep.commands.ports import (
 )
 from eventkeep.eventstore.aggregate_cache import AggregateCache
 from eventkeep.eventstore.group_commit import Append
+
+log = logging.getLogger(__name__)
 
 # Aggregates the write path keeps in memory (per process; least recently used go first).
 AGGREGATE_CACHE_SIZE = 10_000
@@ -201,4 +210,19 @@ class ApplicationWriteStore:
             saved = pending.aggregates.get(event.originator_id)
             interval = intervals.get(type(saved)) if saved is not None else None
             if interval is not None and event.originator_version % interval == 0:
-                application.take_snapshot(event.originator_id, version=event.originator_version)
+                self._take_snapshot(event.originator_id, event.originator_version)
+
+    def _take_snapshot(self, stream_id: UUID, version: int) -> None:
+        # The command has committed: its answer must say so. A snapshot only shortens later
+        # loads, so one the store cannot take now (a lost connection, a lock or statement
+        # timeout) is logged and left to the stream's next interval, never turned into an
+        # error for a command that is stored (a client told 503 would send it again).
+        try:
+            self._application.take_snapshot(stream_id, version=version)
+        except (PersistenceError, psycopg.Error) as error:
+            log.warning(
+                "snapshot of stream %s at version %d not taken (%s); its next interval takes one",
+                stream_id,
+                version,
+                error,
+            )
