@@ -47,9 +47,8 @@ CAPACITY = 50_000
 # Keys invalidated lately, remembered for the GETs in flight when it happened.
 RECENT = 8_192
 # A local copy is served only this long after the last fence answered (the poller fences at
-# least every 0.1 s while Redis answers).
+# least every 0.1 s while Redis answers). A fence waits twice the Redis timeout at most.
 FRESH_SECONDS = 1.0
-FENCE_TIMEOUT_SECONDS = 1.0
 RECONNECT_SECONDS = 0.5
 
 
@@ -68,6 +67,7 @@ class NearCache:
         self._fenced_at = float("-inf")
         self._fences_asked = self._fences_answered = 0
         self._fenced = threading.Condition(self._lock)
+        self._fence_timeout = 2 * timeout
         self._pool = redis.ConnectionPool.from_url(
             url,
             protocol=3,
@@ -122,7 +122,7 @@ class NearCache:
         with self._fenced:
             answered = self._fenced.wait_for(
                 lambda: self._fences_answered >= ticket or not self._tracking,
-                FENCE_TIMEOUT_SECONDS,
+                self._fence_timeout,
             )
             if answered and self._tracking:
                 self._fenced_at = max(self._fenced_at, asked)
