@@ -50,6 +50,7 @@ RECENT = 8_192
 # least every 0.1 s while Redis answers). A fence waits twice the Redis timeout at most.
 FRESH_SECONDS = 1.0
 RECONNECT_SECONDS = 0.5
+MAX_RECONNECT_SECONDS = 5.0
 
 
 class NearCache:
@@ -186,19 +187,23 @@ class NearCache:
     # --- the tracking connection's thread ----------------------------------------------------
 
     def _listen(self) -> None:
+        wait = RECONNECT_SECONDS
         while not self._stopping.is_set():
             connection = self._pool.make_connection()
             try:
                 self._track(connection)
             except (redis.RedisError, OSError) as error:
-                if not self._stopping.is_set():
+                if not self._stopping.is_set() and wait == RECONNECT_SECONDS:
                     log.warning("near cache off until Redis answers again: %s", error)
             finally:
                 with self._lock:
+                    tracked = self._tracking
                     self._lose_locked()
                 with contextlib.suppress(Exception):
                     connection.disconnect()
-            self._stopping.wait(RECONNECT_SECONDS)
+            # Backing off while Redis stays away (each attempt may cost a TLS handshake).
+            wait = RECONNECT_SECONDS if tracked else min(wait * 2, MAX_RECONNECT_SECONDS)
+            self._stopping.wait(wait)
 
     def _track(self, connection: Any) -> None:
         connection.connect()
