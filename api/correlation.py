@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 HEADER = "X-Correlation-ID"
 MAX_LENGTH = 128
 _ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]+$")
+_NAME = HEADER.lower().encode()
 
 
 def accepted(value: str | None) -> str | None:
@@ -42,9 +43,15 @@ class CorrelationId:
         )
         scope.setdefault("state", {})["correlation_id"] = correlation_id
 
+        echoed = (_NAME, correlation_id.encode("latin-1"))
+
         async def echo(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[HEADER] = correlation_id
+                given = message.get("headers", ())
+                if any(name == _NAME for name, _ in given):
+                    MutableHeaders(scope=message)[HEADER] = correlation_id
+                else:  # as MutableHeaders would: appended, without its pass per header
+                    message["headers"] = [*given, echoed]
             await send(message)
 
         # Every log line written while the request is handled carries its id (eventkeep.logs).

@@ -148,7 +148,17 @@ class Eventkeep:
     def cache(self) -> Cache:
         if self.settings.mode == "embedded":
             return LocalCache()
-        return build_cache(self.settings)
+        cache = build_cache(self.settings)
+        from eventkeep.projections.redis_cache import RedisCache
+
+        if self.role == "serve" and isinstance(cache, RedisCache):
+            # An API process keeps Redis's answers near, coherent by Redis's invalidations.
+            from eventkeep.projections.near_cache import NearCache
+
+            assert self.settings.redis_url is not None  # a RedisCache has one
+            url = self.settings.redis_url.get_secret_value()
+            return NearCache(cache, url, timeout=self.settings.redis_timeout)
+        return cache
 
     @cached_property
     def feed(self) -> LogFeed | None:
@@ -167,7 +177,13 @@ class Eventkeep:
         """The distributed mode's read-model progress, polled; None in the embedded mode."""
         if self.settings.mode == "embedded":
             return None
-        return PolledProgress(self.read_models)
+        return PolledProgress(self.read_models, fence=self._fence())
+
+    def _fence(self) -> Callable[[], object] | None:
+        """What a poller calls before it publishes progress: the near cache's fence, if any."""
+        from eventkeep.projections.near_cache import NearCache
+
+        return self.cache.fence if isinstance(self.cache, NearCache) else None
 
     @cached_property
     def queries(self) -> Queries:
@@ -189,7 +205,7 @@ class Eventkeep:
         # A standby is read-only: no migration; its tables and progress arrive by replication.
         # A short pool timeout: a replica gone sends its queries to the primary within a second.
         standby = PostgresDatabase(url, timeout=1.0)
-        health = ReplicaHealth(PolledProgress(ReadModels(standby)))
+        health = ReplicaHealth(PolledProgress(ReadModels(standby), fence=self._fence()))
         database = FallbackDatabase(standby, primary.models.db, health)
         replica = Queries(ReadModels(database), primary.cache, health.progress)
         return ReplicaReads(primary, replica, health, wait=self.settings.replica_wait)
@@ -272,6 +288,8 @@ class Eventkeep:
             built["feed"].stop()
         if built.get("progress") is not None:
             built["progress"].stop()
+        if hasattr(built.get("cache"), "close"):
+            built["cache"].close()  # the near cache's tracking thread
         for name in ("read_models", "keys", "shop"):
             if name in built:
                 built[name].close()

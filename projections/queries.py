@@ -38,9 +38,16 @@ class PolledProgress:
     """
 
     def __init__(
-        self, models: ReadModels, interval: float = 0.01, idle_interval: float = 0.1
+        self,
+        models: ReadModels,
+        interval: float = 0.01,
+        idle_interval: float = 0.1,
+        fence: Callable[[], object] | None = None,
     ) -> None:
         self._models = models
+        # Called after each read, before its values are published (the near cache's: every
+        # tombstone the progress covers has reached this process's local copies).
+        self._fence = fence
         self._interval = interval
         self._idle_interval = idle_interval
         self._positions: dict[str, int] = {}
@@ -88,10 +95,13 @@ class PolledProgress:
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):  # the store is down: queries say so
                 progress = self._models.progress_by_name()
+                quarantined = self._models.quarantined_streams()
+                if self._fence is not None:
+                    self._fence()
                 self._positions = {name: position_of(p) for name, p in progress.items()}
                 self._cached = {name: cache_position_of(p) for name, p in progress.items()}
                 self._generations = {name: p.get(GENERATION, 0) for name, p in progress.items()}
-                self._quarantined = self._models.quarantined_streams()
+                self._quarantined = quarantined
                 self.read_at = time.monotonic()
             hot = time.monotonic() - self._wanted_at < HOT_SECONDS
             self._wake.wait(self._interval if hot else self._idle_interval)

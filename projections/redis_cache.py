@@ -87,7 +87,12 @@ class RedisCache:
         self._pending: dict[tuple[int, str, str], int] = {}
         self._lock = threading.Lock()
 
-    def _key(self, generation: int, kind: str, row_id: str) -> str:
+    @property
+    def key_prefix(self) -> str:
+        """What every entry's key starts with."""
+        return f"{self._namespace}:"
+
+    def key(self, generation: int, kind: str, row_id: str) -> str:
         return f"{self._namespace}:{generation}:{kind}:{row_id}"
 
     async def get_async(self, kind: str, row_id: str, generation: int) -> bytes | None:
@@ -102,7 +107,7 @@ class RedisCache:
             if pool.connection_class is redis.asyncio.SSLConnection:
                 pool.connection_class = _SharedContextConnection
         try:
-            return _body(await client.get(self._key(generation, kind, row_id)))
+            return _body(await client.get(self.key(generation, kind, row_id)))
         except redis.RedisError:
             return None
 
@@ -130,7 +135,7 @@ class RedisCache:
         value = str(version).encode() + b"|" + body
         with contextlib.suppress(redis.RedisError):  # the next miss reads the read model again
             self._fill(
-                keys=[self._key(generation, kind, row_id)],
+                keys=[self.key(generation, kind, row_id)],
                 args=[version, value, TTL_SECONDS],
             )
 
@@ -150,7 +155,7 @@ class RedisCache:
                 with self._redis.pipeline(transaction=False) as pipe:
                     for key, version in self._pending.items():
                         self._forget(
-                            keys=[self._key(*key)],
+                            keys=[self.key(*key)],
                             args=[version, TTL_SECONDS],
                             client=pipe,
                         )

@@ -139,3 +139,62 @@ def test_the_docs_load_nothing_from_elsewhere(anonymous: TestClient) -> None:
     assert bundle.headers["Content-Type"].startswith("text/javascript")
     assert anonymous.get("/docs/assets/..%2Fcore.py").status_code == 404
     assert anonymous.get("/redoc").status_code == 404
+
+
+def _reference_headers(given: list[tuple[bytes, bytes]], correlation_id: str) -> list[Any]:
+    """The answer's headers as the general path writes them (one MutableHeaders pass per
+    header): what the layers' quick path for the common answer must write byte for byte."""
+    from starlette.datastructures import MutableHeaders
+
+    from eventkeep.api.headers import ALWAYS, API_POLICY
+
+    message: dict[str, Any] = {"type": "http.response.start", "headers": list(given)}
+    headers = MutableHeaders(scope=message)
+    for name, value in ALWAYS.items():
+        headers[name] = value
+    if "cache-control" not in headers:
+        headers["cache-control"] = "no-store"
+    if "content-security-policy" not in headers:
+        headers["content-security-policy"] = API_POLICY
+    MutableHeaders(scope=message)["X-Correlation-ID"] = correlation_id
+    return message["headers"]
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        [(b"content-type", b"application/json"), (b"x-projection-position", b"7")],
+        [(b"content-type", b"text/plain"), (b"cache-control", b"public, max-age=60")],
+        [(b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"default-src 'self'")],
+        [(b"x-correlation-id", b"set-by-the-route"), (b"content-length", b"2")],
+        [],
+    ],
+)
+def test_the_security_and_correlation_headers_are_written_as_the_general_path_writes_them(
+    given: list[tuple[bytes, bytes]],
+) -> None:
+    """SecurityHeaders and CorrelationId append their headers at once to an answer that names
+    none of them (most answers); the result is byte for byte what their general path writes."""
+    from eventkeep.api.correlation import CorrelationId
+    from eventkeep.api.headers import SecurityHeaders
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": list(given)})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/products",
+        "headers": [(b"x-correlation-id", b"client-id-1")],
+    }
+    asyncio.run(CorrelationId(SecurityHeaders(route))(scope, receive, send))
+    assert sent[0]["headers"] == _reference_headers(given, "client-id-1")

@@ -16,11 +16,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from eventkeep.api.bootstrap import Wiring
+from eventkeep.api.app import create_app
+from eventkeep.api.bootstrap import Wiring, wire
 from eventkeep.api.fast_reads import BY_ID, SEARCH
 from eventkeep.api.keys import Role
 from eventkeep.api.ratelimit import LocalLimiter
 from eventkeep.api.routes import products as product_routes
+from eventkeep.projections.near_cache import NearCache
 from eventkeep.projections.readmodel import ReadModelQueries
 from tests.api.shopping import USER, answer, create_product, register
 
@@ -80,6 +82,46 @@ def test_erasure_leaves_the_cached_answers(
     shown = client.get(path).json()  # through the cache again: refilled with the erased row
     assert (shown["email"], shown["first_name"], shown["last_name"]) == (None, None, None)
     assert email not in (cached(wiring, "user", "users", user["id"]) or b"")
+
+
+@pytest.mark.parametrize("wiring", ["distributed"], indirect=True)  # one process if embedded
+def test_an_erased_user_is_served_from_no_workers_near_copy(
+    client: TestClient, wiring: Wiring, bearer: Callable[[Role], dict[str, str]]
+) -> None:
+    """Each API worker keeps Redis's answers near (projections/near_cache.py); once a worker
+    shows the erasure's position as its cache position, neither its answer nor its near copy
+    holds the erased data, whichever worker the erasure went through."""
+    user = register(client)
+    path = f"/v1/users/{user['id']}"
+    email = USER["email"].encode()
+    assert client.get(path, headers={"X-Min-Position": str(user["position"])}).status_code == 200
+    assert wiring.built is not None
+    other = wire(wiring.built.settings)  # a second worker of the same deployment
+    try:
+        with TestClient(create_app(other), headers=bearer(Role.admin)) as second:
+            workers = ((client, wiring), (second, other))
+            for reader, worker in workers:
+                cache = worker.queries.cache
+                assert isinstance(cache, NearCache)
+                generation = worker.queries.progress.generation_of("users")
+                poll(
+                    lambda r=reader, c=cache, g=generation: (
+                        email in r.get(path).content
+                        and email in (c.near("user", user["id"], g) or b"")
+                    ),
+                    "the user's answer kept near",
+                )
+            erased = answer(client.delete(f"{path}/personal-data", headers=bearer(Role.admin)))
+            for reader, worker in workers:
+                progress = worker.queries.progress
+                poll(lambda p=progress: p.cache_position_of("users") >= erased["position"], "it")
+                generation = progress.generation_of("users")
+                cache = worker.queries.cache
+                assert isinstance(cache, NearCache)
+                assert email not in (cache.near("user", user["id"], generation) or b"")
+                assert email not in reader.get(path).content
+    finally:
+        other.close()
 
 
 def test_a_revoked_key_is_refused_even_for_a_cached_answer(

@@ -2,7 +2,8 @@
 second only while a reader waits for a position, and about 10 times a second otherwise (it
 once polled at 100 Hz all the time: two queries each, a thread taking the event loop's GIL);
 a wait that starts after an idle spell sees a position the projector just recorded at once,
-not after the idle interval. On real PostgreSQL."""
+not after the idle interval; a position is published only once the near cache's fence has
+passed. On real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -83,3 +84,26 @@ def test_a_wait_after_an_idle_spell_sees_the_new_position_at_once(models: ReadMo
         progress.stop()
     assert reached == 7
     assert waited < IDLE_INTERVAL * 20 / 3, waited  # woken, not left to its 10 s interval
+
+
+def test_a_position_is_published_only_after_the_fence(models: ReadModels) -> None:
+    """The near cache's fence runs after each read and before its values are published: a
+    worker shows no position whose cache tombstones its near copies may not have seen yet."""
+    import threading
+
+    passed = threading.Event()
+    progress = PolledProgress(
+        models, interval=0.01, idle_interval=0.05, fence=lambda: passed.wait(30)
+    )
+    try:
+        models.apply([], {"log": 9})
+        time.sleep(0.3)  # read many times meanwhile, never past the fence
+        assert progress.position_of("users") == 0
+        passed.set()
+        deadline = time.monotonic() + 10
+        while progress.position_of("users") != 9:
+            assert time.monotonic() < deadline, "the position after the fence"
+            time.sleep(0.01)
+    finally:
+        passed.set()
+        progress.stop()
