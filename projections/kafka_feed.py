@@ -13,7 +13,9 @@
 - Messages carry events as stored, personal fields sealed: each batch is opened with the
   store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
   upcast. A field whose key was erased reads as null, so a topic replayed from offset 0 after
-  an erasure puts no personal data back in the read models.
+  an erasure puts no personal data back in the read models. The keys of streams opened before
+  are kept (`OpeningKeys`): a stream's own key only, dropped from the batch that holds its
+  erasure on, and all of them whenever partitions are assigned or caught up from the store.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.feed_mac import refusal
-from eventkeep.eventstore.pii import PersonalData
+from eventkeep.eventstore.pii import OpeningKeys, PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
@@ -96,8 +98,10 @@ class KafkaProjector:
         refused_keep: int = 10_000,
     ) -> None:
         self._models = models
-        # Opens the messages' sealed fields (None: no secret, nothing was sealed).
-        self._personal = personal
+        # Opens the messages' sealed fields (None: no secret, nothing was sealed), with the data
+        # keys of the streams it opened before kept (dropped when it sees their erasure).
+        self._keys = OpeningKeys(personal) if personal is not None else None
+        self._read_sealed = models.read_sealed()
         self._refused_keep = refused_keep  # refused messages kept for the operator
         self._store = store  # the event store: catch-ups Kafka cannot give
         self._cache = cache
@@ -163,6 +167,9 @@ class KafkaProjector:
         pending = {p: o for p, o in pending.items() if p in consumer.assignment()}
         if not pending:
             return
+        # Another process may have read these partitions meanwhile, erasures included: the
+        # kept keys are asked of the table again (no record of them was applied yet: paused).
+        self.forget_kept_keys()
         beginning = consumer.beginning_offsets(list(pending))
         unaccounted = [
             p for p, offset in pending.items() if offset is None or offset < beginning[p]
@@ -181,6 +188,7 @@ class KafkaProjector:
             for partition in partitions:
                 consumer.seek_to_beginning(partition)
             return
+        self.forget_kept_keys()  # the store's events, erasures included, bypass the feed
         start = self._models.position()
         # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread; far
         # behind on PostgreSQL, in worker processes by stream type (projections/bulk_workers.py).
@@ -317,9 +325,15 @@ class KafkaProjector:
         observe_applied(self._models.names, envelopes)
 
     def _opened(self, envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self._personal is None or not envelopes:
+        if self._keys is None or not envelopes:
             return envelopes
-        return self._personal.open_envelopes(envelopes)
+        # Only the event types a read model reads the personal fields of: a stock adjustment's
+        # reason (which nothing shows) cost a data-key query per batch at P2's load.
+        return self._keys.open_envelopes(envelopes, only=self._read_sealed)
+
+    def forget_kept_keys(self) -> None:
+        if self._keys is not None:
+            self._keys.clear()
 
 
 def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:
