@@ -526,11 +526,24 @@ class ReadModels:
         return stale
 
     def position(self, name: str | None = None) -> int:
-        """Every event at or below this position is applied (to `name`, or to all)."""
-        progress = self.progress_by_name()
-        if name is not None:
-            return position_of(progress[name])
-        return min((position_of(p) for p in progress.values()), default=0)
+        """Every event at or below this position is applied (to `name`, or to all):
+        `position_of` each read model's progress, folded by the database into a row per read
+        model (pollers ask often: P2's watcher a thousand times a second, and reading every
+        progress row, ~220 with a Kafka feed of 18 partitions, cost 0.2 ms of CPU a call)."""
+        names = self.names if name is None else [name]
+        where, params = self.db.in_list("projection", names)
+        with self.db.reading() as cursor:
+            cursor.execute(
+                f"SELECT projection, max(CASE WHEN key = %s THEN value END) AS log,"
+                " min(CASE WHEN key LIKE %s THEN value END) AS mark"
+                f" FROM {self.table('progress')} WHERE {where} GROUP BY projection",
+                [LOG, "watermark:%", *params],
+            )
+            found = {
+                row["projection"]: max(row["log"] or 0, row["mark"] or 0)
+                for row in cursor.fetchall()
+            }
+        return min((found.get(name, 0) for name in names), default=0)
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Every row of every read model, in key order: to compare two builds of them."""
