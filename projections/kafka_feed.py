@@ -41,8 +41,12 @@ from eventkeep.projections.cache import Cache
 from eventkeep.projections.feed_refusals import RefusedMessage
 from eventkeep.projections.log_pages import EnvelopeLog
 from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.tombstones import TombstoneWriter
 
 log = logging.getLogger(__name__)
+
+# Batches whose watermarks wait for their cache tombstones, kept apart (beyond: merged).
+_UNSETTLED_KEPT = 64
 
 
 def offset_key(partition: TopicPartition) -> str:
@@ -111,9 +115,11 @@ class KafkaProjector:
         self.stopping = threading.Event()
         self._consumed: dict[TopicPartition, int] = {}  # next offset, per partition read
         self.applied = 0  # events applied by this process, for benchmarks and logs
-        # Watermarks whose cache tombstones may still wait for the cache, and those written
-        # (recorded with the next batch, or when idle).
-        self._unsettled: dict[str, int] = {}
+        # The cache's tombstones, written while the next batch is polled and applied.
+        self._tombstones = TombstoneWriter(cache)
+        # Watermarks whose cache tombstones may still wait (with their hand-over's ticket), and
+        # those written (recorded with the next batch, or when idle).
+        self._unsettled: list[tuple[int, dict[str, int]]] = []
         self._settled: dict[str, int] = {}
         # Partitions just assigned, with their stored offset, not yet accounted for.
         self.pending: dict[TopicPartition, int | None] = {}
@@ -146,11 +152,11 @@ class KafkaProjector:
         return RefusedMessage(message.topic, message.partition, message.offset, message.key, reason)
 
     def _settle(self) -> None:
-        """Once the cache holds every tombstone given to it, the watermarks of the batches
-        they came from are settled: recorded with the next batch's progress."""
-        if self._unsettled and self._cache.settled():
-            self._settled = _never_below(self._settled, self._unsettled)
-            self._unsettled = {}
+        """Once the cache holds a batch's tombstones (and every earlier one's), its watermarks
+        are settled: recorded with the next batch's progress."""
+        written = self._tombstones.written
+        while self._unsettled and self._unsettled[0][0] <= written:
+            self._settled = _never_below(self._settled, self._unsettled.pop(0)[1])
 
     def account_for(self, consumer: KafkaConsumer) -> None:
         """Resumes the partitions just assigned: each from its stored offset when Kafka still
@@ -230,6 +236,7 @@ class KafkaProjector:
             except Exception:  # a projector must outlive any one failure: log it, start over
                 log.exception("projector failed; resuming from the offsets stored with the rows")
                 self.stopping.wait(1.0)
+        self._tombstones.close()  # what the last batches handed over, written
 
     def _consume_until_stopped(self) -> None:
         ensure_topics(self._settings)
@@ -260,7 +267,7 @@ class KafkaProjector:
                     self.apply(records)
                     consumer.commit_async()
                 else:
-                    self._cache.forget(())  # tombstones a Redis outage held back
+                    self._tombstones.hand(())  # tombstones a Redis outage held back
                     self._settle()
                     if self._settled:
                         self._models.apply([], self._settled)
@@ -318,8 +325,10 @@ class KafkaProjector:
         self._models.record_refused(refused, self._refused_keep)
         changes = self._models.apply(envelopes, progress | self._settled)
         self._settled = {}
-        self._cache.forget(changes)
-        self._unsettled |= marks
+        self._unsettled.append((self._tombstones.hand(changes), marks))
+        if len(self._unsettled) > _UNSETTLED_KEPT:  # Redis away: the oldest two kept as one
+            (_, first), (ticket, second) = self._unsettled[:2]
+            self._unsettled[:2] = [(ticket, _never_below(first, second))]
         self._settle()
         self.applied += len(envelopes)
         observe_applied(self._models.names, envelopes)

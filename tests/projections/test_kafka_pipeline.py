@@ -19,6 +19,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
@@ -46,6 +47,7 @@ from tests.faults.load import (
     recovered_within,
     until_kafka_serves_groups,
 )
+from tests.faults.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.services
 
@@ -228,6 +230,63 @@ def test_a_projector_asks_for_a_data_key_only_for_what_it_shows_once_per_stream(
     asked = [stream for streams in table.asked for stream in streams]
     assert set(asked) <= set(users)  # users only: no product's, no order's
     assert len(asked) == len(set(asked)) == len(users)  # each once
+
+
+def cached_position(models: ReadModels) -> int:
+    """Up to which watermark every partition's cache tombstones are written (`cached:`)."""
+    return min(
+        value
+        for progress in models.progress_by_name().values()
+        for key, value in progress.items()
+        if key.startswith("cached:")
+    )
+
+
+def test_a_projector_applies_its_batches_while_redis_is_silent(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    """Redis silent (connections open, no answer; its timeout set to 30 s): the projector
+    goes on applying batches, their tombstones waiting in a thread of their own, while its
+    `cached:` watermarks stay where they were (X-Min-Position reads past the cache); once
+    Redis answers, the tombstones are written and those watermarks reach the head."""
+    assert settings.redis_url is not None
+    proxy = TcpProxy.to(settings.redis_url.get_secret_value())
+    through = settings.model_copy(
+        update={
+            "redis_url": SecretStr(proxy.url(settings.redis_url.get_secret_value())),
+            "redis_timeout": 30.0,
+        }
+    )
+    try:
+        threads.start(build_relay(settings, wiring.shop))
+        personal = event_recorder(wiring.shop).personal_data
+        threads.start(build_projector(through, projector_models, personal=personal))
+        create_product(client, sku=uuid.uuid4().hex[:12])
+        wait_until_projected(wiring)
+        head = wiring.shop.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + 30
+        while cached_position(projector_models) < head:  # Redis in use through the proxy
+            assert time.monotonic() < deadline, "tombstones never written"
+            time.sleep(0.1)
+
+        proxy.freeze()
+        for _ in range(3):
+            create_product(client, sku=uuid.uuid4().hex[:12])
+        wait_until_projected(wiring, timeout=10)  # a batch waiting for Redis would take 30 s
+        head = wiring.shop.recorder.max_notification_id() or 0
+        assert cached_position(projector_models) < head
+
+        proxy.thaw()
+        deadline = time.monotonic() + 30
+        while cached_position(projector_models) < head:
+            assert time.monotonic() < deadline, "tombstones not written after Redis answered"
+            time.sleep(0.1)
+    finally:
+        proxy.close()
 
 
 def process_env(settings: Settings) -> dict[str, str]:
