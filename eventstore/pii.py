@@ -25,7 +25,8 @@ a new stream has no key and cannot have been erased. The writer keeps the keys i
 fetched for sealing, so a later event of the stream asks nothing either; only a stream it
 never saw (made by another process, or before it started) costs one fetch of its key.
 
-The relay publishes events as stored (sealed); a projector opens them with `open_envelopes`.
+The relay publishes events as stored (sealed); a projector opens them with `open_envelopes`,
+keeping the keys of the streams it opened (`OpeningKeys`: dropped when it sees their erasure).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import base64
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -55,6 +56,8 @@ NONCE = 12
 # Data keys a writer keeps for sealing, so that an append of a stream it sealed for before
 # costs no query (the write path's promise: no round trip before deciding).
 SEALING_KEYS_KEPT = 50_000
+# Data keys a feed's reader keeps for opening (`OpeningKeys`).
+OPENING_KEYS_KEPT = 50_000
 E = TypeVar("E", bound=StoredEvent)
 
 
@@ -128,7 +131,8 @@ class PersonalData:
         self._keyed_streams = personal.keyed_streams
         self.erasing_event = personal.erasing_event
         # Only for sealing, never for opening: a key erased meanwhile by another process seals
-        # what nobody can open any more (as good as erased); opening always asks the table.
+        # what nobody can open any more (as good as erased); opening asks the table, unless a
+        # feed's reader, who sees each erasure in order, keeps keys (`OpeningKeys`).
         self._sealing: OrderedDict[str, AESGCM] = OrderedDict()
         self._sealing_lock = threading.Lock()
 
@@ -222,38 +226,60 @@ class PersonalData:
             for e in events
         ]
 
-    def open_envelopes(self, envelopes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def open_envelopes(
+        self,
+        envelopes: Sequence[dict[str, Any]],
+        kept: OpeningKeys | None = None,
+        *,
+        only: Container[str] | None = None,
+    ) -> list[dict[str, Any]]:
         """Export envelopes (as the relay publishes them, sealed) with their personal fields
-        readable, or null where the key was erased."""
+        readable, or null where the key was erased; `kept`: a feed reader's kept keys
+        (`OpeningKeys`), else every key is asked of the table; `only`: the event types to
+        open (what the reader reads), the others left sealed as published."""
         # Only the events with personal fields are visited: the bulk readers of the log open
         # pages of thousands of events, most of which have none.
         answer = list(envelopes)
-        personal = [(i, e) for i, e in enumerate(answer) if e["event_type"] in self._fields]
-        opened = self._opened(
-            [(e["event_type"], e["stream_id"], e["data"]) for _, e in personal], {}
-        )
+        personal = [
+            (i, e)
+            for i, e in enumerate(answer)
+            if e["event_type"] in self._fields and (only is None or e["event_type"] in only)
+        ]
+        events = [(e["event_type"], e["stream_id"], e["data"]) for _, e in personal]
+        opened = self._opened(events, {}, kept)
         for (i, e), data in zip(personal, opened, strict=True):
             if data is not None:
                 answer[i] = {**e, "data": data}
         return answer
 
     def _opened(
-        self, events: Sequence[tuple[str, str, dict[str, Any]]], known: Mapping[str, AESGCM]
+        self,
+        events: Sequence[tuple[str, str, dict[str, Any]]],
+        known: Mapping[str, AESGCM],
+        kept: OpeningKeys | None = None,
     ) -> list[dict | None]:
-        """Each event's data opened (None: it has no personal field); the keys not `known`
-        are fetched."""
+        """Each event's data opened (None: it has no personal field): with the keys `known`,
+        then those `kept` keeps, else fetched."""
         owners = [
             self._owner(topic, stream, data) if topic in self._fields else None
             for topic, stream, data in events
         ]
-        wanted = {o for o in owners if o is not None} - known.keys()
-        keys = {**known, **(self._unwrapped(self._keys.fetch(wanted)) if wanted else {})}
+        if kept is not None:
+            own = {o for (_, stream, _), o in zip(events, owners, strict=True) if o == stream}
+            keys = kept.keys_for({o for o in owners if o is not None} - known.keys(), own)
+        else:
+            keys = self.fetched({o for o in owners if o is not None} - known.keys())
+        keys = {**known, **keys}
         return [
             self._map_fields(topic, data, partial(_open, keys.get(owner or ""), stream))
             if topic in self._fields
             else None
             for (topic, stream, data), owner in zip(events, owners, strict=True)
         ]
+
+    def fetched(self, streams: set[str]) -> dict[str, AESGCM]:
+        """The data keys of `streams` the table holds (an erased stream's is gone)."""
+        return self._unwrapped(self._keys.fetch(streams)) if streams else {}
 
     def _owner(self, event_type: str, stream_id: str, data: Mapping[str, Any]) -> str | None:
         """The stream whose key seals the event's personal fields (None: no stream named)."""
@@ -324,6 +350,61 @@ class PersonalData:
 
     def _unwrap(self, wrapped: bytes, stream_id: str) -> bytes:
         return self._kek.decrypt(wrapped[:NONCE], wrapped[NONCE:], stream_id.encode())
+
+
+class OpeningKeys:
+    """Data keys kept by one reader of the published feed (a projector), so that a batch of
+    events of streams it opened before asks the table nothing. Erasure still wins, from the
+    moment the reader sees it, because of what it reads, in order:
+
+    - Only a stream's own key, for its own events, is kept: its erasing event travels in the
+      same partition (keyed by stream id), after them. A key that seals another stream's
+      event (an order's cancellation under its user's) is asked of the table each time: that
+      user's erasure may be in a partition another process reads.
+    - A batch holding a stream's erasing event drops the stream's kept key before anything of
+      the batch is opened (the table no longer has it: its fields read as null), and a key the
+      table no longer has is dropped whenever a batch asks for it.
+    - The reader calls `clear()` whenever it may have skipped part of a partition (partitions
+      assigned, a catch-up from the event store): it then asks the table again.
+
+    Not thread-safe: one reader's loop owns it."""
+
+    def __init__(self, personal: PersonalData, limit: int = OPENING_KEYS_KEPT) -> None:
+        self._personal = personal
+        self._limit = limit
+        self._kept: OrderedDict[str, AESGCM] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    def open_envelopes(
+        self, envelopes: Sequence[dict[str, Any]], *, only: Container[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """`PersonalData.open_envelopes` with the kept keys; see the class."""
+        erasing = self._personal.erasing_event
+        for envelope in envelopes:
+            if envelope["event_type"] == erasing:
+                self._kept.pop(envelope["stream_id"], None)
+        return self._personal.open_envelopes(envelopes, self, only=only)
+
+    def keys_for(self, wanted: set[str], own: set[str]) -> dict[str, AESGCM]:
+        """The keys of the `wanted` streams: the kept ones of `own` (streams whose own events
+        want them, and no other event), the others from the table (then kept if in `own`)."""
+        others = wanted - own
+        kept = {stream: self._kept[stream] for stream in own - others if stream in self._kept}
+        for stream in kept:
+            self._kept.move_to_end(stream)
+        asked = wanted - kept.keys()
+        fetched = self._personal.fetched(asked)
+        for stream in asked - fetched.keys():  # erased: never kept again
+            self._kept.pop(stream, None)
+        self._kept.update((stream, key) for stream, key in fetched.items() if stream in own)
+        while len(self._kept) > self._limit:
+            self._kept.popitem(last=False)
+        return kept | fetched
 
 
 def _context(stream_id: str, name: str) -> bytes:

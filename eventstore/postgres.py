@@ -41,7 +41,7 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
-from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent
+from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent, note_given_back
 from eventkeep.eventstore.recorder import (
     Argument,
     ColumnType,
@@ -447,6 +447,8 @@ class PostgresFactory(RecorderFactory, library_postgres.PostgresFactory):
             # The pool's check (not yet opened); in a long-running loop, not at every checkout.
             loop = self.env.get(self.POOL_CHECKS) == "unless_recent"
             self.datastore.pool._check = check_unless_recent if loop else check_and_sweep
+            if loop:
+                self.datastore.pool._reset = note_given_back
 
 
 Factory = PostgresFactory

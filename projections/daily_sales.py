@@ -28,6 +28,7 @@ SALES = "daily_sales"
 class DailySales(ReadModel):
     name = "daily_sales"
     stream_type = "Order"
+    leaves_sealed = frozenset({"OrderCancelled"})  # its reason is not counted
     row_table = "daily_sales_orders"
     columns = ("id", "version", "status", "currency", "lines", "updated_at")
     json_columns = frozenset({"lines"})

@@ -118,6 +118,7 @@ class PostgresDatabase:
         pool_size: int = 4,
         timeout: float = 5.0,
         check: Callable[[psycopg.Connection[Any]], None] = check_and_sweep,
+        reset: Callable[[psycopg.Connection[Any]], None] | None = None,
     ) -> None:
         self.url = url  # for another process to open it (a rebuild's workers)
         self._pool = ConnectionPool(
@@ -128,6 +129,7 @@ class PostgresDatabase:
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
             check=check,  # dead connections (a PostgreSQL restart) never lent
+            reset=reset,
             configure=_plan_for_memory,
         )
 

@@ -13,7 +13,9 @@
 - Messages carry events as stored, personal fields sealed: each batch is opened with the
   store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
   upcast. A field whose key was erased reads as null, so a topic replayed from offset 0 after
-  an erasure puts no personal data back in the read models.
+  an erasure puts no personal data back in the read models. The keys of streams opened before
+  are kept (`OpeningKeys`): a stream's own key only, dropped from the batch that holds its
+  erasure on, and all of them whenever partitions are assigned or caught up from the store.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from kafka.errors import KafkaError
 
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.feed_mac import refusal
-from eventkeep.eventstore.pii import PersonalData
+from eventkeep.eventstore.pii import OpeningKeys, PersonalData
 from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
@@ -39,8 +41,12 @@ from eventkeep.projections.cache import Cache
 from eventkeep.projections.feed_refusals import RefusedMessage
 from eventkeep.projections.log_pages import EnvelopeLog
 from eventkeep.projections.readmodels import ReadModels
+from eventkeep.projections.tombstones import TombstoneWriter
 
 log = logging.getLogger(__name__)
+
+# Batches whose watermarks wait for their cache tombstones, kept apart (beyond: merged).
+_UNSETTLED_KEPT = 64
 
 
 def offset_key(partition: TopicPartition) -> str:
@@ -96,8 +102,10 @@ class KafkaProjector:
         refused_keep: int = 10_000,
     ) -> None:
         self._models = models
-        # Opens the messages' sealed fields (None: no secret, nothing was sealed).
-        self._personal = personal
+        # Opens the messages' sealed fields (None: no secret, nothing was sealed), with the data
+        # keys of the streams it opened before kept (dropped when it sees their erasure).
+        self._keys = OpeningKeys(personal) if personal is not None else None
+        self._read_sealed = models.read_sealed()
         self._refused_keep = refused_keep  # refused messages kept for the operator
         self._store = store  # the event store: catch-ups Kafka cannot give
         self._cache = cache
@@ -107,9 +115,11 @@ class KafkaProjector:
         self.stopping = threading.Event()
         self._consumed: dict[TopicPartition, int] = {}  # next offset, per partition read
         self.applied = 0  # events applied by this process, for benchmarks and logs
-        # Watermarks whose cache tombstones may still wait for the cache, and those written
-        # (recorded with the next batch, or when idle).
-        self._unsettled: dict[str, int] = {}
+        # The cache's tombstones, written while the next batch is polled and applied.
+        self._tombstones = TombstoneWriter(cache)
+        # Watermarks whose cache tombstones may still wait (with their hand-over's ticket), and
+        # those written (recorded with the next batch, or when idle).
+        self._unsettled: list[tuple[int, dict[str, int]]] = []
         self._settled: dict[str, int] = {}
         # Partitions just assigned, with their stored offset, not yet accounted for.
         self.pending: dict[TopicPartition, int | None] = {}
@@ -142,11 +152,11 @@ class KafkaProjector:
         return RefusedMessage(message.topic, message.partition, message.offset, message.key, reason)
 
     def _settle(self) -> None:
-        """Once the cache holds every tombstone given to it, the watermarks of the batches
-        they came from are settled: recorded with the next batch's progress."""
-        if self._unsettled and self._cache.settled():
-            self._settled = _never_below(self._settled, self._unsettled)
-            self._unsettled = {}
+        """Once the cache holds a batch's tombstones (and every earlier one's), its watermarks
+        are settled: recorded with the next batch's progress."""
+        written = self._tombstones.written
+        while self._unsettled and self._unsettled[0][0] <= written:
+            self._settled = _never_below(self._settled, self._unsettled.pop(0)[1])
 
     def account_for(self, consumer: KafkaConsumer) -> None:
         """Resumes the partitions just assigned: each from its stored offset when Kafka still
@@ -163,6 +173,9 @@ class KafkaProjector:
         pending = {p: o for p, o in pending.items() if p in consumer.assignment()}
         if not pending:
             return
+        # Another process may have read these partitions meanwhile, erasures included: the
+        # kept keys are asked of the table again (no record of them was applied yet: paused).
+        self.forget_kept_keys()
         beginning = consumer.beginning_offsets(list(pending))
         unaccounted = [
             p for p, offset in pending.items() if offset is None or offset < beginning[p]
@@ -181,6 +194,7 @@ class KafkaProjector:
             for partition in partitions:
                 consumer.seek_to_beginning(partition)
             return
+        self.forget_kept_keys()  # the store's events, erasures included, bypass the feed
         start = self._models.position()
         # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread; far
         # behind on PostgreSQL, in worker processes by stream type (projections/bulk_workers.py).
@@ -222,6 +236,7 @@ class KafkaProjector:
             except Exception:  # a projector must outlive any one failure: log it, start over
                 log.exception("projector failed; resuming from the offsets stored with the rows")
                 self.stopping.wait(1.0)
+        self._tombstones.close()  # what the last batches handed over, written
 
     def _consume_until_stopped(self) -> None:
         ensure_topics(self._settings)
@@ -252,7 +267,7 @@ class KafkaProjector:
                     self.apply(records)
                     consumer.commit_async()
                 else:
-                    self._cache.forget(())  # tombstones a Redis outage held back
+                    self._tombstones.hand(())  # tombstones a Redis outage held back
                     self._settle()
                     if self._settled:
                         self._models.apply([], self._settled)
@@ -310,16 +325,24 @@ class KafkaProjector:
         self._models.record_refused(refused, self._refused_keep)
         changes = self._models.apply(envelopes, progress | self._settled)
         self._settled = {}
-        self._cache.forget(changes)
-        self._unsettled |= marks
+        self._unsettled.append((self._tombstones.hand(changes), marks))
+        if len(self._unsettled) > _UNSETTLED_KEPT:  # Redis away: the oldest two kept as one
+            (_, first), (ticket, second) = self._unsettled[:2]
+            self._unsettled[:2] = [(ticket, _never_below(first, second))]
         self._settle()
         self.applied += len(envelopes)
         observe_applied(self._models.names, envelopes)
 
     def _opened(self, envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self._personal is None or not envelopes:
+        if self._keys is None or not envelopes:
             return envelopes
-        return self._personal.open_envelopes(envelopes)
+        # Only the event types a read model reads the personal fields of: a stock adjustment's
+        # reason (which nothing shows) cost a data-key query per batch at P2's load.
+        return self._keys.open_envelopes(envelopes, only=self._read_sealed)
+
+    def forget_kept_keys(self) -> None:
+        if self._keys is not None:
+            self._keys.clear()
 
 
 def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:

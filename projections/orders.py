@@ -17,6 +17,7 @@ from eventkeep.projections.readmodel import (
 class Orders(ReadModel):
     name = "orders"
     stream_type = "Order"
+    leaves_sealed = frozenset({"OrderCancelled"})  # its reason is not shown
     cache_kind = "order"
     columns = (
         "id", "version", "user_id", "status", "total_cents", "currency", "lines", "placed_at",

@@ -42,6 +42,7 @@ WALK_PER_ROW = 50
 class Products(ReadModel):
     name = "products"
     stream_type = "Product"
+    leaves_sealed = frozenset({"ProductStockAdjusted"})  # its reason is not shown
     cache_kind = "product"
     columns = (
         "id", "version", "sku", "name", "description", "category", "price_cents", "currency",

@@ -113,6 +113,9 @@ class ReadModel:
     row_table: ClassVar[str | None] = None  # that table's name, when it is not `name`
     json_columns: ClassVar[frozenset[str]] = frozenset()  # stored as JSON text
     cache_kind: ClassVar[str | None] = None  # cache namespace of by-id reads; None: not cached
+    # Event types it applies without reading their personal fields (docs/events.md): the Kafka
+    # projector leaves those sealed when no other read model reads them, and asks no data key.
+    leaves_sealed: ClassVar[frozenset[str]] = frozenset()
     appliers: ClassVar[dict[str, Apply]]
     _json_at: ClassVar[tuple[tuple[int, str], ...]]  # the JSON columns, by place in `columns`
 

@@ -21,7 +21,7 @@ import orjson
 import psycopg
 
 from eventkeep.domain.catalog import ERASING_EVENT
-from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent
+from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent, note_given_back
 from eventkeep.metrics import QUARANTINE_SIZE, QUARANTINED
 from eventkeep.projections import feed_refusals
 from eventkeep.projections.database import Database, PostgresDatabase, SqliteDatabase
@@ -85,14 +85,29 @@ class ReadModels:
         """`long_running`: for a projector's loop, its connections checked only when not used
         for a second (eventstore/pools.py `check_unless_recent`)."""
         if postgres_url is not None:
-            check = check_unless_recent if long_running else check_and_sweep
-            return cls(PostgresDatabase(postgres_url, check=check), prefix)
+            if long_running:
+                database = PostgresDatabase(
+                    postgres_url, check=check_unless_recent, reset=note_given_back
+                )
+            else:
+                database = PostgresDatabase(postgres_url, check=check_and_sweep)
+            return cls(database, prefix)
         assert sqlite_path is not None, "give sqlite_path or postgres_url"
         return cls(SqliteDatabase(sqlite_path), prefix)
 
     @property
     def names(self) -> list[str]:
         return list(self.models)
+
+    def read_sealed(self) -> frozenset[str]:
+        """The event types some read model applies reading their personal fields (all those
+        it applies but does not list in `leaves_sealed`): the only ones worth opening."""
+        return frozenset(
+            event_type
+            for model in self.models.values()
+            for event_type in model.appliers
+            if event_type not in model.leaves_sealed
+        )
 
     def __getitem__(self, name: str) -> ReadModel:
         return self.models[name]
@@ -511,11 +526,24 @@ class ReadModels:
         return stale
 
     def position(self, name: str | None = None) -> int:
-        """Every event at or below this position is applied (to `name`, or to all)."""
-        progress = self.progress_by_name()
-        if name is not None:
-            return position_of(progress[name])
-        return min((position_of(p) for p in progress.values()), default=0)
+        """Every event at or below this position is applied (to `name`, or to all):
+        `position_of` each read model's progress, folded by the database into a row per read
+        model (pollers ask often: P2's watcher a thousand times a second, and reading every
+        progress row, ~220 with a Kafka feed of 18 partitions, cost 0.2 ms of CPU a call)."""
+        names = self.names if name is None else [name]
+        where, params = self.db.in_list("projection", names)
+        with self.db.reading() as cursor:
+            cursor.execute(
+                f"SELECT projection, max(CASE WHEN key = %s THEN value END) AS log,"
+                " min(CASE WHEN key LIKE %s THEN value END) AS mark"
+                f" FROM {self.table('progress')} WHERE {where} GROUP BY projection",
+                [LOG, "watermark:%", *params],
+            )
+            found = {
+                row["projection"]: max(row["log"] or 0, row["mark"] or 0)
+                for row in cursor.fetchall()
+            }
+        return min((found.get(name, 0) for name in names), default=0)
 
     def dump(self) -> dict[str, list[dict[str, Any]]]:
         """Every row of every read model, in key order: to compare two builds of them."""

@@ -152,18 +152,23 @@ class RedisCache:
             if not self._pending:
                 return
             try:
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for key, version in self._pending.items():
-                        self._forget(
-                            keys=[self.key(*key)],
-                            args=[version, TTL_SECONDS],
-                            client=pipe,
-                        )
-                    pipe.execute()
+                try:
+                    self._write_tombstones()
+                except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts flushed
+                    self._redis.script_load(_FORGET)
+                    self._write_tombstones()
             except redis.RedisError as error:
                 log.warning("%s cache tombstones wait for Redis: %s", len(self._pending), error)
                 return
             self._pending.clear()
+
+    def _write_tombstones(self) -> None:
+        """One round trip: the script by its digest (a script object given a pipeline asks
+        Redis first whether it has the script, a round trip more per batch)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for key, version in self._pending.items():
+                pipe.evalsha(self._forget.sha, 1, self.key(*key), version, TTL_SECONDS)
+            pipe.execute()
 
 
 def _body(value: bytes | str | None) -> bytes | None:

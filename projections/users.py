@@ -17,6 +17,7 @@ from eventkeep.projections.readmodel import (
 class Users(ReadModel):
     name = "users"
     stream_type = "User"
+    leaves_sealed = frozenset({"UserDeactivated"})  # its reason is not shown
     cache_kind = "user"
     columns = (
         "id", "version", "email", "first_name", "last_name", "status", "registered_at",

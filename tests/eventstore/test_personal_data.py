@@ -4,7 +4,7 @@ history still replays with the stored bytes unchanged while the personal fields 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from eventsourcing.utils import Environment
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.commands.messages import CommandContext, ErasePersonalData, RegisterUser
 from eventkeep.domain.user import User
-from eventkeep.eventstore.pii import MARK, PII_SECRET, SEALING_KEYS_KEPT, PersonalFields
+from eventkeep.eventstore.envelope import to_envelope
+from eventkeep.eventstore.pii import (
+    MARK,
+    PII_SECRET,
+    SEALING_KEYS_KEPT,
+    OpeningKeys,
+    PersonalData,
+    PersonalFields,
+)
 from eventkeep.eventstore.records import RecordedEvent
 from tests.eventstore.stores import drop_postgres_tables, postgres_env
 from tests.eventstore.test_one_trip import batches
@@ -295,4 +303,100 @@ def test_making_a_key_costs_the_same_with_a_writer_full_of_kept_keys(
     full = min(seconds_to_seal_new_streams() for _ in range(3))
 
     assert full < 5 * few + 0.05, (few, full)
+    factory.close()
+
+
+# --- a feed's reader keeps the keys it opened with, until it sees their erasure ----------------
+
+
+class CountingKeys:
+    """The store's own table of wrapped keys, noting the streams each fetch asks for."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.asked: list[set[str]] = []
+
+    def fetch(self, stream_ids: Iterable[str]) -> dict[str, bytes]:
+        wanted = set(stream_ids)
+        self.asked.append(wanted)
+        return self._table.fetch(wanted)
+
+    def add_missing(self, wrapped: dict[str, bytes]) -> None:
+        self._table.add_missing(wrapped)
+
+    def erased(self, stream_ids: Iterable[str], erasing_event: str) -> set[str]:
+        return self._table.erased(stream_ids, erasing_event)
+
+
+def published(store: Any) -> dict[tuple[UUID, int], dict[str, Any]]:
+    """Each event as the relay publishes it (sealed), by stream and version."""
+    return {
+        (e.originator_id, e.originator_version): to_envelope(e)
+        for e in store.select_notifications(None, 100, decrypt=False)
+    }
+
+
+def secrets(envelopes: list[dict[str, Any]]) -> list[Any]:
+    return [e["data"].get("secret") for e in envelopes]
+
+
+def test_a_feed_reader_keeps_a_streams_own_key_until_the_batch_that_erases_it(
+    store_env: dict[str, str],
+) -> None:
+    """A projector opens a stream's later events with the key it kept, asking the table
+    nothing; a field sealed under another stream's key is asked of the table every time (that
+    stream's erasure may be in a partition another process reads); from the batch holding the
+    erasure on, the key is never used again, and `clear()` forgets every kept key."""
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **SHARED.to_env()}))
+    store: Any = factory.application_recorder()
+    author, shared = uuid4(), uuid4()
+    store.insert_events([note(author, 1, "NoteWritten", {"secret": "mine"})])
+    store.insert_events([note(shared, 1, "NoteShared", {"secret": "s3", "author": str(author)})])
+    table = CountingKeys(store.personal_data._keys)
+    reader = OpeningKeys(PersonalData(store_env[PII_SECRET].encode(), table, SHARED))
+    feed = published(store)
+    own, other = feed[(author, 1)], feed[(shared, 1)]
+
+    assert secrets(reader.open_envelopes([own, other])) == ["mine", "s3"]
+    assert table.asked == [{str(author)}]
+    assert secrets(reader.open_envelopes([own])) == ["mine"]
+    assert len(table.asked) == 1  # kept: the table was not asked
+    assert secrets(reader.open_envelopes([other])) == ["s3"]
+    assert len(table.asked) == 2  # another stream's event: asked again
+
+    store.insert_events([note(author, 2, "NoteForgotten", {})])
+    erasure = published(store)[(author, 2)]
+    assert secrets(reader.open_envelopes([own])) == ["mine"]  # the erasure not seen yet
+    assert secrets(reader.open_envelopes([own, erasure])) == [None, None]  # seen: never again
+    assert secrets(reader.open_envelopes([own])) == [None]
+    assert table.asked[-1] == {str(author)}  # asked, and the table has it no more
+    assert len(reader) == 0
+
+    later = uuid4()
+    store.insert_events([note(later, 1, "NoteWritten", {"secret": "later"})])
+    assert secrets(reader.open_envelopes([published(store)[(later, 1)]])) == ["later"]
+    reader.clear()  # e.g. partitions assigned to the reader: another may have read them
+    asked = len(table.asked)
+    assert secrets(reader.open_envelopes([published(store)[(later, 1)]])) == ["later"]
+    assert len(table.asked) == asked + 1
+    factory.close()
+
+
+def test_a_feed_reader_leaves_sealed_the_event_types_it_does_not_read(
+    store_env: dict[str, str],
+) -> None:
+    """A stock adjustment's reason, which no read model shows: not opened, no key asked."""
+    factory = InfrastructureFactory.construct(Environment("", {**store_env, **SHARED.to_env()}))
+    store: Any = factory.application_recorder()
+    author, shared = uuid4(), uuid4()
+    store.insert_events([note(author, 1, "NoteWritten", {"secret": "mine"})])
+    store.insert_events([note(shared, 1, "NoteShared", {"secret": "s3", "author": str(author)})])
+    table = CountingKeys(store.personal_data._keys)
+    reader = OpeningKeys(PersonalData(store_env[PII_SECRET].encode(), table, SHARED))
+    feed = published(store)
+
+    [opened] = reader.open_envelopes([feed[(shared, 1)]], only={"NoteWritten"})
+
+    assert opened == feed[(shared, 1)] and opened["data"]["secret"].startswith(MARK)
+    assert table.asked == []
     factory.close()

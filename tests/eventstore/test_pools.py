@@ -1,6 +1,7 @@
 """The pools' checks on the real PostgreSQL: a connection whose backend was ended is never
 lent by `check_and_sweep`; `check_unless_recent` (the relay's and projectors' loops) lends a
-connection checked within the last second as it is, and checks one idle for longer."""
+connection checked or given back (`note_given_back`) within the last second as it is, and
+checks one idle for longer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from eventkeep.bootstrap import build
 from eventkeep.eventstore import pools
-from eventkeep.eventstore.pools import check_unless_recent
+from eventkeep.eventstore.pools import check_unless_recent, note_given_back
 from tests.api.conftest import SHOP_TABLES, distributed_settings
 from tests.commands.shopping import create_product
 from tests.commands.test_cached_aggregates import writer
@@ -24,8 +25,14 @@ from tests.eventstore.stores import drop_postgres_tables
 pytestmark = pytest.mark.services
 
 
-def pool_of(url: str, check: Callable[[psycopg.Connection[Any]], None]) -> ConnectionPool:
-    return ConnectionPool(url, min_size=1, max_size=1, timeout=10, check=check, open=True)
+def pool_of(
+    url: str,
+    check: Callable[[psycopg.Connection[Any]], None],
+    reset: Callable[[psycopg.Connection[Any]], None] | None = None,
+) -> ConnectionPool:
+    return ConnectionPool(
+        url, min_size=1, max_size=1, timeout=10, check=check, reset=reset, open=True
+    )
 
 
 def backend_of(pool: ConnectionPool) -> int:
@@ -56,7 +63,7 @@ def test_a_connection_idle_past_the_delay_is_checked_before_it_is_lent(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pools, "RECENTLY_CHECKED", 0.2)
-    with pool_of(postgres_url, check_unless_recent) as pool:
+    with pool_of(postgres_url, check_unless_recent, note_given_back) as pool:
         ended = backend_of(pool)
         end(postgres_url, ended)
         time.sleep(0.5)  # past the delay: the next checkout checks
@@ -88,3 +95,23 @@ def test_an_api_processs_store_reads_answer_right_after_its_backends_were_ended(
         assert system.recorder.max_notification_id() == 1
         product = system.store.load(product_id, fresh=True)  # the cold load's one statement
         assert product is not None and product.version == 1
+
+
+def test_a_connection_given_back_within_the_delay_is_lent_unchecked(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy loop's connection is pinged only once it sat idle for the delay, not every time
+    the delay has passed since its last ping (a round trip in front of a batch each second)."""
+    monkeypatch.setattr(pools, "RECENTLY_CHECKED", 4.0)
+    with pool_of(postgres_url, check_unless_recent, note_given_back) as pool:
+        checked = time.monotonic()
+        ended = backend_of(pool)  # its one check
+        for _ in range(3):  # used and given back every second
+            time.sleep(1.0)
+            assert backend_of(pool) == ended
+        end(postgres_url, ended)
+        # Past the delay since its check, a second and a half after it was given back.
+        time.sleep(max(0.0, checked + 4.5 - time.monotonic()))
+        with pytest.raises(psycopg.OperationalError), pool.connection() as connection:
+            connection.execute("SELECT 1")  # lent without a ping
+        assert backend_of(pool) != ended

@@ -89,3 +89,16 @@ def test_an_api_worker_opens_its_cache_connections_before_requests_on_one_tls_co
         return {id(c.ssl_context.get()) for c in opened}
 
     assert len(asyncio.run(warmed())) == 1
+
+
+def test_tombstones_are_written_after_redis_forgot_its_scripts(redis_url: str) -> None:
+    """The tombstones' script is sent by its digest (no question first whether Redis holds
+    it): after a restart or `SCRIPT FLUSH` it is loaded again and the tombstones written."""
+    cache = RedisCache(redis_url, namespace=f"t{uuid.uuid4().hex}", timeout=5.0)
+    offer(cache, row(5), 0)
+    cache._redis.script_flush()
+    cache.forget([Change("product", "p1", 6, 0)])
+    assert cache.settled()
+    assert get(cache) is None
+    offer(cache, row(5), 0)  # the tombstone holds: version 5 is older
+    assert get(cache) is None

@@ -4,6 +4,7 @@ the event store, and a redelivered partition changes nothing."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from eventkeep.api import cli
@@ -38,12 +40,14 @@ from eventkeep.settings import Settings
 from tests.api.conftest import distributed_settings, distributed_wiring
 from tests.api.shopping import answer, create_product, pay, place_order, register
 from tests.conftest_services import KAFKA_BOOTSTRAP, POSTGRES_URL, require_env, services
+from tests.eventstore.test_personal_data import CountingKeys
 from tests.faults.load import (
     Load,
     assert_the_store_tells_the_truth,
     recovered_within,
     until_kafka_serves_groups,
 )
+from tests.faults.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.services
 
@@ -189,6 +193,100 @@ def test_a_partition_replayed_from_offset_zero_changes_nothing(
         projector.apply(records)  # the same messages, delivered again
     assert wiring.queries.models.dump() == before
     assert before == rebuilt(wiring)
+
+
+def test_a_projector_asks_for_a_data_key_only_for_what_it_shows_once_per_stream(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    """The data-key table is asked only for the streams whose personal fields a read model
+    shows (a user's email and names; not a stock adjustment's, a deactivation's or an order
+    cancellation's reason, which stay sealed), and once per stream while the projector holds
+    its partition (a later email change opens with the key it kept); the read models still
+    end equal to a rebuild, an erasure included."""
+    threads.start(build_relay(settings, wiring.shop))
+    personal = copy.copy(event_recorder(wiring.shop).personal_data)
+    assert personal is not None
+    table = personal._keys = CountingKeys(personal._keys)
+    threads.start(build_projector(settings, projector_models, personal=personal))
+    traffic(client, rounds=2)  # orders cancelled with a reason among them
+    kept, erased = register(client, "kept@example.com"), register(client, "gone@example.com")
+    product = create_product(client, sku=uuid.uuid4().hex[:12], stock=10)
+    for _ in range(3):
+        stock = {"delta": 1, "reason": "recount by Ada"}
+        answer(client.post(f"/v1/products/{product['id']}/stock", json=stock))
+    answer(client.post(f"/v1/users/{kept['id']}/deactivate", json={"reason": "moved away"}))
+    wait_until_projected(wiring)
+    answer(client.post(f"/v1/users/{kept['id']}/email", json={"email": "new@example.com"}))
+    answer(client.delete(f"/v1/users/{erased['id']}/personal-data"))
+
+    assert_equal_to_rebuild(wiring)
+    users = {row["id"]: row for row in wiring.queries.models.dump()["users"]}
+    assert users[kept["id"]]["email"] == "new@example.com"
+    assert users[erased["id"]]["email"] is None
+    asked = [stream for streams in table.asked for stream in streams]
+    assert set(asked) <= set(users)  # users only: no product's, no order's
+    assert len(asked) == len(set(asked)) == len(users)  # each once
+
+
+def cached_position(models: ReadModels) -> int:
+    """Up to which watermark every partition's cache tombstones are written (`cached:`)."""
+    return min(
+        value
+        for progress in models.progress_by_name().values()
+        for key, value in progress.items()
+        if key.startswith("cached:")
+    )
+
+
+def test_a_projector_applies_its_batches_while_redis_is_silent(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+) -> None:
+    """Redis silent (connections open, no answer; its timeout set to 30 s): the projector
+    goes on applying batches, their tombstones waiting in a thread of their own, while its
+    `cached:` watermarks stay where they were (X-Min-Position reads past the cache); once
+    Redis answers, the tombstones are written and those watermarks reach the head."""
+    assert settings.redis_url is not None
+    proxy = TcpProxy.to(settings.redis_url.get_secret_value())
+    through = settings.model_copy(
+        update={
+            "redis_url": SecretStr(proxy.url(settings.redis_url.get_secret_value())),
+            "redis_timeout": 30.0,
+        }
+    )
+    try:
+        threads.start(build_relay(settings, wiring.shop))
+        personal = event_recorder(wiring.shop).personal_data
+        threads.start(build_projector(through, projector_models, personal=personal))
+        create_product(client, sku=uuid.uuid4().hex[:12])
+        wait_until_projected(wiring)
+        head = wiring.shop.recorder.max_notification_id() or 0
+        deadline = time.monotonic() + 30
+        while cached_position(projector_models) < head:  # Redis in use through the proxy
+            assert time.monotonic() < deadline, "tombstones never written"
+            time.sleep(0.1)
+
+        proxy.freeze()
+        for _ in range(3):
+            create_product(client, sku=uuid.uuid4().hex[:12])
+        wait_until_projected(wiring, timeout=10)  # a batch waiting for Redis would take 30 s
+        head = wiring.shop.recorder.max_notification_id() or 0
+        assert cached_position(projector_models) < head
+
+        proxy.thaw()
+        deadline = time.monotonic() + 30
+        while cached_position(projector_models) < head:
+            assert time.monotonic() < deadline, "tombstones not written after Redis answered"
+            time.sleep(0.1)
+    finally:
+        proxy.close()
 
 
 def process_env(settings: Settings) -> dict[str, str]:
