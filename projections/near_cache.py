@@ -1,6 +1,8 @@
 """An API process's near cache: the Redis cache's answers kept in the process, coherent with
 Redis by Redis's own invalidation messages (server-assisted client-side caching, broadcast
 mode), so that a by-id hit costs one dict lookup instead of a round trip over TLS.
+redis-py's own client-side cache (`cache_config`) is not used: its asyncio client has none,
+and it has no fence to tie its invalidations to the read models' progress (below).
 
 What is kept here is only ever what Redis answered; every entry under the cache's namespace
 that changes in Redis — a projector's tombstone, a fill, an expiry, an eviction, a flush —
