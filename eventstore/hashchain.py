@@ -79,12 +79,8 @@ def event_hash(
         data,
         canonical_metadata(metadata),
     )
-    framed = b"".join([_PREFIX.pack(len(field)) + field for field in fields])
-    if key is not None:
-        keyed = _keyed(key).copy()  # the key's padded state, made once (not per event)
-        keyed.update(prev_hash + framed)
-        return keyed.digest()
-    return hashlib.sha256(prev_hash + framed).digest()
+    # The key's padded state is made once per key (`_keyed`), not per event.
+    return _digest(_keyed(key) if key is not None else None, prev_hash + _framed(*fields))
 
 
 _PREFIX = struct.Struct(">Q")  # 8-byte big-endian length before each field
@@ -142,11 +138,16 @@ class ChainLinker:
                 framed_metadata,
             )
         )
-        if self._keyed is not None:
-            keyed = self._keyed.copy()
-            keyed.update(prev_hash + framed)
-            return keyed.digest()
-        return hashlib.sha256(prev_hash + framed).digest()
+        return _digest(self._keyed, prev_hash + framed)
+
+
+def _digest(keyed: hmac.HMAC | None, message: bytes) -> bytes:
+    """HMAC-SHA256 from `keyed` (the key's state, copied), else the unkeyed SHA-256."""
+    if keyed is None:
+        return hashlib.sha256(message).digest()
+    digest = keyed.copy()
+    digest.update(message)
+    return digest.digest()
 
 
 def _framed(*fields: bytes) -> bytes:
