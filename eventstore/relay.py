@@ -13,9 +13,11 @@
   what came after it (at-least-once); consumers drop what they already applied by stream
   version. A failed send rewinds to the acknowledged position and sends everything after it
   again.
-- A watermark message on every partition at most every 20 ms while events come, and at the
-  log's end (`projections/kafka_feed.py` explains how projectors turn them into a position
-  for read-your-writes).
+- A watermark on every partition at most every 20 ms while events come, and at the log's end
+  (`projections/kafka_feed.py` explains how projectors turn them into a position for
+  read-your-writes): carried by the last event a batch sends to a partition (header
+  `watermark_at`: `<position>:<partition>`), a message of its own on the partitions the
+  batch sends nothing to.
 - One active relay: the one holding a PostgreSQL advisory lock on its own connection. Others
   stand by and take over when that connection dies with its process. The active relay sends a
   heartbeat on that connection every `heartbeat` seconds; a standby that finds the lock's
@@ -34,7 +36,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +45,7 @@ import psycopg
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from eventkeep.domain.catalog import STREAM_TYPES  # the one spelling: "User", "Product", …
 from eventkeep.eventstore.envelope import to_envelope
@@ -60,6 +63,9 @@ _LINGER = 0.005
 # A message with this header is no event: `{"watermark": P}` says every event of this
 # partition at or below position P came before it.
 WATERMARK_HEADER = "watermark"
+# An event with this header carries a watermark (`<position>:<partition>`, the partition it
+# was sent to: copied to another one, it moves nothing there).
+CARRIED_WATERMARK_HEADER = "watermark_at"
 
 
 @dataclass(frozen=True)
@@ -307,21 +313,46 @@ class Relay:
             **self._settings.client_options(),
         )
 
-    def _send(self, producer: KafkaProducer, batch: Sequence[LoggedEvent]) -> list[Any]:
-        """Queues the batch's messages; their futures resolve on Kafka's acknowledgement."""
-        futures = []
+    def _send(
+        self, producer: KafkaProducer, batch: Sequence[LoggedEvent], watermark: int | None
+    ) -> tuple[list[Any], set[tuple[str, int]]]:
+        """Queues the batch's messages (their futures resolve on Kafka's acknowledgement),
+        the last one to each partition carrying `watermark` if given; the partitions it
+        reached. Each key goes to the partition kafka-python's default partitioner picks."""
+        partitions: dict[str, list[int]] = {}
+        messages = []
         for event in batch:
             key, value, headers = message_of(event)
             topic = self._settings.topic(event.stream_type)
+            if topic not in partitions:
+                partitions[topic] = sorted(producer.partitions_for(topic))
+            numbers = partitions[topic]
+            partition = numbers[(murmur2(key) & 0x7FFFFFFF) % len(numbers)]
+            messages.append((topic, partition, key, value, headers))
+        last = {(m[0], m[1]): i for i, m in enumerate(messages)}
+        futures = []
+        for i, (topic, partition, key, value, headers) in enumerate(messages):
+            if watermark is not None and last[(topic, partition)] == i:
+                headers = [
+                    *headers,
+                    (CARRIED_WATERMARK_HEADER, f"{watermark}:{partition}".encode()),
+                ]
             headers = self._signed(topic, key, value, headers)
-            futures.append(producer.send(topic, key=key, value=value, headers=headers))
-        return futures
+            futures.append(
+                producer.send(topic, key=key, value=value, partition=partition, headers=headers)
+            )
+        return futures, set(last)
 
-    def _send_watermarks(self, producer: KafkaProducer, position: int) -> list[Any]:
-        """Tells every partition's readers that the log up to `position` has been sent."""
+    def _send_watermarks(
+        self, producer: KafkaProducer, position: int, covered: Collection[tuple[str, int]]
+    ) -> list[Any]:
+        """Tells every partition's readers but those `covered` (by an event that carries
+        the watermark) that the log up to `position` has been sent."""
         sent = []
         for topic in map(self._settings.topic, STREAM_TYPES):
             for partition in sorted(producer.partitions_for(topic)):
+                if (topic, partition) in covered:
+                    continue
                 # Its partition in the value: a signed watermark copied elsewhere fails.
                 value = orjson.dumps({"watermark": position, "partition": partition})
                 headers = self._signed(topic, None, value, [(WATERMARK_HEADER, b"1")])
@@ -372,8 +403,9 @@ class _Pipeline:
     stream). At most `_MAX_IN_FLIGHT` batches wait for acknowledgement; one more waits.
 
     Watermarks follow the events they cover on the same producer, at most every
-    `watermark_interval` (20 ms): after a batch when that long has passed, else at the log's
-    end as soon as it has (the idle follower looks again every poll interval, also 20 ms), so
+    `watermark_interval` (20 ms): with a batch when that long has passed (carried by its last
+    event to each partition it reaches, a message of their own to the others), else at the
+    log's end as soon as it has (the idle follower looks again every poll interval, also 20 ms), so
     an idle relay's head reaches every partition within about one interval. A watermark on
     every partition after each tiny batch cost the relay more CPU than the events did at a
     thousand commands a second (kafka-python makes a record batch per partition)."""
@@ -398,11 +430,14 @@ class _Pipeline:
     def send(self, batch: Sequence[LoggedEvent]) -> None:
         try:
             self._producer = self._producer or self._relay._producer()
-            futures = self._relay._send(self._producer, batch)
+            due = self._watermark_due()
+            futures, covered = self._relay._send(
+                self._producer, batch, batch[-1].id if due else None
+            )
             self._sent, self._sent_at = batch[-1].id, time.monotonic()
             self._follower.advance_to(self._sent)
-            if self._watermark_due():
-                futures += self._watermarks()
+            if due:
+                futures += self._watermarks(covered)
             self._in_flight.append((self._sent, futures))
             self._settle(block=len(self._in_flight) > self._MAX_IN_FLIGHT)
         except KafkaError as error:
@@ -434,10 +469,12 @@ class _Pipeline:
     def _watermark_due(self) -> bool:
         return time.monotonic() - self._watermarked_at >= self._settings.watermark_interval
 
-    def _watermarks(self) -> list[Any]:
+    def _watermarks(self, covered: Collection[tuple[str, int]] = ()) -> list[Any]:
+        """The watermark of what is sent to every partition not `covered` by an event of the
+        last batch carrying it."""
         assert self._producer is not None
         self._watermarked, self._watermarked_at = self._sent, time.monotonic()
-        return self._relay._send_watermarks(self._producer, self._sent)
+        return self._relay._send_watermarks(self._producer, self._sent, covered)
 
     def _settle(self, *, block: bool) -> None:
         """Saves the cursor up to the last batch acknowledged in full, in order; raises the

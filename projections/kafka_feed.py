@@ -4,11 +4,14 @@
   offset of every partition it read (`offset:<topic>:<partition>`), and a partition assigned
   to this process starts from there. A batch redelivered after a crash was either committed
   with its offsets (and is skipped by stream version) or not at all.
-- The relay follows the events it sends with a watermark message on every partition (at
-  most every 20 ms, and at the log's end). A partition read up to watermark W holds no
+- The relay follows the events it sends with a watermark on every partition (at most every
+  20 ms, and at the log's end): a header of the last event of a batch to a partition, a
+  message of its own to a partition the batch sent nothing to. A partition read up to
+  watermark W holds no
   unapplied event at or below W, so the smallest watermark over all partitions
   (`watermark:<topic>:<partition>`) is a position every event up to which is applied: what
-  `X-Min-Position` waits for.
+  `X-Min-Position` waits for. This progress is kept once per feed, not once per read model
+  (`ReadModels.record_progress`): every batch moves it for all the read models it feeds.
 - Offsets are also committed to Kafka after each batch, only so that its tools show the lag.
 - Messages carry events as stored, personal fields sealed: each batch is opened with the
   store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
@@ -33,7 +36,13 @@ from kafka.errors import KafkaError
 from eventkeep.domain.upcasters import upcast
 from eventkeep.eventstore.feed_mac import refusal
 from eventkeep.eventstore.pii import OpeningKeys, PersonalData
-from eventkeep.eventstore.relay import STREAM_TYPES, WATERMARK_HEADER, RelaySettings, ensure_topics
+from eventkeep.eventstore.relay import (
+    CARRIED_WATERMARK_HEADER,
+    STREAM_TYPES,
+    WATERMARK_HEADER,
+    RelaySettings,
+    ensure_topics,
+)
 from eventkeep.metrics import FEED_REJECTED, KAFKA_CONSUMER_LAG, observe_applied, observe_idle
 from eventkeep.projections.bulk import CATCH_UP_BATCH, catch_up
 from eventkeep.projections.bulk_workers import WORKERS, can_split, in_workers
@@ -316,7 +325,7 @@ class KafkaProjector:
                     mark = max(mark, value["watermark"])
                 else:
                     envelopes.append(value)
-                    mark = max(mark, value["position"])
+                    mark = max(mark, value["position"], carried_watermark(message))
             progress[offset_key(partition)] = messages[-1].offset + 1
             progress[watermark_key(partition)] = mark
             marks[cached_key(partition)] = mark
@@ -343,6 +352,16 @@ class KafkaProjector:
     def forget_kept_keys(self) -> None:
         if self._keys is not None:
             self._keys.clear()
+
+
+def carried_watermark(message: Any) -> int:
+    """The watermark an event's message carries for its own partition (0: none)."""
+    for name, header in message.headers:
+        if name == CARRIED_WATERMARK_HEADER:
+            position, _, partition = header.decode().partition(":")
+            if partition == str(message.partition):
+                return int(position)
+    return 0
 
 
 def _never_below(settled: dict[str, int], marks: dict[str, int]) -> dict[str, int]:

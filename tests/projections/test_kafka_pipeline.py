@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -33,7 +34,8 @@ from eventkeep.bootstrap import (
     kafka_tls,
     projector_read_models,
 )
-from eventkeep.eventstore.relay import STREAM_TYPES
+from eventkeep.eventstore.relay import CARRIED_WATERMARK_HEADER, STREAM_TYPES, WATERMARK_HEADER
+from eventkeep.projections.kafka_feed import carried_watermark
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
 from eventkeep.settings import Settings
@@ -193,6 +195,52 @@ def test_a_partition_replayed_from_offset_zero_changes_nothing(
         projector.apply(records)  # the same messages, delivered again
     assert wiring.queries.models.dump() == before
     assert before == rebuilt(wiring)
+
+
+def test_a_watermark_rides_on_the_last_event_to_each_partition_and_moves_it(
+    settings: Settings, wiring: Wiring, client: TestClient, projector_models: ReadModels
+) -> None:
+    """A watermark round sends a message of its own only to the partitions its batch sent
+    no event to; the others' last event carries it, and a projector reading them all has
+    every partition, and so the read models, at the watermark."""
+    traffic(client, rounds=2)
+    relay = build_relay(settings, wiring.shop)
+    events = list(relay._log.select_notifications(1, 10_000))
+    head = events[-1].id
+    producer = relay._producer()
+    try:
+        futures, covered = relay._send(producer, events, head)
+        futures += relay._send_watermarks(producer, head, covered)
+        for future in futures:
+            future.get(timeout=30)
+    finally:
+        producer.close(timeout=5)
+    messages = [m for records in every_record(settings) for ms in records.values() for m in ms]
+    partitions = len(STREAM_TYPES) * settings.topic_partitions
+    own = [m for m in messages if any(name == WATERMARK_HEADER for name, _ in m.headers)]
+    carrying = [m for m in messages if carried_watermark(m)]
+    assert covered and len(covered) < partitions
+    assert len(own) == partitions - len(covered)
+    assert sorted((m.topic, m.partition) for m in carrying) == sorted(covered)
+    assert len(messages) == len(events) + len(own)
+    personal = event_recorder(wiring.shop).personal_data
+    projector = build_projector(settings, projector_models, personal=personal)
+    for records in every_record(settings):
+        projector.apply(records)
+    for name in projector_models.names:
+        progress = projector_models.progress(name)
+        marks = {k: v for k, v in progress.items() if k.startswith("watermark:")}
+        assert len(marks) == partitions and set(marks.values()) == {head}
+    assert projector_models.position() == head
+
+
+def test_a_carried_watermark_moves_only_the_partition_it_was_sent_to() -> None:
+    def message(partition: int, header: bytes) -> Any:
+        return SimpleNamespace(partition=partition, headers=[(CARRIED_WATERMARK_HEADER, header)])
+
+    assert carried_watermark(message(3, b"120:3")) == 120
+    assert carried_watermark(message(4, b"120:3")) == 0  # copied to another partition
+    assert carried_watermark(SimpleNamespace(partition=3, headers=[("position", b"9")])) == 0
 
 
 def test_a_projector_asks_for_a_data_key_only_for_what_it_shows_once_per_stream(
