@@ -66,7 +66,14 @@ def catch_up(
     follow no other) to `models` in batches of `batch_size` read ahead (progress key `log`;
     `until` recorded last); `applied` hears of each batch committed. The last position."""
     position = after
-    pages = upcast_pages(global_log, after, batch_size, until=until, stream_types=stream_types)
+    pages = upcast_pages(
+        global_log,
+        after,
+        batch_size,
+        until=until,
+        stream_types=stream_types,
+        only=models.read_sealed(),
+    )
     for page in pages:
         position = page[-1]["position"]
         applied(models.apply(page, {LOG: position}), position)

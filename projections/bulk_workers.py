@@ -209,7 +209,12 @@ def _work(task: Task, out: BinaryIO) -> None:
             start = min(p.get(LOG, 0) for p in models.progress_by_name().values())
         if task.kind == "load":
             pages = upcast_pages(
-                store, start, task.batch_size, until=task.head, stream_types=task.stream_types
+                store,
+                start,
+                task.batch_size,
+                until=task.head,
+                stream_types=task.stream_types,
+                only=models.read_sealed(),
             )
             load = BulkLoad(models, flush_events=task.flush_events)
             reached = load.run(pages, lambda p: say("committed", [], p), end=task.head)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import Any, Protocol
 
 from eventkeep.domain.upcasters import is_current, upcast
@@ -28,6 +28,8 @@ class EnvelopeLog(Protocol):
         limit: int,
         until: int | None = None,
         stream_types: Sequence[str] = (),
+        *,
+        only: Container[str] | None = None,
     ) -> Page: ...
 
     def max_notification_id(self) -> int | None: ...
@@ -40,10 +42,12 @@ def upcast_pages(
     *,
     until: int | None = None,
     stream_types: Sequence[str] = (),
+    only: Container[str] | None = None,
 ) -> Iterator[Page]:
     """The log after `after` (up to `until`; only `stream_types`, if given) as pages of at
     most `batch_size` upcast envelopes, in position order, the next page read and upcast by
-    a thread while the caller handles this one."""
+    a thread while the caller handles this one. Personal fields are opened for the event
+    types `only` names (`ReadModels.read_sealed`: what the read models read), if given."""
     ready: queue.Queue[Page | BaseException | None] = queue.Queue(maxsize=READ_AHEAD_PAGES)
     stop = threading.Event()
 
@@ -51,7 +55,9 @@ def upcast_pages(
         try:
             position = after
             while not stop.is_set() and (
-                page := global_log.select_envelopes(position, batch_size, until, stream_types)
+                page := global_log.select_envelopes(
+                    position, batch_size, until, stream_types, only=only
+                )
             ):
                 # The envelopes are this reader's own: one already current is not copied.
                 ready.put([e if is_current(e) else upcast(e) for e in page])

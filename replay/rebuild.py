@@ -87,7 +87,8 @@ def bulk_load(
             flush_events=flush_events,
         )
     load = BulkLoad(models, rows_bound=rows_bound, flush_events=flush_events)
-    return load.run(upcast_pages(global_log, start, batch_size), advance)
+    pages = upcast_pages(global_log, start, batch_size, only=models.read_sealed())
+    return load.run(pages, advance)
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,10 @@ class Rebuild:
 
         def catch_up(cursor: Any, furthest: int) -> None:
             """Under the swap's lock: the few events committed since, in its transaction."""
-            position = reached
-            while page := self._log.select_envelopes(position, self._batch_size, until=furthest):
+            position, only = reached, self._target.read_sealed()
+            while page := self._log.select_envelopes(
+                position, self._batch_size, until=furthest, only=only
+            ):
                 position = page[-1]["position"]
                 self._target.apply_in(cursor, [upcast(e) for e in page], {LOG: position})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -38,6 +39,7 @@ from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.readmodel import Change
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
+from tests.eventstore.test_personal_data import CountingKeys
 from tests.replay.conftest import LEGACY, import_history
 
 Op = tuple[Any, ...]
@@ -206,6 +208,40 @@ def test_the_bulk_rebuild_in_worker_processes_gives_the_event_by_event_tables(
     assert can_split(store.shop.recorder, models, 2)
     bulk, rowwise = built_both_ways(store, workers=2, flush_events=50)
     assert bulk == rowwise
+
+
+def test_the_bulk_paths_open_only_the_personal_fields_their_read_models_read(
+    store: Wiring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled order's reason (sealed under its user's key) and a stock adjustment's
+    (under the product's) are shown by no read model: rebuilding the orders', sales' and
+    products' read models asks the store for no data key at all, and the rows are those of
+    the event-by-event rebuild."""
+    history = History()
+    for op in [("user",), ("product", 990, 5), ("stock", 0, 3), ("order", 0, [(0, 1)])]:
+        history.run(op)
+    history.run(("cancel", 0))
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in history.lines))
+    assert import_history(store, path) == len(history.lines)
+    assert {"OrderCancelled", "ProductStockAdjusted"} <= {e["event_type"] for e in history.lines}
+    recorder = store.shop.recorder
+    head = recorder.max_notification_id() or 0
+    deadline = time.monotonic() + 60
+    while store.feed is not None and store.queries.models.position() < head:  # its own reads
+        assert time.monotonic() < deadline, "the embedded feed never reached the head"
+        time.sleep(0.05)
+    personal = recorder.personal_data
+    assert personal is not None
+    table = CountingKeys(personal._keys)
+    monkeypatch.setattr(personal, "_keys", table)
+    names = ["orders", "daily_sales", "products"]
+    db = store.queries.models.db
+    bulk, rowwise = ReadModels(db, "bulk_", names), ReadModels(db, "rowwise_", names)
+    rebuild(recorder, bulk, batch_size=7, workers=1)
+    assert table.asked == []
+    rebuild(recorder, rowwise, batch_size=7, bulk=False)
+    assert bulk.dump() == rowwise.dump()
 
 
 def test_the_log_read_straight_into_envelopes_is_the_log_as_logged(
