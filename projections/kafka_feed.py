@@ -12,7 +12,9 @@
   (`watermark:<topic>:<partition>`) is a position every event up to which is applied: what
   `X-Min-Position` waits for. This progress is kept once per feed, not once per read model
   (`ReadModels.record_progress`): every batch moves it for all the read models it feeds.
-- Offsets are also committed to Kafka after each batch, only so that its tools show the lag.
+- Offsets are also committed to Kafka, only so that its tools show the lag: at most once a
+  second (`KAFKA_COMMIT_INTERVAL`; a commit per batch was a request and a log append in the
+  broker ~35 times a second at P2's load), idle or not.
 - Messages carry events as stored, personal fields sealed: each batch is opened with the
   store's data keys (`PersonalData.open_envelopes`; the projector's role may read them), then
   upcast. A field whose key was erased reads as null, so a topic replayed from offset 0 after
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 
 # Batches whose watermarks wait for their cache tombstones, kept apart (beyond: merged).
 _UNSETTLED_KEPT = 64
+# Seconds between two commits of the offsets to Kafka (for its tools' lag only: the offsets
+# that count are stored with the read models).
+KAFKA_COMMIT_INTERVAL = 1.0
 
 
 def offset_key(partition: TopicPartition) -> str:
@@ -269,12 +275,13 @@ class KafkaProjector:
             topics = [self._settings.topic(t) for t in STREAM_TYPES]
             consumer.subscribe(topics, listener=_StartFromStoredOffsets(consumer, self))
             self._seed_watermarks(consumer, topics)
+            committed_at, uncommitted = time.monotonic(), False
             while not self.stopping.is_set():
                 records = consumer.poll(timeout_ms=200, max_records=self._batch_size)
                 self.account_for(consumer)
                 if records:
                     self.apply(records)
-                    consumer.commit_async()
+                    uncommitted = True
                 else:
                     self._tombstones.hand(())  # tombstones a Redis outage held back
                     self._settle()
@@ -282,6 +289,10 @@ class KafkaProjector:
                         self._models.apply([], self._settled)
                         self._settled = {}
                     observe_idle(self._models.names)
+                now = time.monotonic()
+                if uncommitted and now - committed_at >= KAFKA_COMMIT_INTERVAL:
+                    consumer.commit_async()
+                    committed_at, uncommitted = now, False
                 self._observe_consumer_lag(consumer)
         finally:
             consumer.close(autocommit=False)

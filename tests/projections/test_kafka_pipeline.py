@@ -5,6 +5,7 @@ the event store, and a redelivered partition changes nothing."""
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from eventkeep.bootstrap import (
     projector_read_models,
 )
 from eventkeep.eventstore.relay import CARRIED_WATERMARK_HEADER, STREAM_TYPES, WATERMARK_HEADER
-from eventkeep.projections.kafka_feed import carried_watermark
+from eventkeep.projections.kafka_feed import KAFKA_COMMIT_INTERVAL, carried_watermark
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
 from eventkeep.settings import Settings
@@ -232,6 +233,66 @@ def test_a_watermark_rides_on_the_last_event_to_each_partition_and_moves_it(
         marks = {k: v for k, v in progress.items() if k.startswith("watermark:")}
         assert len(marks) == partitions and set(marks.values()) == {head}
     assert projector_models.position() == head
+
+
+def test_a_projector_commits_its_offsets_to_kafka_at_most_once_a_second(
+    settings: Settings,
+    wiring: Wiring,
+    client: TestClient,
+    threads: Threads,
+    projector_models: ReadModels,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The offsets that count are stored with the read models; Kafka's copy (for its tools'
+    lag) is committed at most once a second however many batches come, and reaches the
+    applied offsets once the feed is quiet."""
+    commits: list[float] = []
+    real_commit = KafkaConsumer.commit_async
+
+    def commit_async(consumer: KafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        commits.append(time.monotonic())
+        return real_commit(consumer, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaConsumer, "commit_async", commit_async)
+    threads.start(build_relay(settings, wiring.shop))
+    projector = build_projector(settings, projector_models, store=wiring.shop.recorder)
+    batches: list[float] = []
+    real_apply = projector.apply
+
+    def apply(records: dict[TopicPartition, list[Any]]) -> None:
+        batches.append(time.monotonic())
+        real_apply(records)
+
+    monkeypatch.setattr(projector, "apply", apply)
+    threads.start(projector)
+    traffic(client, rounds=1)
+    wait_until_projected(wiring)  # the group joined, the first offsets stored
+    del commits[:], batches[:]
+    traffic(client, rounds=6)
+    wait_until_projected(wiring)
+    assert len(batches) > 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(commits)]
+    assert all(gap >= KAFKA_COMMIT_INTERVAL * 0.9 for gap in gaps), gaps
+    assert len(commits) < len(batches)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.projector_group,
+        enable_auto_commit=False,
+        **kafka_tls(settings).options(),
+    )
+    try:
+        partitions = [
+            TopicPartition(f"{settings.topic_prefix}.{stream_type}", number)
+            for stream_type in STREAM_TYPES
+            for number in range(settings.topic_partitions)
+        ]
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + 30  # a commit within a second of the last batch
+        while any((consumer.committed(p) or 0) < ends[p] for p in partitions):
+            assert time.monotonic() < deadline, "Kafka's offsets never reached the end"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def test_a_carried_watermark_moves_only_the_partition_it_was_sent_to() -> None:
