@@ -154,8 +154,9 @@ class KafkaProjector:
         if key is None:
             return None
         reason = refusal(key, message.topic, message.key, message.value, message.headers)
-        if reason is None:
-            return None
+        return None if reason is None else self._refusal(message, reason)
+
+    def _refusal(self, message: Any, reason: str) -> RefusedMessage:
         FEED_REJECTED.labels(message.topic).inc()
         log.error(
             "message %s:%s@%s refused: %s",
@@ -333,6 +334,12 @@ class KafkaProjector:
                     continue
                 value = orjson.loads(message.value)
                 if any(name == WATERMARK_HEADER for name, _ in message.headers):
+                    # Signed, but the MAC covers the topic, not the partition: a copy of a
+                    # real watermark sent to another partition is refused by what it names.
+                    if value.get("partition") != message.partition:
+                        named = value.get("partition")
+                        refused.append(self._refusal(message, f"watermark for partition {named}"))
+                        continue
                     mark = max(mark, value["watermark"])
                 else:
                     envelopes.append(value)

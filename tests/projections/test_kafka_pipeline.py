@@ -648,13 +648,17 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     refused = FEED_REJECTED.labels(topic)._value.get()
 
     # A forged product (a new stream, signed with a wrong key), an altered copy of a real
-    # event (its price changed, the relay's MAC kept), and a forged watermark far ahead.
+    # event (its price changed, the relay's MAC kept), a forged watermark far ahead, and a
+    # watermark signed as the relay signs one, for partition 1, sent to partition 0.
     real = store.select_notifications(0, 1000)
     [created] = [e for e in real if e.stream_type == "Product"][:1]
     key, value, headers = message_of(created)
     feed_key = relay_settings(settings).feed_key
     assert feed_key is not None
     signed = [*headers, ("ek-mac", sign(feed_key, topic, key, value, headers))]
+    copied = orjson.dumps({"watermark": 10**12, "partition": 1})
+    copied_headers = [(WATERMARK_HEADER, b"1")]
+    copied_headers.append(("ek-mac", sign(feed_key, topic, None, copied, copied_headers)))
     forged_id = str(uuid.uuid4())
     forged = orjson.loads(value) | {"stream_id": forged_id}
     altered = orjson.loads(value) | {"data": orjson.loads(value)["data"] | {"price": "0.01"}}
@@ -675,6 +679,7 @@ def test_forged_and_altered_messages_are_refused_and_counted(
                 partition=0,
                 headers=[(WATERMARK_HEADER, b"1")],
             ),
+            producer.send(topic, value=copied, partition=0, headers=copied_headers),
         ]
         producer.flush(10)
         for future in sent:
@@ -683,7 +688,7 @@ def test_forged_and_altered_messages_are_refused_and_counted(
         producer.close()
 
     deadline = time.monotonic() + 30
-    while FEED_REJECTED.labels(topic)._value.get() < refused + 3:
+    while FEED_REJECTED.labels(topic)._value.get() < refused + 4:
         assert time.monotonic() < deadline, "the forged messages were never refused"
         time.sleep(0.1)
     # Each refusal is kept for the operator, with its reason, and listed by the CLI (stored
@@ -697,10 +702,11 @@ def test_forged_and_altered_messages_are_refused_and_counted(
     while not set(where) <= set(kept := kept_rows()):
         assert time.monotonic() < deadline, f"the refusals were never stored: {kept}"
         time.sleep(0.1)
-    forged_row, altered_row, watermark_row = (kept[place] for place in where)
+    forged_row, altered_row, watermark_row, copied_row = (kept[place] for place in where)
     assert forged_row["key"] == forged_id and "does not verify" in forged_row["reason"]
     assert altered_row["key"] == key.decode() and "does not verify" in altered_row["reason"]
     assert watermark_row["key"] is None and watermark_row["reason"] == "no MAC"
+    assert copied_row["reason"] == "watermark for partition 1"
     # The CLI's own home (its chain key file), not the working directory's.
     home = {"EVENTKEEP_HOME": str(tmp_path / "cli-home")}
     listed = CliRunner().invoke(cli.app, ["replay", "refused", "list", "--json"], env=home)
