@@ -15,6 +15,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventkeep.logs import info_line
+
 access = logging.getLogger("eventkeep.request")
 
 
@@ -85,9 +87,10 @@ class RequestMetrics:
             series[1].observe(elapsed)
             if access.isEnabledFor(logging.INFO):
                 state = scope.get("state", {})
-                access.info(
+                info_line(
+                    access,
                     "request",
-                    extra={
+                    {
                         "correlation_id": state.get("correlation_id"),
                         "actor": state.get("actor"),
                         "method": scope["method"],

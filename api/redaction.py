@@ -19,12 +19,24 @@ _PATTERNS = (
     (re.compile(r"(bearer\.)[^\s,\"']+", re.IGNORECASE), r"\1[redacted]"),
     (re.compile(r"(Bearer )[^\s,\"']+"), r"\1[redacted]"),
 )
+# What each pattern's match starts with (the third's in lower case: it ignores case, and no
+# character but these letters' capitals folds to them). A line without it is not scanned by
+# that pattern, which could not change it: most lines hold none, and the four scans were
+# most of a request line's redaction.
+_SCANS = tuple(
+    (literal, bool(pattern.flags & re.IGNORECASE), pattern, replacement)
+    for literal, (pattern, replacement) in zip(
+        ("ek_", "access_token=", "bearer.", "Bearer "), _PATTERNS, strict=True
+    )
+)
 SECRET_VARIABLES = ("EVENTKEEP_SECRET", "EVENTKEEP_CLAIM_SECRET")
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    for literal, ignores_case, pattern, replacement in _SCANS:
+        if literal in (lowered if ignores_case else text):
+            text = pattern.sub(replacement, text)
     for secret in secrets:
         text = text.replace(secret, "[redacted]")
     return text
