@@ -8,6 +8,7 @@ committer's batches goes through its dialect), in both modes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from eventkeep.bootstrap import Eventkeep
+from eventkeep.commands import handlers
 from eventkeep.commands.errors import NotFound, VersionConflict
 from eventkeep.commands.messages import (
     AdjustStock,
@@ -151,16 +153,20 @@ def test_an_awaited_command_keeps_every_rule_of_a_blocking_one(
 
 
 def worker_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of what is run in a worker thread from now on (`anyio.to_thread.run_sync`,
-    still run: only counted)."""
+    """The names of what is run in a worker thread from now on (`anyio.to_thread.run_sync`
+    and the command bus's own `in_a_thread`, still run: only counted)."""
     ran: list[str] = []
-    run_sync = anyio.to_thread.run_sync
+    run_sync, in_a_thread = anyio.to_thread.run_sync, handlers.in_a_thread
 
-    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
-        ran.append(getattr(function, "__name__", repr(function)))
-        return await run_sync(function, *args, **kwargs)
+    def counting(hop: Any) -> Any:
+        async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+            ran.append(getattr(function, "__name__", repr(function)))
+            return await hop(function, *args, **kwargs)
 
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        return counted
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting(run_sync))
+    monkeypatch.setattr(handlers, "in_a_thread", counting(in_a_thread))
     return ran
 
 
@@ -193,6 +199,32 @@ def test_a_product_not_in_memory_costs_one_statement_and_one_thread_hop(
     assert result.version == SNAPSHOT_INTERVAL + 6
     assert stored_stock(a, product_id) == 1000 - SNAPSHOT_INTERVAL - 5
     assert reasons(a, product_id)[-2:] == [f"sale {SNAPSHOT_INTERVAL + 3}", "the last one"]
+
+
+def test_a_product_not_in_memory_is_loaded_while_every_anyio_thread_is_taken(
+    two_processes: list[Eventkeep],
+) -> None:
+    """The awaited command's load has its own worker threads (`handlers.in_a_thread`, half
+    anyio's CPU on the event loop per hop): sync routes holding all of anyio's threads do not
+    hold it up."""
+    a, b = two_processes
+    product_id = create_product(writer(a), stock=10)  # not in b's memory
+    release = threading.Event()
+
+    async def with_anyio_taken() -> Any:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        taken = asyncio.ensure_future(anyio.to_thread.run_sync(release.wait))
+        try:
+            return await asyncio.wait_for(
+                b.bus.handle_async(AdjustStock(product_id, -1, "sold"), CONTEXT), timeout=30
+            )
+        finally:
+            release.set()
+            await taken
+
+    result = asyncio.run(with_anyio_taken())
+    assert result.version == 2
+    assert stored_stock(a, product_id) == 9
 
 
 def test_a_user_erased_by_another_process_is_loaded_without_a_key(
