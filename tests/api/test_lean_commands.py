@@ -23,6 +23,7 @@ from typing import Any
 import fastapi.routing
 import pytest
 from fastapi import FastAPI
+from fastapi._compat.v2 import ModelField
 from fastapi.testclient import TestClient
 
 from eventkeep.api.app import create_app
@@ -405,3 +406,33 @@ def test_a_refusal_by_the_rate_limiter_is_the_routes(
     assert int(refused.headers["Retry-After"]) >= 1
     # Two sent on the short path (one ask each); each refusal asked twice (short path, route).
     assert sum(asked.values()) == 2 + 3 * 2
+
+
+def test_a_hot_commands_answer_is_written_without_validating_it_again(
+    wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher made the `CommandAnswer` moments ago: the short path encodes it (byte
+    for byte as the route's response field would: the test above) without the field's
+    validation and serialisation."""
+    used = Counter[str]()
+
+    def counting(name: str) -> Any:
+        original = getattr(ModelField, name)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if name == "serialize_json" or kwargs.get("loc", ("",))[0] == "response":
+                used[name] += 1
+            return original(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("validate", "serialize_json"):
+        monkeypatch.setattr(ModelField, name, counting(name))
+    key = wiring.keys.create(Role.admin, "answers").secret_key
+    with TestClient(create_app(wiring), headers={"Authorization": f"Bearer {key}"}) as client:
+        product = client.post("/v1/products", json=PRODUCT).json()["id"]  # the key verified
+        used.clear()
+        adjusted = client.post(f"/v1/products/{product}/stock", json={"delta": 1, "reason": "r"})
+    assert adjusted.status_code == 200, adjusted.text
+    assert adjusted.json()["version"] == 2
+    assert used == Counter()
