@@ -55,5 +55,8 @@ class CorrelationId:
             await send(message)
 
         # Every log line written while the request is handled carries its id (eventkeep.logs).
-        with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+        bound = structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+        try:
             await self.app(scope, receive, echo)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)

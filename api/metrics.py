@@ -70,10 +70,13 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        # bind/reset rather than `bound_contextvars`: the same, without a generator's
+        # context manager per request.
+        bound = structlog.contextvars.bind_contextvars(actor=None)
         try:
-            with structlog.contextvars.bound_contextvars(actor=None):
-                await self.app(scope, receive, observe)
+            await self.app(scope, receive, observe)
         finally:
+            structlog.contextvars.reset_contextvars(**bound)
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             labels = (scope["method"], route, str(status))
