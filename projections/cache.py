@@ -1,17 +1,22 @@
 """The cache in front of the by-id queries, and the one rule that keeps it honest.
 
 An entry holds the query's answer as it goes on the wire: the row as the API shows it,
-encoded once as JSON (`readmodel.encode`) when it was read from the read model. A hit is sent
-as those bytes, with no decoding, model or validation between the cache and the socket.
+encoded once as JSON (`ReadModel.answer`). A hit is sent as those bytes, with no decoding,
+model or validation between the cache and the socket.
 
 Every entry carries the read-model version it holds. After a batch commits, the projector
-writes a *tombstone* at the new version for each row it changed (`forget`); a query that
-missed reads the row and offers it back (`fill`), which is accepted only when it is at least
-as new as what is there. So a query that read version 5 just before the projector committed
-version 6 cannot put 5 back over the tombstone of 6: the cache never serves a value older
-than the read model it came from. Entries are kept per *generation* of the read-model tables
-(a rebuild swapped in starts a new one), so nothing cached from the tables a rebuild replaced
-is served after the swap.
+writes each row it changed at its new version (`publish`): the row's answer, encoded by the
+same `ReadModel.answer` from the row it wrote, so the next read is a hit; a change that
+carries no answer (a stream taken out of the quarantine) is a *tombstone*, which a read
+misses. A query that missed reads the row and offers it back (`fill`). Both are accepted
+only when they are newer than what is there (a tombstone of the same version gives way to
+the answer of that version): so a query that read version 5 just before the projector
+committed version 6 cannot put 5 back over 6, nor can a late batch of a former partition
+owner (or a write retried after a Redis outage) put an older answer over a newer one: the
+cache never serves a value older than the read model it came from. An erasure is a change
+like any other: its answer, the row without the personal data, replaces the one before.
+Entries are kept per *generation* of the read-model tables (a rebuild swapped in starts a new
+one), so nothing cached from the tables a rebuild replaced is served after the swap.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ class Cache(Protocol):
         ...
 
     def settled(self) -> bool:
-        """Every tombstone given to `forget` is written (none waits for the cache)."""
+        """Every change given to `publish` is written (none waits for the cache)."""
         ...
 
-    def forget(self, changes: Iterable[Change]) -> None:
-        """Marks changed rows stale at their new versions (after the read model committed)."""
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Writes the changed rows at their new versions, after the read model committed:
+        each one's answer, or a tombstone where it carries none; never over a newer entry."""
         ...
 
     async def warm_async(self, connections: int) -> None:
@@ -48,11 +54,12 @@ class Cache(Protocol):
         ...
 
 
-def accepts_fill(current_version: int | None, current_is_row: bool, version: int) -> bool:
-    """A fill wins over nothing, over an older entry, and over a tombstone of its own version."""
-    if current_version is None:
+def accepts(current_version: int | None, current_is_row: bool, version: int, is_row: bool) -> bool:
+    """An answer (`is_row`) wins over nothing, over an older entry, and over a tombstone of
+    its own version; a tombstone over nothing and over an older entry."""
+    if current_version is None or version > current_version:
         return True
-    return version > current_version or (version == current_version and not current_is_row)
+    return version == current_version and is_row and not current_is_row
 
 
 class LocalCache:
@@ -76,22 +83,21 @@ class LocalCache:
         return self.get(kind, row_id, generation)
 
     def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
-        key = (generation, kind, row_id)
         with self._lock:
-            current = self._entries.get(key)
-            held, is_row = (
-                (None, False) if current is None else (current[0], current[1] is not None)
-            )
-            if accepts_fill(held, is_row, version):
-                self._put(key, version, body)
+            self._offer((generation, kind, row_id), version, body)
 
-    def forget(self, changes: Iterable[Change]) -> None:
+    def publish(self, changes: Iterable[Change]) -> None:
         with self._lock:
             for change in changes:
-                key = (change.generation, change.kind, change.id)
-                current = self._entries.get(key)
-                if current is None or current[0] < change.version:
-                    self._put(key, change.version, None)
+                self._offer(
+                    (change.generation, change.kind, change.id), change.version, change.answer
+                )
+
+    def _offer(self, key: tuple[int, str, str], version: int, body: bytes | None) -> None:
+        current = self._entries.get(key)
+        held, is_row = (None, False) if current is None else (current[0], current[1] is not None)
+        if accepts(held, is_row, version, body is not None):
+            self._put(key, version, body)
 
     def settled(self) -> bool:
         return True
@@ -119,7 +125,7 @@ class NoCache:
     def settled(self) -> bool:
         return True
 
-    def forget(self, changes: Iterable[Change]) -> None:
+    def publish(self, changes: Iterable[Change]) -> None:
         pass
 
     async def warm_async(self, connections: int) -> None:

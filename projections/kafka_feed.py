@@ -214,7 +214,7 @@ class KafkaProjector:
         start = self._models.position()
         # In bulk (projections/bulk.py): big batches, read and upcast ahead by a thread; far
         # behind on PostgreSQL, in worker processes by stream type (projections/bulk_workers.py).
-        forget = lambda changes, _: self._cache.forget(changes)  # noqa: E731
+        forget = lambda changes, _: self._cache.publish(changes)  # noqa: E731
         behind = (self._store.max_notification_id() or 0) - start
         if behind >= CATCH_UP_BATCH and can_split(self._store, self._models, WORKERS):
             reached = in_workers(

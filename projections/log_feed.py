@@ -104,7 +104,7 @@ class LogFeed:
                     generation = self._generations.get(name, 0)
                     released.append(Change(model.cache_kind, stream_id, row["version"], generation))
         if released:
-            self._cache.forget(released)
+            self._cache.publish(released)
 
     def start(self) -> None:
         self._follower.signal  # noqa: B018  (registered for commits before the first read)
@@ -124,7 +124,7 @@ class LogFeed:
         observe_applied(self._models.names, envelopes)
 
     def _applied(self, changes: list[Change], position: int) -> None:
-        self._cache.forget(changes)
+        self._cache.publish(changes)
         self._refresh_quarantine()
         self._follower.advance_to(position)
 
@@ -143,7 +143,7 @@ class LogFeed:
 
     def _idle(self) -> None:
         self._read_generations()
-        self._cache.forget(())  # tombstones a cache outage held back
+        self._cache.publish(())  # tombstones a cache outage held back
         observe_idle(self._models.names)
 
     def _run(self) -> None:

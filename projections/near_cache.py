@@ -103,8 +103,8 @@ class NearCache:
     def settled(self) -> bool:
         return self.redis.settled()
 
-    def forget(self, changes: Iterable[Change]) -> None:
-        self.redis.forget(changes)
+    def publish(self, changes: Iterable[Change]) -> None:
+        self.redis.publish(changes)
 
     async def warm_async(self, connections: int) -> None:
         await self.redis.warm_async(connections)

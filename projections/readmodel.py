@@ -71,14 +71,16 @@ class StreamGap(Exception):
 
 @dataclass(frozen=True)
 class Change:
-    """A read-model row a batch changed, for the cache to forget after the commit: in the
-    read model's cache namespace (`kind`) and the generation of the tables it was written to
-    (each swapped-in rebuild is a new one)."""
+    """A read-model row a batch changed, for the cache after the commit: in the read model's
+    cache namespace (`kind`) and the generation of the tables it was written to (each
+    swapped-in rebuild is a new one), with the by-id answer of the row as committed
+    (`ReadModel.answer`), or None where the cache is only to forget the row (a tombstone)."""
 
     kind: str
     id: str
     version: int
     generation: int = 0
+    answer: bytes | None = None
 
 
 def applies(event_type: str) -> Callable[[Apply], Apply]:
@@ -187,7 +189,12 @@ class ReadModel:
         self.write(cursor, batch)
         if self.cache_kind is None:
             return []
-        return [Change(self.cache_kind, i, v, generation) for i, v in batch.changed.items()]
+        # The answers the cache gets once the caller committed: the next read is a hit.
+        rows = batch.rows
+        return [
+            Change(self.cache_kind, i, v, generation, self.answer(rows[i]))
+            for i, v in batch.changed.items()
+        ]
 
     def fold_in(self, batch: Batch, event: Envelope, fill: Fill | None = None) -> None:
         """Folds one event of its stream type into `batch`'s rows, keeping per-stream
@@ -300,12 +307,28 @@ class ReadModel:
         return ", ".join(self.columns)
 
     def get(self, row_id: str) -> Row | None:
+        row = self._read(row_id)
+        return None if row is None else shown(row)
+
+    def read_answer(self, row_id: str) -> tuple[int, bytes] | None:
+        """The stored row's version and by-id answer (`answer`); None: no row."""
+        row = self._read(row_id)
+        return None if row is None else (row["version"], self.answer(row))
+
+    def _read(self, row_id: str) -> Row | None:
         with self.db.reading() as cursor:
             cursor.execute(
                 f"SELECT {self.shown_columns} FROM {self.table()} WHERE id = %s", (row_id,)
             )
             row = cursor.fetchone()
-        return None if row is None else shown(self.decoded(row))
+        return None if row is None else self.decoded(row)
+
+    def answer(self, row: Row) -> bytes:
+        """The by-id answer of a stored row (decoded): its `columns` in their order, shown and
+        encoded. The one encoder of both writers of the cache, the projector after its commit
+        (from the row it wrote) and a query that missed (from the row it read), so both write
+        the same bytes for the same version."""
+        return encode(shown(dict(zip(self.columns, map(row.get, self.columns), strict=True))))
 
     def page(
         self,
@@ -430,17 +453,17 @@ class ReadModelQueries:
         return body
 
     def _read_encoded(self, row_id: str) -> bytes | None:
-        row = self.model.get(row_id)
-        return None if row is None else encode(row)
+        read = self.model.read_answer(row_id)
+        return None if read is None else read[1]
 
     def fill_from_read_model(self, kind: str, row_id: str, generation: int) -> bytes | None:
         """A miss: the row's answer read from the read model (blocking: call it in a thread)
         and offered to the cache under `generation` (read before the row); None: no row."""
-        row = self.model.get(row_id)
-        if row is None:
+        read = self.model.read_answer(row_id)
+        if read is None:
             return None
-        body = encode(row)
-        self._side.cache.fill(kind, row_id, row["version"], body, generation)
+        version, body = read
+        self._side.cache.fill(kind, row_id, version, body, generation)
         return body
 
 

@@ -1,9 +1,12 @@
 """The distributed mode's cache: Redis, shared by every API process and projector.
 
-Entries are `"<version>|<encoded answer>"` (`readmodel.encode`), tombstones `"<version>|"`;
-both rules of `projections/cache.py` run as Lua scripts so that compare-and-set is atomic in
-Redis. Redis down or slow: a get is a miss (the query goes to the read model), a fill is
-dropped, and the projector's tombstones wait and are written when Redis answers again.
+Entries are `"<version>|<encoded answer>"` (`ReadModel.answer`), tombstones `"<version>|"`;
+the rule of `projections/cache.py` (`accepts`) runs as one Lua script, for a query's fill and
+for the projector's answers and tombstones alike, so that compare-and-set is atomic in Redis.
+Redis down or slow: a get is a miss (the query goes to the read model), a fill is dropped,
+and the projector's changes wait (the newest of each row) and are written when Redis answers
+again; past `PENDING_ANSWERS` rows waiting, the others wait as tombstones, which keeps the
+projector's memory bounded through a long outage.
 """
 
 from __future__ import annotations
@@ -20,34 +23,32 @@ import redis
 import redis.asyncio
 from redis.asyncio.connection import RedisSSLContext
 
+from eventkeep.projections.cache import accepts
 from eventkeep.projections.readmodel import Change
 
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 3600
 
-# KEYS[1] entry; ARGV[1] version, ARGV[2] value, ARGV[3] ttl. Mirrors cache.accepts_fill.
-_FILL = """
+# Rows whose answers wait for Redis (beyond: as tombstones, the answers dropped).
+PENDING_ANSWERS = 50_000
+
+# KEYS[1] entry; ARGV[1] version, ARGV[2] value ("<version>|<answer>" or a tombstone,
+# "<version>|"), ARGV[3] ttl. Mirrors cache.accepts.
+_OFFER = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local bar = string.find(current, '|', 1, true)
   local version = tonumber(string.sub(current, 1, bar - 1))
-  local is_row = bar < string.len(current)
   local offered = tonumber(ARGV[1])
-  if offered < version or (offered == version and is_row) then return 0 end
+  if offered < version then return 0 end
+  if offered == version then
+    local is_row = bar < string.len(current)
+    local offered_row = string.len(ARGV[2]) > string.len(ARGV[1]) + 1
+    if is_row or not offered_row then return 0 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-# KEYS[1] entry; ARGV[1] version, ARGV[2] ttl: a tombstone unless the entry is as new.
-_FORGET = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local version = tonumber(string.sub(current, 1, string.find(current, '|', 1, true) - 1))
-  if version >= tonumber(ARGV[1]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. '|', 'EX', ARGV[2])
 return 1
 """
 
@@ -81,10 +82,10 @@ class RedisCache:
         self._async_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, redis.asyncio.Redis
         ] = weakref.WeakKeyDictionary()
-        self._fill = self._redis.register_script(_FILL)
-        self._forget = self._redis.register_script(_FORGET)
+        self._offer = self._redis.register_script(_OFFER)
         self._namespace = namespace
-        self._pending: dict[tuple[int, str, str], int] = {}
+        # Changes waiting for Redis: the newest version of each row, with its answer (or None).
+        self._pending: dict[tuple[int, str, str], tuple[int, bytes | None]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -134,7 +135,7 @@ class RedisCache:
     def fill(self, kind: str, row_id: str, version: int, body: bytes, generation: int) -> None:
         value = str(version).encode() + b"|" + body
         with contextlib.suppress(redis.RedisError):  # the next miss reads the read model again
-            self._fill(
+            self._offer(
                 keys=[self.key(generation, kind, row_id)],
                 args=[version, value, TTL_SECONDS],
             )
@@ -143,31 +144,42 @@ class RedisCache:
         with self._lock:
             return not self._pending
 
-    def forget(self, changes: Iterable[Change]) -> None:
-        """Writes tombstones, including any a Redis outage left pending; keeps what fails."""
+    def publish(self, changes: Iterable[Change]) -> None:
+        """Writes the changes' answers and tombstones, with any a Redis outage left pending;
+        keeps what fails (the newest change of each row)."""
         with self._lock:
+            pending = self._pending
             for change in changes:
                 key = (change.generation, change.kind, change.id)
-                self._pending[key] = max(change.version, self._pending.get(key, 0))
-            if not self._pending:
+                waiting = pending.get(key)
+                if waiting is None or accepts(
+                    waiting[0], waiting[1] is not None, change.version, change.answer is not None
+                ):
+                    pending[key] = (change.version, change.answer)
+            if not pending:
                 return
             try:
                 try:
-                    self._write_tombstones()
+                    self._write_pending()
                 except redis.exceptions.NoScriptError:  # Redis restarted, or its scripts flushed
-                    self._redis.script_load(_FORGET)
-                    self._write_tombstones()
+                    self._redis.script_load(_OFFER)
+                    self._write_pending()
             except redis.RedisError as error:
-                log.warning("%s cache tombstones wait for Redis: %s", len(self._pending), error)
+                log.warning("%s cache changes wait for Redis: %s", len(pending), error)
+                if len(pending) > PENDING_ANSWERS:  # a tombstone is as safe, and small
+                    for key, (version, _) in pending.items():
+                        pending[key] = (version, None)
                 return
-            self._pending.clear()
+            pending.clear()
 
-    def _write_tombstones(self) -> None:
+    def _write_pending(self) -> None:
         """One round trip: the script by its digest (a script object given a pipeline asks
         Redis first whether it has the script, a round trip more per batch)."""
+        sha = self._offer.sha
         with self._redis.pipeline(transaction=False) as pipe:
-            for key, version in self._pending.items():
-                pipe.evalsha(self._forget.sha, 1, self.key(*key), version, TTL_SECONDS)
+            for key, (version, answer) in self._pending.items():
+                value = b"%d|%s" % (version, answer or b"")
+                pipe.evalsha(sha, 1, self.key(*key), version, value, TTL_SECONDS)
             pipe.execute()
 
 

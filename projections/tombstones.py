@@ -1,11 +1,14 @@
-"""A projector's cache tombstones, written by a thread of their own while the projector polls
+"""A projector's cache writes — each changed row's answer (`Change.answer`), or a tombstone
+where a change carries none — written by a thread of their own while the projector polls
 and applies its next batch: one Redis round trip per batch (more while Redis is slow: up to
-its timeout) no longer sits between one batch's commit and the next one's poll.
+its timeout) no longer sits between one batch's commit and the next one's poll. They are
+handed over only after the batch committed, in commit order; the cache's version rule keeps
+an older answer from replacing a newer one whatever the order they reach Redis in.
 
-Each hand-over gets a ticket; `written` is the last ticket whose tombstones the cache holds,
+Each hand-over gets a ticket; `written` is the last ticket whose changes the cache holds,
 with nothing of it or before it waiting for Redis: the projector records a batch's `cached:`
 watermarks (what `X-Min-Position` trusts the cache up to) only once its ticket is written.
-A Redis outage keeps the tombstones in the cache (`Cache.forget` keeps what fails); the next
+A Redis outage keeps the changes in the cache (`Cache.publish` keeps what fails); the next
 hand-over, even an empty one (the projector's idle polls), tries them again.
 """
 
@@ -35,12 +38,12 @@ class TombstoneWriter:
 
     @property
     def written(self) -> int:
-        """The last ticket whose tombstones (and every earlier one's) the cache holds."""
+        """The last ticket whose changes (and every earlier one's) the cache holds."""
         with self._wake:
             return self._written
 
     def hand(self, changes: Iterable[Change]) -> int:
-        """Queues the tombstones of `changes` (none: retry what waits); their ticket."""
+        """Queues `changes` for the cache (none: retry what waits); their ticket."""
         with self._wake:
             self._changes.extend(changes)
             self._handed += 1
@@ -63,9 +66,9 @@ class TombstoneWriter:
                 changes, self._changes = self._changes, []
                 ticket = self._taken = self._handed
             try:
-                self._cache.forget(changes)  # keeps what Redis refused, for the next hand-over
+                self._cache.publish(changes)  # keeps what Redis refused, for the next hand-over
             except Exception:  # not Redis's unavailability: kept too, tried with the next
-                log.exception("cache tombstones failed; tried again with the next batch")
+                log.exception("cache writes failed; tried again with the next batch")
                 with self._wake:
                     self._changes[:0] = changes
                 continue

@@ -195,7 +195,7 @@ def quarantine_retry(
         models = system.read_models
         models.fill = fill_from(system.recorder)
         applied, changes = models.retry(projection, stream)
-        system.cache.forget(changes)
+        system.cache.publish(changes)
         left = [
             row
             for row in models.quarantine()

@@ -2,8 +2,10 @@
 their position header, in both modes, on a short path before routing (api/fast_reads.py) that
 still refuses a revoked key; product searches take it too and answer as the route does, which
 still answers (and refuses) every search the short path does not; and erasure reaches those
-bytes as it reaches the rows: once the read model and its cache tombstones include the
-erasure, no cached answer holds the user's personal data."""
+bytes as it reaches the rows: once the read model and its cache writes include the erasure,
+no cached answer holds the user's personal data. The projector writes each changed row's
+answer to the cache after its commit, the bytes a query would have encoded from the row, so
+the first read after a change is a hit, with no query of the read model."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,9 +25,10 @@ from eventkeep.api.fast_reads import BY_ID, SEARCH
 from eventkeep.api.keys import Role
 from eventkeep.api.ratelimit import LocalLimiter
 from eventkeep.api.routes import products as product_routes
+from eventkeep.projections.cache import LocalCache
 from eventkeep.projections.near_cache import NearCache
-from eventkeep.projections.readmodel import ReadModelQueries
-from tests.api.shopping import USER, answer, create_product, register
+from eventkeep.projections.readmodel import ReadModel, ReadModelQueries
+from tests.api.shopping import USER, answer, create_product, place_order, register
 
 pytestmark = pytest.mark.usefixtures("projected")
 
@@ -34,6 +38,17 @@ DEADLINE = 30  # s: events reach the read models through Kafka on a loaded machi
 def cached(wiring: Wiring, kind: str, name: str, row_id: str) -> bytes | None:
     generation = wiring.queries.progress.generation_of(name)
     return asyncio.run(wiring.queries.cache.get_async(kind, row_id, generation))
+
+
+def evict(wiring: Wiring, kind: str, name: str, row_id: str) -> None:
+    """Drops an entry as an expiry or the cache's own eviction would: the next read misses."""
+    cache = wiring.queries.cache
+    generation = wiring.queries.progress.generation_of(name)
+    if isinstance(cache, NearCache):
+        cache.redis._redis.delete(cache.redis.key(generation, kind, row_id))
+    else:
+        assert isinstance(cache, LocalCache)
+        cache._entries.pop((generation, kind, row_id), None)
 
 
 def poll(condition: Callable[[], Any], what: str) -> Any:
@@ -77,8 +92,10 @@ def test_erasure_leaves_the_cached_answers(
     )
     erased = answer(client.delete(f"{path}/personal-data", headers=bearer(Role.admin)))
     progress = wiring.queries.progress
-    poll(lambda: progress.cache_position_of("users") >= erased["position"], "the tombstones")
-    assert email not in (cached(wiring, "user", "users", user["id"]) or b"")
+    poll(lambda: progress.cache_position_of("users") >= erased["position"], "the cache writes")
+    # The projector wrote the erased row's answer over the one before: no read refilled it.
+    erased_answer = orjson.loads(cached(wiring, "user", "users", user["id"]) or b"null")
+    assert erased_answer["email"] is None and erased_answer["version"] == erased["version"]
     shown = client.get(path).json()  # through the cache again: refilled with the erased row
     assert (shown["email"], shown["first_name"], shown["last_name"]) == (None, None, None)
     assert email not in (cached(wiring, "user", "users", user["id"]) or b"")
@@ -124,6 +141,41 @@ def test_an_erased_user_is_served_from_no_workers_near_copy(
         other.close()
 
 
+def test_a_projected_change_is_read_from_the_cache_with_no_read_model_query(
+    client: TestClient, wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New rows and changed ones (the order's reservation changes the product): once they
+    are projected, their answers are in the cache with no read having filled it, byte for
+    byte what a read of the row encodes, and each GET is a hit that never reads the read
+    model."""
+    user = register(client)
+    product = create_product(client)
+    order = answer(place_order(client, user["id"], product["id"]), 201)
+    progress = wiring.queries.progress
+    newest = max(user["position"], product["position"], order["position"])
+    rows = {"users": ("user", user["id"]), "products": ("product", product["id"])}
+    rows["orders"] = ("order", order["id"])
+    poll(lambda: all(progress.position_of(name) >= newest for name in rows), "the projector")
+    expected = {}
+    for name, (_, row_id) in rows.items():
+        read = wiring.queries.of(name).model.read_answer(row_id)
+        assert read is not None
+        expected[name] = read[1]
+
+    def no_query(model: ReadModel, row_id: str) -> None:
+        raise AssertionError(f"{model.name} {row_id} read from the read model, not the cache")
+
+    monkeypatch.setattr(ReadModel, "read_answer", no_query)
+    for name, (kind, row_id) in rows.items():
+        # Written by the projector after its commit (nothing here read these rows before).
+        poll(
+            lambda k=kind, n=name, i=row_id: cached(wiring, k, n, i) == expected[n],
+            f"the {kind}'s answer",
+        )
+        hit = client.get(f"/v1/{name}/{row_id}")
+        assert (hit.status_code, hit.content) == (200, expected[name])
+
+
 def test_a_revoked_key_is_refused_even_for_a_cached_answer(
     app: FastAPI, wiring: Wiring, bearer: Callable[[Role], dict[str, str]]
 ) -> None:
@@ -161,7 +213,9 @@ def test_a_miss_is_read_filled_and_answered_on_the_short_path(
     monkeypatch.setattr(wiring, "limiter", LocalLimiter(rate=1000, burst=1000))
     product = create_product(client)
     poll(lambda: wiring.queries.position("products") >= product["position"], "the read model")
-    assert cached(wiring, "product", "products", product["id"]) is None  # never read: a miss
+    poll(lambda: cached(wiring, "product", "products", product["id"]), "the projector's answer")
+    evict(wiring, "product", "products", product["id"])
+    poll(lambda: cached(wiring, "product", "products", product["id"]) is None, "the eviction")
     assert client.get("/v1/products", params={"limit": 1}).status_code == 200  # key verified
     products = wiring.queries.of("products")
     routed: list[str] = []  # the route's read, spied on

@@ -81,7 +81,7 @@ def test_a_tombstone_written_elsewhere_is_seen_once_fenced(
     near: NearCache, projector: RedisCache
 ) -> None:
     kept(near, projector, b'{"v":1}')
-    projector.forget([Change("product", "p1", 2, 0)])  # the projector committed version 2
+    projector.publish([Change("product", "p1", 2, 0)])  # the projector committed version 2
     assert near.fence()
     assert get(near) is None  # no copy of version 1, at once
     projector.fill("product", "p1", 2, b'{"v":2}', 0)  # another worker read version 2
@@ -106,7 +106,7 @@ def test_a_silent_redis_stops_the_copies_and_they_come_back(
         kept(near, projector, b'{"v":1}')
         assert near.fence()
         proxy.freeze()  # the network to Redis falls silent: no invalidation can arrive
-        projector.forget([Change("product", "p1", 2, 0)])
+        projector.publish([Change("product", "p1", 2, 0)])
         assert not near.fence()  # unanswered: the copies are dropped
         assert get(near) is None  # and Redis, unreachable, is a miss
         proxy.thaw()
@@ -129,7 +129,7 @@ def test_no_copy_is_served_long_after_the_last_fence(
         kept(near, projector, b'{"v":1}')
         assert near.fence()
         proxy.freeze()
-        projector.forget([Change("product", "p1", 2, 0)])
+        projector.publish([Change("product", "p1", 2, 0)])
         time.sleep(1.5)  # past FRESH_SECONDS (1 s)
         assert get(near) is None  # not the copy; Redis, unreachable, is a miss
     finally:
