@@ -465,35 +465,39 @@ class WebhookDispatcher:
 
 class AdvisoryLeader:
     """True while this process holds the PostgreSQL advisory lock of webhook delivery, on a
-    connection of its own (a process whose connection dies loses it; another takes over)."""
+    connection of its own (a process whose connection dies loses it; another takes over).
+    A process that does not hold it asks again on the same connection: opening one for each
+    ask (every poll, 5 a second) cost each such API worker a PostgreSQL connection and its
+    authentication 5 times a second, a few % of a core, beside every request it served."""
 
     LOCK = 0x65_6B_77_68  # "ekwh"
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._connection: Any = None
+        self._held = False
 
     def __call__(self) -> bool:
         import psycopg
 
         try:
-            if self._connection is not None and not self._connection.closed:
-                self._connection.execute("SELECT 1")
+            if self._connection is None or self._connection.closed:
+                self._held = False
+                self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            if self._held:
+                self._connection.execute("SELECT 1")  # the lock lives as long as the session
                 return True
-            self._connection = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
             held = self._connection.execute(
                 "SELECT pg_try_advisory_lock(%s)", (self.LOCK,)
             ).fetchone()
-            if held and held[0]:
-                return True
-            self._connection.close()
-            self._connection = None
-            return False
+            self._held = bool(held and held[0])
+            return self._held
         except Exception:
             self.close()
             return False
 
     def close(self) -> None:
+        self._held = False
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 self._connection.close()

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from eventkeep.api.bootstrap import Wiring
 from eventkeep.api.keys import Role
-from eventkeep.api.webhooks import DeliveryPolicy, allow_list
+from eventkeep.api.webhooks import AdvisoryLeader, DeliveryPolicy, allow_list
 
 POLICY = DeliveryPolicy(timeout=0.5, attempts=3, backoff=0.02, allowed=allow_list("127.0.0.1"))
 
@@ -223,3 +223,36 @@ def test_a_stream_filter_and_a_slow_receiver_never_slow_commands(
     time.sleep(0.3)
     assert [m["type"] for m in receiver.received] == ["UserDeactivated"]
     assert all(m["data"]["stream_id"] != other for m in receiver.received)
+
+
+def test_a_worker_not_leading_asks_for_the_lock_again_on_its_own_connection(
+    postgres_url: str,
+) -> None:
+    """Webhook delivery has one leader (a PostgreSQL advisory lock); every other API worker
+    asks for the lock at each poll. It asks on the connection it keeps, instead of opening
+    and authenticating a new one five times a second, and takes over when the leader goes."""
+    leader, follower = AdvisoryLeader(postgres_url), AdvisoryLeader(postgres_url)
+
+    def soon(ask: Callable[[], bool]) -> bool:
+        """A session's end frees its lock once its server process is gone, not at close."""
+        deadline = time.monotonic() + 10
+        while not ask():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    try:
+        assert soon(leader)  # a lock left by a session that just ended is freed shortly
+        assert not follower()
+        asked_on = follower._connection.info.backend_pid
+        assert not follower()
+        assert follower._connection.info.backend_pid == asked_on  # no new connection
+        leader.close()  # the leader's session ends, and its lock with it
+        assert soon(follower)
+        assert follower._connection.info.backend_pid == asked_on
+        assert follower()  # kept while its session lives
+        assert not leader()
+    finally:
+        leader.close()
+        follower.close()
