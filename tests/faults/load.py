@@ -150,7 +150,7 @@ def recovered_within(
 
 
 def cache_settled_within(seconds: float, wiring: Wiring) -> float:
-    """From now (Redis answers again): the projector's cache tombstones are written up to the
+    """From now (Redis answers again): the projector's cache writes (answers) are in up to the
     log's head within `seconds` (the cache's settled position of every read model)."""
     from eventkeep.projections.readmodels import cache_position_of
 
