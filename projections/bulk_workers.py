@@ -153,11 +153,19 @@ def in_workers(
     return head
 
 
+# How long a worker whose words stopped making sense may take to end before it is killed.
+_END_SECONDS = 5.0
+
+
 class _Worker:
-    def __init__(self, index: int, task: Task, messages: queue.Queue[tuple[int, str, Any]]):
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+    def __init__(
+        self,
+        index: int,
+        task: Task,
+        messages: queue.Queue[tuple[int, str, Any]],
+        command: tuple[str, ...] = (sys.executable, "-m", __name__),
+    ):
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self._process.stdin is not None
         self._process.stdin.write(pickle.dumps(task))
         self._process.stdin.close()
@@ -175,7 +183,13 @@ class _Worker:
             try:
                 word, value = pickle.load(stream)
             except (EOFError, OSError, pickle.UnpicklingError, ValueError):
-                code = self._process.wait()
+                # Bounded: a worker may be blocked writing more of what no longer reads as
+                # words into a pipe nobody drains.
+                try:
+                    code = self._process.wait(_END_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    code = self._process.wait()
                 self._messages.put((self._index, "failed", ([], f"ended with code {code}")))
                 return
             self._messages.put((self._index, word, value))
@@ -242,6 +256,9 @@ def _work(task: Task, out: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
-    _out = sys.stdout.buffer  # the words to the caller; anything printed goes to stderr
+    # The words to the caller go on a descriptor of their own; file descriptor 1 (what
+    # Python prints and what C code writes) goes to stderr, so nothing else lands among them.
+    _out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     _work(pickle.load(sys.stdin.buffer), _out)
