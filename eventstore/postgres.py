@@ -41,6 +41,8 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
+from eventkeep.eventstore.pg_arrays import encoded
+from eventkeep.eventstore.pg_arrays import register as register_encoded_arrays
 from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent, note_given_back
 from eventkeep.eventstore.recorder import (
     Argument,
@@ -190,7 +192,10 @@ class PostgresDialect:
                         f"SELECT {function}({placeholders})"
                         " FROM pg_advisory_xact_lock(hashtext(%b::text))",
                     ),
-                    [*(_null_if_empty(a.value) for a in arguments), _lock_key(events_table)],
+                    [
+                        *(encoded(a.type, _null_if_empty(a.value)) for a in arguments),
+                        _lock_key(events_table),
+                    ],
                     prepare=True,
                 )
                 row = cursor.fetchone()
@@ -260,6 +265,7 @@ class PostgresDialect:
         POSTGRES_LOCK_TIMEOUT for the session (a transaction may set its own)."""
         if self._batch_connection is None or self._batch_connection.closed:
             connection = self._new_connection(autocommit=True, **options)
+            register_encoded_arrays(connection.adapters)  # a batch's arrays (`pg_arrays`)
             if timeout := self._datastore.lock_timeout:  # seconds
                 connection.execute(f"SET lock_timeout = '{int(timeout)}s'")
                 connection.execute(f"SET statement_timeout = '{int(timeout)}s'")
