@@ -124,7 +124,20 @@ def _bytea(values: Sequence[Any]) -> tuple[bytes, int]:
 
 
 def _text(values: Sequence[Any]) -> tuple[bytes, int]:
-    return _variable([None if v is None else v.encode() for v in values])
+    framed: dict[str, bytes] = {}  # a batch repeats its types and metadata
+    parts: list[bytes] = []
+    nulls = 0
+    for value in values:
+        if value is None:
+            parts.append(_NULL)
+            nulls = 1
+            continue
+        element = framed.get(value)
+        if element is None:
+            encoded = value.encode()
+            element = framed[value] = _LENGTH.pack(len(encoded)) + encoded
+        parts.append(element)
+    return b"".join(parts), nulls
 
 
 def _uuid(values: Sequence[Any]) -> tuple[bytes, int]:

@@ -28,11 +28,11 @@ CASES: list[tuple[str, list[Any]]] = [
         [
             datetime.now(UTC),
             datetime(1990, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
-            datetime(2031, 7, 9, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            datetime(2031, 7, 9, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=5.5))),
             datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
         ],
     ),
-]  # fmt: skip
+]
 
 
 @pytest.fixture
