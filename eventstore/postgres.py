@@ -4,7 +4,8 @@ Plugged into the `eventsourcing` library as a persistence module
 (`PERSISTENCE_MODULE=eventkeep.eventstore.postgres`). The recorder itself is the core of
 `eventstore.recorder`; this module is its PostgreSQL dialect:
 - lists of values travel as binary arrays (`unnest`, `= ANY`), so a batch of any size is one
-  statement with a fixed text (prepared once);
+  statement with a fixed text (prepared once); a one-trip batch's arrays are framed in one
+  pass each (`eventstore.pg_arrays`);
 - reads take a pooled connection and no lock; group commit writes on a connection of its own,
   under the log's write lock (an advisory transaction lock; positions are assigned under that
   lock, so position order is commit order and tailing readers never skip an event), and each
