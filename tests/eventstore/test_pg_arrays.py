@@ -15,7 +15,9 @@ import psycopg
 import pytest
 
 from eventkeep.eventstore.pg_arrays import EncodedArray, encoded, register
-from tests.eventstore.stores import postgres_url
+from eventkeep.eventstore.postgres import PostgresApplicationRecorder
+from tests.eventstore.stores import drop_postgres_tables, postgres_datastore, postgres_url
+from tests.eventstore.test_global_log import events_for
 
 CASES: list[tuple[str, list[Any]]] = [
     ("bigint[]", [1, -1, 0, 2**62, -(2**63), 123_456_789_012]),
@@ -73,3 +75,35 @@ def test_the_server_reads_what_psycopg_would_send(
 )
 def test_a_value_of_another_kind_is_left_to_psycopg(type: str, values: list[Any]) -> None:
     assert encoded(type, values) is values
+
+
+@pytest.fixture
+def recorder() -> Iterator[PostgresApplicationRecorder]:
+    drop_postgres_tables()
+    datastore = postgres_datastore(pool_size=2, max_overflow=2)
+    recorder = PostgresApplicationRecorder(datastore)
+    recorder.create_table()
+    yield recorder
+    recorder.close()
+    datastore.close()
+    drop_postgres_tables()
+
+
+def test_a_batch_in_one_trip_sends_its_arrays_framed(
+    recorder: PostgresApplicationRecorder,
+) -> None:
+    """The committer's statement takes the framed arrays: its parameters are typed as the
+    append function's own (psycopg's list dumper types a list of small numbers smallint[])."""
+    for _ in range(3):  # the first batch is planned under the lock; the next in one trip
+        recorder.insert_events(events_for(uuid4(), 1, 2), metadata={"actor": "test"})
+    connection = recorder.sql._batch_connection  # type: ignore[attr-defined]
+    rows = connection.execute(
+        "SELECT parameter_types::text[] FROM pg_prepared_statements"
+        " WHERE statement LIKE '%FROM pg_advisory_xact_lock(%'"  # the one-trip statement
+    ).fetchall()
+    assert rows, "the one-trip statement is prepared"
+    for (types,) in rows:
+        assert types[3:14] == [
+            "bigint[]", "uuid[]", "bigint[]", "text[]", "text[]", "integer[]",
+            "timestamp with time zone[]", "bytea[]", "text[]", "bytea[]", "bytea[]",
+        ]  # fmt: skip
