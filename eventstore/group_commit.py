@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from queue import Empty, Full, Queue
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 import anyio.to_thread
@@ -112,9 +112,9 @@ class Append:
         )
 
 
-@dataclass(frozen=True)
-class Row:
-    """A fully described event row, ready for the insert."""
+class Row(NamedTuple):
+    """A fully described event row, ready for the insert (a named tuple: one is made for
+    every event of a batch, about four times faster than a frozen dataclass)."""
 
     position: int
     stream_id: UUID | str

@@ -128,17 +128,23 @@ class ChainLinker:
         framed_metadata = self._metadata.get(metadata)
         if framed_metadata is None:
             framed_metadata = self._metadata[metadata] = _framed(metadata)
-        framed = b"".join(
+        # The fields events do not repeat framed in place: one join for the whole message.
+        number, version = str(position).encode(), str(stream_version).encode()
+        message = b"".join(
             (
-                _framed(str(position).encode()),
+                prev_hash,
+                _PREFIX.pack(len(number)),
+                number,
                 stream,
-                _framed(str(stream_version).encode()),
+                _PREFIX.pack(len(version)),
+                version,
                 kind,
-                _framed(data),
+                _PREFIX.pack(len(data)),
+                data,
                 framed_metadata,
             )
         )
-        return _digest(self._keyed, prev_hash + framed)
+        return _digest(self._keyed, message)
 
 
 def _digest(keyed: hmac.HMAC | None, message: bytes) -> bytes:

@@ -4,7 +4,8 @@ Plugged into the `eventsourcing` library as a persistence module
 (`PERSISTENCE_MODULE=eventkeep.eventstore.postgres`). The recorder itself is the core of
 `eventstore.recorder`; this module is its PostgreSQL dialect:
 - lists of values travel as binary arrays (`unnest`, `= ANY`), so a batch of any size is one
-  statement with a fixed text (prepared once);
+  statement with a fixed text (prepared once); a one-trip batch's arrays are framed in one
+  pass each (`eventstore.pg_arrays`);
 - reads take a pooled connection and no lock; group commit writes on a connection of its own,
   under the log's write lock (an advisory transaction lock; positions are assigned under that
   lock, so position order is commit order and tailing readers never skip an event), and each
@@ -41,6 +42,8 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import set_json_loads
 
 from eventkeep.eventstore.migrations import SCHEMA_LOCK, PostgresSchemaDatabase, quote_identifier
+from eventkeep.eventstore.pg_arrays import encoded
+from eventkeep.eventstore.pg_arrays import register as register_encoded_arrays
 from eventkeep.eventstore.pools import check_and_sweep, check_unless_recent, note_given_back
 from eventkeep.eventstore.recorder import (
     Argument,
@@ -190,7 +193,10 @@ class PostgresDialect:
                         f"SELECT {function}({placeholders})"
                         " FROM pg_advisory_xact_lock(hashtext(%b::text))",
                     ),
-                    [*(_null_if_empty(a.value) for a in arguments), _lock_key(events_table)],
+                    [
+                        *(encoded(a.type, _null_if_empty(a.value)) for a in arguments),
+                        _lock_key(events_table),
+                    ],
                     prepare=True,
                 )
                 row = cursor.fetchone()
@@ -260,6 +266,7 @@ class PostgresDialect:
         POSTGRES_LOCK_TIMEOUT for the session (a transaction may set its own)."""
         if self._batch_connection is None or self._batch_connection.closed:
             connection = self._new_connection(autocommit=True, **options)
+            register_encoded_arrays(connection.adapters)  # a batch's arrays (`pg_arrays`)
             if timeout := self._datastore.lock_timeout:  # seconds
                 connection.execute(f"SET lock_timeout = '{int(timeout)}s'")
                 connection.execute(f"SET statement_timeout = '{int(timeout)}s'")

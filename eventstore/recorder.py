@@ -16,7 +16,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast
 from uuid import UUID
 
 import anyio.to_thread
@@ -82,9 +82,9 @@ EVENT_TYPES: tuple[ColumnType, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Argument:
-    """One argument of a server-side function: its SQL type (e.g. `uuid[]`) and value."""
+class Argument(NamedTuple):
+    """One argument of a server-side function: its SQL type (e.g. `uuid[]`) and value (a
+    named tuple: a batch makes 23)."""
 
     type: str
     value: Any
@@ -765,28 +765,34 @@ def _append_arguments(recorder: EventRecorder, plan: BatchPlan, head: Head) -> l
     rows = plan.rows
     erasing = recorder.personal_data.erasing_event if recorder.personal_data else None
     claims = list(plan.claims.items())
+    # The rows' columns in one transposition (rows are tuples: `group_commit.Row`).
+    columns = [list(c) for c in zip(*rows, strict=True)] or [[] for _ in Row._fields]
+    positions, streams, stream_types, versions, event_types, schemas, recorded, datas = columns[:8]
+    previous, hashes = columns[9:11]
+    stream_ids = [_uuid(stream) for stream in streams]
+    erased = [s for s, t in zip(stream_ids, event_types, strict=True) if t == erasing]
     return [
         Argument("bigint", head.position),
         Argument("bytea", head.hash),
         Argument("text", recorder.channel),
-        Argument("bigint[]", [r.position for r in rows]),
-        Argument("uuid[]", [_uuid(r.stream_id) for r in rows]),
-        Argument("bigint[]", [r.stream_version for r in rows]),
-        Argument("text[]", [r.stream_type for r in rows]),
-        Argument("text[]", [r.event_type for r in rows]),
-        Argument("int[]", [r.schema_version for r in rows]),
-        Argument("timestamptz[]", [r.recorded_at for r in rows]),
-        Argument("bytea[]", [r.data for r in rows]),
+        Argument("bigint[]", positions),
+        Argument("uuid[]", stream_ids),
+        Argument("bigint[]", versions),
+        Argument("text[]", stream_types),
+        Argument("text[]", event_types),
+        Argument("int[]", schemas),
+        Argument("timestamptz[]", recorded),
+        Argument("bytea[]", datas),
         Argument("text[]", _metadata_json(rows)),
-        Argument("bytea[]", [r.prev_hash for r in rows]),
-        Argument("bytea[]", [r.hash for r in rows]),
+        Argument("bytea[]", previous),
+        Argument("bytea[]", hashes),
         Argument("text[]", [scope for (scope, _), _ in claims]),
         Argument("text[]", [key for (_, key), _ in claims]),
         Argument("uuid[]", [owner for _, owner in claims]),
         Argument("text[]", [i.key for i in plan.idempotency]),
         Argument("text[]", [i.request_hash for i in plan.idempotency]),
         Argument("text[]", [i.stored_answer() for i in plan.idempotency]),
-        Argument("uuid[]", [_uuid(r.stream_id) for r in rows if r.event_type == erasing]),
+        Argument("uuid[]", erased),
         Argument("uuid[]", [_uuid(stream) for stream in plan.data_keys]),
         Argument("bytea[]", list(plan.data_keys.values())),
     ]
