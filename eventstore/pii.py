@@ -36,7 +36,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -45,6 +45,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from eventkeep.eventstore.records import evolved
 
 PII_SECRET = "PII_SECRET"  # the persistence environment's key for the deployment secret
 PII_FIELDS = "PII_FIELDS"  # … for the personal fields: JSON {event type: [field, …]}
@@ -182,7 +184,7 @@ class PersonalData:
                 continue  # an older schema naming no owner: stored as written (docs/events.md)
             key = keys.get(owner)
             data = self._map_fields(event.topic, data, partial(_seal, key, stream))
-            sealed[i] = replace(event, state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+            sealed[i] = evolved(event, state=orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
         return Sealed(sealed, new_keys)
 
     def forget(self, streams: Iterable[str]) -> None:
@@ -220,7 +222,7 @@ class PersonalData:
             )
         )
         return [
-            replace(e, state=orjson.dumps(next(opened), option=orjson.OPT_SORT_KEYS))
+            evolved(e, state=orjson.dumps(next(opened), option=orjson.OPT_SORT_KEYS))
             if e.topic in self._fields
             else e
             for e in events
@@ -330,6 +332,8 @@ class PersonalData:
         """The keys of `streams`, made for those without one that were not erased; kept ones
         ask no query."""
         kept = self._kept(streams)
+        if len(kept) == len(streams):  # the usual case: a stream this writer sealed for before
+            return kept
         streams = streams - set(kept)
         wrapped = self._keys.fetch(streams) if streams else {}
         if missing := streams - set(wrapped):

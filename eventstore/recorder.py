@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast
 from uuid import UUID
@@ -54,7 +54,7 @@ from eventkeep.eventstore.migrations import (
     status,
 )
 from eventkeep.eventstore.pii import PII_SECRET, KeysNotKept, PersonalData, PersonalFields
-from eventkeep.eventstore.records import LoggedEvent, RecordedEvent
+from eventkeep.eventstore.records import LoggedEvent, RecordedEvent, evolved
 from eventkeep.eventstore.subscription import PollingSubscription
 
 E = TypeVar("E", bound=StoredEvent)
@@ -344,7 +344,7 @@ class EventRecorder:
         if self.personal_data is None:
             return append
         sealed = self.personal_data.seal(append.events, query=query)
-        return replace(append, events=sealed.events, data_keys=sealed.new_keys)
+        return evolved(append, events=sealed.events, data_keys=sealed.new_keys)
 
     def import_progress(self, digest: str) -> ImportProgress | None:
         """The last batch recorded for the import of the file `digest` (None: none, or one
