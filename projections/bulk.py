@@ -11,9 +11,10 @@ the same tables (tests/replay/test_bulk_rebuild.py).
 
 Memory stays bounded: the folded rows are written when `rows_bound` rows of one read model or
 `flush_events` events are held (the load's position recorded with them, so an interrupted
-load resumes from its last flush), and once written, the oldest rows are dropped; a later
-event of a dropped stream reads its row back (one statement per page for all such streams).
-The writes run in a writer thread of their own, overlapping the fold of the next pages.
+load resumes from its last flush), and once handed to the writer, the oldest rows are
+dropped; a later event of a dropped stream reads its row back (from a load not committed yet
+that holds it, else one statement per page for all such streams). The writes run in a writer
+thread of their own, overlapping the fold of the next pages: the fold never waits for them.
 
 A projector far behind (or a read model new to a running feed) catches up with `catch_up`
 before it follows the live feed: the same read-ahead of upcast pages, each page a big batch
@@ -24,6 +25,7 @@ by other projectors of the group — so it writes in place, not by COPY into new
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import itertools
@@ -98,9 +100,11 @@ class _Fold:
 
 @dataclass
 class _Load:
-    """What one flush writes, in one transaction."""
+    """What one flush writes, in one transaction: `rows`, by read model and id, are `new`'s
+    and `changed`'s (what a read-back takes while the load is not committed yet)."""
 
     position: int
+    rows: dict[str, dict[str, Row]]
     new: dict[str, list[Row]]
     changed: dict[str, list[Row]]
     effects: dict[str, Batch]
@@ -214,8 +218,11 @@ class BulkLoad:
 
     def _read_back(self, page: Sequence[Envelope]) -> None:
         """Reads the rows of the page's streams that the tables may hold and memory does not
-        (dropped after a flush, or there before a resumed load), one statement per read
-        model, after the writes so far are committed."""
+        (dropped after a flush, or there before a resumed load): from the loads not yet
+        committed, else one statement per read model. The fold never waits for the writer
+        here (waiting for each flush to commit first left the fold idle for a third of a
+        rebuild, py-spy): a row a load still holds is that load's; one it does not is
+        committed already (loads are written in order) or was never written."""
         # Tables fresh at the start hold only rows memory holds too, until some are dropped.
         checked = {
             stream_type: unsure
@@ -235,11 +242,12 @@ class BulkLoad:
                     wanted.setdefault(fold.model.name, set()).add(stream_id)
         if not wanted:
             return
-        self._writer.drain()
         with self._models.db.reading() as cursor:
             for name, ids in wanted.items():
                 fold = self._folds[name]
-                found = fold.model._load(cursor, sorted(ids))
+                found = self._writer.unwritten(name, ids)
+                if rest := ids - found.keys():
+                    found.update(fold.model._load(cursor, sorted(rest)))
                 fold.batch.rows.update(found)
                 fold.stored.update(found)
                 # Streams with no row: their first event is on its way, or quarantined.
@@ -248,20 +256,23 @@ class BulkLoad:
     # --- writing ---------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        written: dict[str, dict[str, Row]] = {}
         new: dict[str, list[Row]] = {}
         changed: dict[str, list[Row]] = {}
         effects: dict[str, Batch] = {}
         for name, fold in self._folds.items():
             batch = fold.batch
-            rows = batch.rows
-            new[name] = [rows[i] for i in batch.changed if i not in fold.stored]
-            changed[name] = [rows[i] for i in batch.changed if i in fold.stored]
+            rows = written[name] = {i: batch.rows[i] for i in batch.changed}
+            new[name] = [row for i, row in rows.items() if i not in fold.stored]
+            changed[name] = [row for i, row in rows.items() if i in fold.stored]
             fold.stored.update(batch.changed)
             if batch.extra:
                 effects[name] = Batch(extra=batch.extra)
             batch.changed, batch.extra = {}, {}
             _drop_oldest(fold, self._rows_bound)
-        self._writer.submit(_Load(self._position, new, changed, effects, self._quarantined))
+        self._writer.submit(
+            _Load(self._position, written, new, changed, effects, self._quarantined)
+        )
         self._quarantined = []
         self._unwritten = 0
 
@@ -290,14 +301,14 @@ class _Writer:
         self._done: queue.Queue[int] = queue.Queue()
         self._error: BaseException | None = None
         self._idle = threading.Condition()
-        self._pending = 0
+        self._pending: collections.deque[_Load] = collections.deque()  # not committed yet
         self._thread = threading.Thread(target=self._run, name="bulk-writer", daemon=True)
         self._thread.start()
 
     def submit(self, load: _Load) -> None:
         self._raise()
         with self._idle:
-            self._pending += 1
+            self._pending.append(load)
         while True:  # never blocked for good on a writer that has failed
             try:
                 self._loads.put(load, timeout=0.1)
@@ -308,8 +319,21 @@ class _Writer:
     def drain(self) -> None:
         """Waits until every load submitted is committed."""
         with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0 or self._error is not None)
+            self._idle.wait_for(lambda: not self._pending or self._error is not None)
         self._raise()
+
+    def unwritten(self, name: str, ids: Iterable[str]) -> dict[str, Row]:
+        """The rows of `ids` of read model `name` that loads submitted and not committed yet
+        hold, each from the last of them."""
+        with self._idle:
+            loads = list(self._pending)
+        found: dict[str, Row] = {}
+        for load in reversed(loads):
+            rows = load.rows.get(name, {})
+            for stream_id in ids:
+                if stream_id not in found and (row := rows.get(stream_id)) is not None:
+                    found[stream_id] = row
+        return found
 
     def committed(self) -> list[int]:
         self._raise()
@@ -341,7 +365,8 @@ class _Writer:
             except BaseException as error:  # handed to the folding thread
                 self._error = error
             with self._idle:
-                self._pending -= 1
+                if self._error is None:  # committed: the tables hold its rows
+                    self._pending.popleft()
                 self._idle.notify_all()
             if self._error is not None:
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from eventkeep.domain.user import User
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
 from eventkeep.eventstore.recorder import StoreAddress
-from eventkeep.projections import log_feed
+from eventkeep.projections import bulk, log_feed
 from eventkeep.projections.bulk import BulkLoad, upcast_pages
 from eventkeep.projections.bulk_workers import can_split, groups, in_workers
 from eventkeep.projections.log_feed import LogFeed
@@ -393,3 +394,60 @@ def test_a_failing_write_ends_the_load_with_its_error_never_a_hang(store: Wiring
         load.run(upcast_pages(store.shop.recorder, 0, 7), lambda position: None)
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_read_back_takes_rows_from_loads_not_yet_written_without_waiting(
+    wiring: Wiring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row dropped from memory while the load holding it is not committed yet is read back
+    from that load: the fold goes on while the writer is held (it waited for every write
+    to commit first, idle a third of a rebuild), up to the writer's queue; once the writer
+    goes on, the tables are the event-by-event rebuild's."""
+    history = History()
+    for op in [("user",), ("email", 0), ("email", 0)]:
+        history.run(op)
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in history.lines))
+    assert import_history(wiring, path) == 3
+    gate = threading.Event()
+    write = bulk._Writer._write
+
+    def held_write(self: Any, load: Any) -> None:
+        assert gate.wait(60), "the writer was never let go"
+        write(self, load)
+
+    monkeypatch.setattr(bulk._Writer, "_write", held_write)
+    db = wiring.queries.models.db
+    models, rowwise = ReadModels(db, "bulk_", ["users"]), ReadModels(db, "rowwise_", ["users"])
+    models.drop()
+    models.migrate(defer_indexes=True)
+    taken: list[Any] = []
+
+    def pages() -> Iterator[Any]:
+        for page in upcast_pages(wiring.shop.recorder, 0, 1):  # one event a page
+            taken.append(page)
+            yield page
+
+    # Every page flushed, every row dropped after: versions 2 and 3 are read back from the
+    # first and second loads, held unwritten; the third load waits for room in the queue.
+    load = BulkLoad(models, rows_bound=1, flush_events=1)
+    loading = threading.Thread(target=load.run, args=(pages(), lambda position: None))
+    loading.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(taken) < 3:
+            folded = [page[0]["position"] for page in taken[:-1]]
+            assert time.monotonic() < deadline, f"the fold waited for the writer after {folded}"
+            time.sleep(0.05)
+    finally:
+        gate.set()
+        loading.join(60)
+    assert not loading.is_alive()
+    try:
+        rebuild(wiring.shop.recorder, rowwise, bulk=False)
+        assert models.dump() == rowwise.dump()
+        assert len(models.dump()["users"]) == 1
+    finally:
+        models.drop()
+        rowwise.drop()
