@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -33,6 +32,7 @@ from eventkeep.api.routes import (
     webhooks,
 )
 from eventkeep.api.settings import Settings
+from eventkeep.heap import freeze_startup_heap
 
 # Cache connections a served worker opens before its first request (R1: 8 connections).
 WARM_CACHE_CONNECTIONS = 8
@@ -64,10 +64,8 @@ def create_app(
             await wiring.queries.cache.warm_async(WARM_CACHE_CONNECTIONS)
             # A full collection walks every object the process holds (about 140k after
             # startup: the app, its models, the libraries) with the event loop stopped: R1's
-            # 100-500 ms stalls of every connection at once. Frozen, the startup heap is never
-            # walked again; the passes see only what requests made since.
-            gc.collect()
-            gc.freeze()
+            # 100-500 ms stalls of every connection at once (eventkeep/heap.py).
+            freeze_startup_heap()
         # The server's connections refuse at the limit too (api/admission_protocol.py).
         yield {STATE_KEY: Refusals(gate)}
         if owned:

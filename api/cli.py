@@ -30,6 +30,7 @@ from typer.core import TyperCommand, TyperGroup
 import eventkeep
 from eventkeep.api.keys import Role
 from eventkeep.bootstrap import SettingsProblem, build
+from eventkeep.heap import freeze_startup_heap
 from eventkeep.logs import configure as configure_logs
 from eventkeep.logs import configure_from_environment as configure_logs_from_environment
 from eventkeep.logs import log_config
@@ -372,6 +373,9 @@ def _run_until_signalled(worker: Worker, settings: Settings) -> None:
     configure_logs(settings.log_level, settings.log_format)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: worker.stop())
+    # The relay's and projectors' full collections held every event in flight back for as
+    # long as they walked the startup heap (P2's tail, eventkeep/heap.py).
+    freeze_startup_heap()
     worker.run()
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from eventkeep.heap import freeze_startup_heap, was_frozen
 from eventkeep.projections.log_pages import EnvelopeLog, upcast_pages
 from eventkeep.projections.readmodel import Batch, Change, Envelope, ReadModel, Row
 from eventkeep.projections.readmodels import LOG, SET_ASIDE, ReadModels
@@ -155,7 +156,7 @@ class BulkLoad:
         # young collections that cost ~10 % of a worker's CPU. What the load holds is frozen
         # after each page, so no collection after it scans the rows held (a full scan of
         # them cost a third of the load, cProfile); cyclic garbage is freed at the end.
-        collecting = gc.isenabled()
+        collecting, frozen = gc.isenabled(), was_frozen()
         gc.disable()
         try:
             for page in pages:
@@ -179,6 +180,8 @@ class BulkLoad:
             gc.unfreeze()
             if collecting:
                 gc.enable()
+            if frozen:  # a worker's startup heap (eventkeep/heap.py), frozen again
+                freeze_startup_heap()
         for position in self._writer.committed():
             advance(position)
             reported = position

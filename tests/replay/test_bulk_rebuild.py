@@ -33,6 +33,7 @@ from eventkeep.domain.user import User
 from eventkeep.eventstore.envelope import to_envelope
 from eventkeep.eventstore.mapper import ENVELOPE_ATTRIBUTES
 from eventkeep.eventstore.recorder import StoreAddress
+from eventkeep.heap import freeze_startup_heap
 from eventkeep.projections import bulk, log_feed
 from eventkeep.projections.bulk import BulkLoad, upcast_pages
 from eventkeep.projections.bulk_workers import can_split, groups, in_workers
@@ -40,6 +41,7 @@ from eventkeep.projections.log_feed import LogFeed
 from eventkeep.projections.readmodel import Change
 from eventkeep.projections.readmodels import ReadModels
 from eventkeep.replay.rebuild import rebuild
+from tests.api.test_served_heap import unfrozen_afterwards, walked_by_the_collector  # noqa: F401
 from tests.eventstore.test_personal_data import CountingKeys
 from tests.replay.conftest import LEGACY, import_history
 
@@ -451,3 +453,21 @@ def test_a_read_back_takes_rows_from_loads_not_yet_written_without_waiting(
     finally:
         models.drop()
         rowwise.drop()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("unfrozen_afterwards")
+def test_a_load_leaves_a_workers_frozen_startup_heap_frozen(store: Wiring) -> None:
+    """A projector freezes its startup heap (eventkeep/heap.py); a catch-up in it unfreezes
+    what the load froze, then freezes the heap again, so the relay's and projectors' full
+    collections never walk it again after a catch-up either (P2's tail)."""
+    startup = [object()]  # what the worker held before the load
+    freeze_startup_heap()
+    models = ReadModels(store.queries.models.db, "bulk_")
+    models.drop()
+    models.migrate(defer_indexes=True)
+    BulkLoad(models).run(upcast_pages(store.shop.recorder, 0, 7), lambda position: None)
+    assert gc.isenabled()
+    assert walked_by_the_collector(startup) == []
+    made_since = [object()]
+    assert walked_by_the_collector(made_since) == [made_since]
