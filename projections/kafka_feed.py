@@ -227,6 +227,8 @@ class KafkaProjector:
             )
         else:
             reached = catch_up(self._store, self._models, start, forget)
+        if reached - start >= CATCH_UP_BATCH:
+            self._models.tidy()
         self._models.apply([], {offset_key(p): ends[p] for p in partitions})
         for partition in partitions:
             consumer.seek(partition, ends[partition])

@@ -190,6 +190,10 @@ class ReadModels:
                     where, params = self.db.in_list("projection", self.names)
                     cursor.execute(f"DELETE FROM {quarantine} WHERE {where}", params)
 
+    def tidy(self) -> None:
+        """After a bulk catch-up: these read models' tables tidied (`Database.tidy`)."""
+        self.db.tidy([self.table(name) for m in self.models.values() for name in m.tables()])
+
     def _drop_tables(self, cursor: Any) -> None:
         for model in self.models.values():
             for name in model.tables():

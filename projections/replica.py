@@ -100,6 +100,9 @@ class FallbackDatabase:
     def forget_overwritten(self) -> None:
         self.primary.forget_overwritten()
 
+    def tidy(self, tables: Sequence[str]) -> None:
+        self.primary.tidy(tables)
+
     def close(self) -> None:
         self.replica.close()  # the primary's is its own ReadModels' to close
 
