@@ -27,6 +27,7 @@ import anyio.to_thread
 from eventsourcing.domain import Aggregate
 
 from eventkeep.commands import messages as m
+from eventkeep.commands.copies import private_copy
 from eventkeep.commands.errors import EmailTaken, IdempotencyKeyReused, NotFound, VersionConflict
 from eventkeep.commands.ports import (
     AwaitableWriteStore,
@@ -45,12 +46,22 @@ from eventkeep.domain.user import User, normalize_email
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
-# Set while `handle_async` decides on the event loop: a load must not ask the database.
-_MEMORY_ONLY: ContextVar[bool] = ContextVar("memory_only", default=False)
+# Set while `handle_async` decides on the event loop: a load must not ask the database; it
+# takes the aggregates read for this decision (by `load_async`), else those in memory.
+_MEMORY_ONLY: ContextVar[dict[UUID, Aggregate | None] | None] = ContextVar(
+    "memory_only", default=None
+)
+# Loads awaited for one decision before it goes to a worker thread instead (a decision
+# loads its aggregates one at a time: an order's user, then each product).
+_LOAD_ROUNDS = 8
 
 
 class _NotInMemory(Exception):
     """A load the event loop may not make (see `_MEMORY_ONLY`)."""
+
+    def __init__(self, stream_id: UUID) -> None:
+        super().__init__(str(stream_id))
+        self.stream_id = stream_id
 
 
 Handle = Callable[[m.Command, m.CommandContext], m.CommandResult]  # what `CommandBus.handle` is
@@ -140,9 +151,10 @@ class CommandBus:
     async def handle_async(self, command: m.Command, context: m.CommandContext) -> m.CommandResult:
         """`handle` for a coroutine, with the same rules: no thread waits for the commit
         (batches grow with the requests in flight), and a command whose aggregates are all in
-        memory is decided on the event loop; a step that must ask the database (an
-        idempotency look-up, an aggregate not in memory, a key to seal with) runs in a
-        worker thread. Needs a store with `cached` and `save_async`; else the whole command
+        memory is decided on the event loop; an aggregate not in memory is awaited from the
+        store (`load_async`: loads asked for at the same moment share one statement), and
+        a step that must ask the database otherwise (an idempotency look-up, a key to seal
+        with) runs in a worker thread. Needs an `AwaitableWriteStore`; else the whole command
         runs in a worker thread."""
         if not self._awaitable:
             return await anyio.to_thread.run_sync(self.handle, command, context)
@@ -154,9 +166,7 @@ class CommandBus:
                 return answered
         for attempt in range(self._attempts):
             try:
-                decision = self._decide_from_memory(command)
-                if decision is None:
-                    decision = await in_a_thread(self._decide, command)
+                decision = await self._decide_awaited(store, command)
                 position = await store.save_async(
                     decision.changed, **self._save_arguments(decision, context)
                 )
@@ -210,15 +220,21 @@ class CommandBus:
     def _decide(self, command: m.Command) -> Decision:
         return self._handlers[type(command)](command)
 
-    def _decide_from_memory(self, command: m.Command) -> Decision | None:
-        """The decision from aggregates in memory only; None when one is not there."""
-        memory_only = _MEMORY_ONLY.set(True)
-        try:
-            return self._decide(command)
-        except _NotInMemory:
-            return None
-        finally:
-            _MEMORY_ONLY.reset(memory_only)
+    async def _decide_awaited(self, store: AwaitableWriteStore, command: m.Command) -> Decision:
+        """The decision on the event loop, from aggregates in memory or awaited from the
+        store as the decision finds it needs them (each load asks afresh: If-Match is judged
+        against what it read); past `_LOAD_ROUNDS` loads, in a worker thread."""
+        loaded: dict[UUID, Aggregate | None] = {}
+        for _ in range(_LOAD_ROUNDS):
+            memory_only = _MEMORY_ONLY.set(loaded)
+            try:
+                return self._decide(command)
+            except _NotInMemory as missing:
+                needed = missing.stream_id
+            finally:
+                _MEMORY_ONLY.reset(memory_only)
+            loaded[needed] = await store.load_async(needed)
+        return await in_a_thread(self._decide, command)
 
     def _save_arguments(self, decision: Decision, context: m.CommandContext) -> dict[str, Any]:
         idempotency = None
@@ -244,18 +260,24 @@ class CommandBus:
     # --- loading --------------------------------------------------------------------------
 
     def _load(self, kind: type[A], stream_id: UUID, expected_version: int | None = None) -> A:
-        if _MEMORY_ONLY.get():
-            aggregate = cast(AwaitableWriteStore, self.store).cached(stream_id)
-            if aggregate is None or (
-                expected_version is not None and aggregate.version != expected_version
-            ):  # not in memory, or If-Match is judged against the stored stream
-                raise _NotInMemory
+        loaded = _MEMORY_ONLY.get()
+        if loaded is not None:
+            if stream_id in loaded:  # read from the store for this decision
+                aggregate = loaded[stream_id]
+                aggregate = None if aggregate is None else private_copy(aggregate)
+            else:
+                aggregate = cast(AwaitableWriteStore, self.store).cached(stream_id)
+                if aggregate is None or (
+                    expected_version is not None
+                    and (not isinstance(aggregate, kind) or aggregate.version != expected_version)
+                ):  # not in memory, or If-Match is judged against the stored stream
+                    raise _NotInMemory(stream_id)
         else:
             aggregate = self.store.load(stream_id)
-        if expected_version is not None and (
-            not isinstance(aggregate, kind) or aggregate.version != expected_version
-        ):  # perhaps a stale copy in memory: If-Match is judged against the stored stream
-            aggregate = self.store.load(stream_id, fresh=True)
+            if expected_version is not None and (
+                not isinstance(aggregate, kind) or aggregate.version != expected_version
+            ):  # perhaps a stale copy in memory: If-Match is judged against the stored stream
+                aggregate = self.store.load(stream_id, fresh=True)
         if not isinstance(aggregate, kind):
             raise NotFound(
                 f"no {kind.__name__.lower()} {stream_id}", kind=kind.__name__, id=str(stream_id)

@@ -159,6 +159,11 @@ class AwaitableWriteStore(WriteStore, Protocol):
         (never asks the database)."""
         ...
 
+    async def load_async(self, stream_id: UUID) -> Aggregate | None:
+        """`load(stream_id, fresh=True)`, awaited: the store may read it together with the
+        other loads asked for at the same moment."""
+        ...
+
     async def save_async(
         self,
         aggregates: Sequence[Aggregate],

@@ -57,6 +57,12 @@ GROUP_COMMIT_WAIT = Histogram(
     "Time an append waited in the group committer's queue before its batch began.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+AGGREGATE_LOAD_STREAMS = Histogram(
+    "eventkeep_aggregate_load_streams",
+    "Aggregates not in the write path's memory read together in one statement (the loads"
+    " commands awaited at the same moment share one).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 GROUP_COMMIT_REFUSED = Counter(
     "eventkeep_group_commit_refused",
     "Appends refused because the group committer's queue stayed full (answered 503).",

@@ -9,21 +9,19 @@ stale copy costs one retry, never a wrong write.
 Bounded (least recently used goes first) and thread-safe; an entry is only ever replaced by
 a newer version of its aggregate, so a slow load cannot overwrite what a save just cached.
 Callers get a copy as deep as it needs to be: a command that fails after changing its copy
-leaves no trace here (immutable attribute values are shared, containers copied deeply; a
-generic `deepcopy` of the whole aggregate was half of a command's CPU time).
+leaves no trace here (`commands.copies.private_copy`: immutable attribute values are shared,
+containers copied deeply).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from copy import deepcopy
-from datetime import date, datetime, time
-from decimal import Decimal
-from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+
+from eventkeep.commands.copies import private_copy
 
 
 class AggregateCache:
@@ -62,26 +60,3 @@ class AggregateCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-A = TypeVar("A")
-# Values nobody can change in place: a copy may share them.
-_IMMUTABLE = (str, int, float, bool, bytes, Decimal, UUID, datetime, date, time, type(None))
-# The same, looked up by exact type first: one set lookup instead of an `isinstance` against
-# eleven classes for each attribute of each aggregate a command loads.
-_IMMUTABLE_TYPES = frozenset(_IMMUTABLE)
-
-
-def private_copy(aggregate: A) -> A:
-    """A copy sharing nothing mutable with `aggregate` (its own pending-events list, its own
-    containers), like `deepcopy` but without walking immutable values."""
-    clone: Any = object.__new__(type(aggregate))
-    clone.__dict__.update(
-        {
-            name: value
-            if type(value) in _IMMUTABLE_TYPES or isinstance(value, _IMMUTABLE)
-            else deepcopy(value)
-            for name, value in vars(aggregate).items()
-        }
-    )
-    return clone

@@ -24,6 +24,7 @@ idempotency key is safe). A failure before the writes were sent is always `Commi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -371,10 +372,8 @@ class GroupCommitter:
             self._put(append, wait=False)
         except Full:  # only under overload: wait for room in a worker thread, as `append` does
             await anyio.to_thread.run_sync(self._put, append)
-        answer = asyncio.wrap_future(append.done)
         try:
-            # Shielded: the timeout decides below whether the append is withdrawn.
-            return await asyncio.wait_for(asyncio.shield(answer), self._result_wait)
+            return await _answer_within(append.done, self._result_wait)
         except TimeoutError:
             raise self._timed_out(append) from None
 
@@ -622,6 +621,40 @@ class GroupCommitter:
                         f"could not be asked within {self._verify_timeout:g}s ({asking})"
                     )
                 time.sleep(0.2)
+
+
+async def _answer_within(done: Future[list[int]], seconds: float) -> list[int]:
+    """The committer's answer, awaited for at most `seconds` (TimeoutError after). Neither
+    the timeout nor the waiter's cancellation cancels `done`: the caller decides whether the
+    append is withdrawn. What `wait_for(shield(wrap_future(done)))` does, with one future
+    and one timer instead of four futures and their callbacks (3 % of an API worker's CPU)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[list[int]] = loop.create_future()
+
+    def settle(_: Future[list[int]]) -> None:  # on the event loop
+        if answer.done():  # timed out, or its waiter was cancelled
+            return
+        if done.cancelled():  # withdrawn (the committer is closing)
+            answer.cancel()
+        elif (error := done.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(done.result())
+
+    def expire() -> None:
+        if not answer.done():
+            answer.set_exception(TimeoutError())
+
+    def answered(_: Future[list[int]]) -> None:  # in the committer's thread, or here
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, done)
+
+    timer = loop.call_later(seconds, expire)
+    done.add_done_callback(answered)
+    try:
+        return await answer
+    finally:
+        timer.cancel()
 
 
 def state_at(head: Head) -> StoreState:

@@ -88,6 +88,9 @@ class PostgresDialect:
     def library_id(self, stream_id: UUID) -> Any:
         return stream_id
 
+    def library_id_of(self, column: str) -> str:
+        return column  # uuid in both
+
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         def run(connection: psycopg.Connection[Any]) -> list[Any]:
             with connection.cursor() as cursor:

@@ -187,6 +187,11 @@ class Dialect(Protocol):
         """A stream id as the `eventsourcing` library's own tables (its snapshots) hold it."""
         ...
 
+    def library_id_of(self, column: str) -> str:
+        """The SQL of a stream id column of eventkeep's tables as the library's tables hold
+        the id (to match a snapshot to its stream's events in one statement)."""
+        ...
+
     def read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """`read` as plain tuples (no mapping built per row: the bulk reads of the log)."""
         ...
@@ -484,59 +489,79 @@ class EventRecorder:
     def select_stream(
         self, stream_id: UUID, snapshots_table: str | None = None
     ) -> tuple[StoredEvent | None, list[StoredEvent]]:
-        """A stream as the write path loads it, in ONE statement: its latest snapshot (from
-        the `eventsourcing` library's snapshot table, when named), its events after that, and
-        its wrapped data key, which opens them and is kept for sealing the stream's next event
-        (`PersonalData.open_loaded`). The library's repository asks three times for as much
-        (the snapshot, the events, the key), and sealing a fourth."""
-        columns = (
-            "part, stream_id, stream_version, event_type, data, stream_type, schema_version,"
-            " recorded_at"
-        )
-        id_param = self.sql.value(stream_id, "uuid")
-        sql, params, after = f"SELECT {columns} FROM (", [], "0"
+        """A stream as the write path loads it, in ONE statement (`select_streams`): the
+        library's repository asks three times for as much (the snapshot, the events, the
+        key), and sealing a fourth."""
+        return self.select_streams([stream_id], snapshots_table)[stream_id]
+
+    def select_streams(
+        self, stream_ids: Sequence[UUID], snapshots_table: str | None = None
+    ) -> dict[UUID, tuple[StoredEvent | None, list[StoredEvent]]]:
+        """Streams as the write path loads them, all in ONE statement: each one's latest
+        snapshot (from the `eventsourcing` library's snapshot table, when named), its events
+        after that, and its wrapped data key, which opens them and is kept for sealing the
+        stream's next event (`PersonalData.open_loaded`). Every stream asked for has an entry
+        (no snapshot and no events: the stream does not exist)."""
+        ids = list(dict.fromkeys(stream_ids))
+        columns = "part, stream_id, stream_version, event_type, data, stream_type, schema_version"
+        sql, params, after = f"SELECT {columns}, recorded_at FROM (", [], "0"
         if snapshots_table is not None:
+            snapshots = self.sql.table(snapshots_table)
+            wanted, snapshot_params = self.sql.one_of(
+                ["s.originator_id"], ["uuid"], [[self.sql.library_id(i)] for i in ids]
+            )
             sql = (
-                "WITH snapshot AS (SELECT originator_version, topic, state FROM"
-                f" {self.sql.table(snapshots_table)} WHERE originator_id = %s"
-                " ORDER BY originator_version DESC LIMIT 1) "
+                "WITH snapshot AS (SELECT s.originator_id, s.originator_version, s.topic,"
+                f" s.state FROM {snapshots} s WHERE {wanted} AND s.originator_version ="
+                f" (SELECT MAX(m.originator_version) FROM {snapshots} m"
+                " WHERE m.originator_id = s.originator_id)) "
                 + sql
-                + "SELECT 0 AS part, NULL AS stream_id, originator_version AS stream_version,"
-                " topic AS event_type,"
-                " state AS data, NULL AS stream_type, NULL AS schema_version,"
-                " NULL AS recorded_at FROM snapshot UNION ALL "
+                + "SELECT 0 AS part, originator_id AS stream_id, originator_version AS"
+                " stream_version, topic AS event_type, state AS data, NULL AS stream_type,"
+                " NULL AS schema_version, NULL AS recorded_at FROM snapshot UNION ALL "
             )
-            params.append(self.sql.library_id(stream_id))
-            after = "COALESCE((SELECT originator_version FROM snapshot), 0)"
+            params += snapshot_params
+            after = (
+                "COALESCE((SELECT n.originator_version FROM snapshot n WHERE n.originator_id"
+                f" = {self.sql.library_id_of('e.stream_id')}), 0)"
+            )
+        in_events, event_params = self.sql.one_of(["e.stream_id"], ["uuid"], [[i] for i in ids])
         sql += (
-            "SELECT 1 AS part, stream_id, stream_version, event_type, data, stream_type,"
-            f" schema_version, recorded_at FROM {self._events}"
-            f" WHERE stream_id = %s AND stream_version > {after}"
+            "SELECT 1 AS part, e.stream_id, e.stream_version, e.event_type, e.data,"
+            f" e.stream_type, e.schema_version, e.recorded_at FROM {self._events} e"
+            f" WHERE {in_events} AND e.stream_version > {after}"
         )
-        params.append(id_param)
+        params += event_params
         if self.personal_data is not None:
+            in_keys, key_params = self.sql.one_of(["stream_id"], ["uuid"], [[i] for i in ids])
             sql += (
-                " UNION ALL SELECT 2, NULL, NULL, NULL, wrapped, NULL, NULL, NULL"
-                f" FROM {self._data_keys} WHERE stream_id = %s"
+                " UNION ALL SELECT 2, stream_id, NULL, NULL, wrapped, NULL, NULL, NULL"
+                f" FROM {self._data_keys} WHERE {in_keys}"
             )
-            params.append(id_param)
+            params += key_params
         sql += ") AS loaded"
-        snapshot: StoredEvent | None = None
-        events: list[StoredEvent] = []
-        wrapped: bytes | None = None
+        snapshot: dict[UUID, StoredEvent] = {}
+        events: dict[UUID, list[StoredEvent]] = {i: [] for i in ids}
+        wrapped: dict[UUID, bytes] = {}
         for row in self.sql.read(sql, params):
+            stream_id = self.sql.uuid(row["stream_id"])
             if row["part"] == 1:
-                events.append(RecordedEvent(**self._stored(row)))
+                events[stream_id].append(RecordedEvent(**self._stored(row)))
             elif row["part"] == 0:
-                snapshot = StoredEvent(
+                snapshot[stream_id] = StoredEvent(
                     stream_id, row["stream_version"], row["event_type"], bytes(row["data"])
                 )
             else:
-                wrapped = bytes(row["data"])
-        events.sort(key=lambda event: event.originator_version)  # UNION ALL keeps no order
-        if self.personal_data is not None:
-            events = self.personal_data.open_loaded(events, str(stream_id), wrapped)
-        return snapshot, events
+                wrapped[stream_id] = bytes(row["data"])
+        loaded: dict[UUID, tuple[StoredEvent | None, list[StoredEvent]]] = {}
+        for stream_id, stream in events.items():
+            stream.sort(key=lambda event: event.originator_version)  # UNION ALL keeps no order
+            if self.personal_data is not None:
+                stream = self.personal_data.open_loaded(
+                    stream, str(stream_id), wrapped.get(stream_id)
+                )
+            loaded[stream_id] = snapshot.get(stream_id), stream
+        return loaded
 
     def select_notifications(
         self,

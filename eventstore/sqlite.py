@@ -74,6 +74,9 @@ class SQLiteDialect:
     def library_id(self, stream_id: UUID) -> Any:
         return stream_id.hex  # the library's SQLite recorders store UUIDs as hex
 
+    def library_id_of(self, column: str) -> str:
+        return f"replace({column}, '-', '')"  # eventkeep's tables hold str(UUID)
+
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._datastore.transaction(commit=False) as cursor:
             cursor.execute(_placeholders(sql), params)

@@ -170,6 +170,20 @@ def worker_thread_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return ran
 
 
+def reading_threads(system: Eventkeep, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of each read `system`'s store makes from now on (still made)."""
+    dialect: Any = system.shop.recorder.sql  # type: ignore[attr-defined]
+    threads: list[str] = []
+    read = dialect.read
+
+    def named(sql: str, params: Any = ()) -> Any:
+        threads.append(threading.current_thread().name)
+        return read(sql, params)
+
+    monkeypatch.setattr(dialect, "read", named)
+    return threads
+
+
 def state(aggregate: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(aggregate).items() if k != "_pending_events"}
 
@@ -179,13 +193,15 @@ def test_a_product_not_in_memory_costs_one_statement_and_one_thread_hop(
 ) -> None:
     """Its snapshot, its events after that and its data key in one statement (the library's
     repository asked for each, and sealing the next reason fetched the key again in a second
-    worker thread); what it decides on is what the library would have rebuilt."""
+    worker thread), read in the store's own loading thread (the one hop: no anyio thread, no
+    `in_a_thread`); what it decides on is what the library would have rebuilt."""
     a, b = two_processes
     product_id = create_product(writer(a), stock=1000)
     for n in range(SNAPSHOT_INTERVAL + 4):  # a snapshot at 100, then events after it
         writer(a).handle(AdjustStock(product_id, -1, f"sale {n}"), CONTEXT)
     assert list(b.shop.snapshots.get(product_id))  # type: ignore[union-attr]
     expected = state(b.shop.repository.get(product_id))  # the library's own rebuild
+    threads = reading_threads(b, monkeypatch)
     sent, hops = statements(b, monkeypatch), worker_thread_calls(monkeypatch)
 
     loaded = b.store.load(product_id, fresh=True)
@@ -193,9 +209,11 @@ def test_a_product_not_in_memory_costs_one_statement_and_one_thread_hop(
     assert len(sent()) == 1
     b.store.cache.evict([product_id])
     sent().clear()
+    threads.clear()
     result = awaited(b, AdjustStock(product_id, -1, "the last one"))
 
-    assert (len(sent()), hops) == (2, ["_decide"])  # the load above and this one; no seal hop
+    assert (len(sent()), hops) == (2, [])  # the load above and this one; no seal hop
+    assert [name.rsplit("_", 1)[0] for name in threads] == ["eventkeep-aggregate-loads"]
     assert result.version == SNAPSHOT_INTERVAL + 6
     assert stored_stock(a, product_id) == 1000 - SNAPSHOT_INTERVAL - 5
     assert reasons(a, product_id)[-2:] == [f"sale {SNAPSHOT_INTERVAL + 3}", "the last one"]
@@ -204,9 +222,9 @@ def test_a_product_not_in_memory_costs_one_statement_and_one_thread_hop(
 def test_a_product_not_in_memory_is_loaded_while_every_anyio_thread_is_taken(
     two_processes: list[Eventkeep],
 ) -> None:
-    """The awaited command's load has its own worker threads (`handlers.in_a_thread`, half
-    anyio's CPU on the event loop per hop): sync routes holding all of anyio's threads do not
-    hold it up."""
+    """The awaited command's load has its own worker threads (the store's loading threads;
+    anyio's cost twice the CPU on the event loop per hop): sync routes holding all of
+    anyio's threads do not hold it up."""
     a, b = two_processes
     product_id = create_product(writer(a), stock=10)  # not in b's memory
     release = threading.Event()
