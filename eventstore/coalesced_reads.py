@@ -108,14 +108,16 @@ class CoalescedReads(Generic[K, V]):
     ) -> None:
         waiting.reading -= 1
         try:
-            values = done.result()
-        except BaseException as error:  # handed to each waiter, as it came
-            _answer(batch, error)
-        else:
-            for key, answers in batch.items():
-                _answer({key: answers}, values.get(key, KeyError(key)))
-        if waiting.keys:
-            self._start(loop, waiting)
+            try:
+                values = done.result()
+            except BaseException as error:  # handed to each waiter, as it came
+                _answer(batch, error)
+            else:
+                for key, answers in batch.items():
+                    _answer({key: answers}, values.get(key, KeyError(key)))
+        finally:  # whatever the answers were, the keys asked for meanwhile are read
+            if waiting.keys:
+                self._start(loop, waiting)
 
 
 def _call_soon(
@@ -127,6 +129,10 @@ def _call_soon(
 
 
 def _answer(batch: Mapping[K, list[asyncio.Future[V]]], value: V | BaseException) -> None:
+    if isinstance(value, StopIteration | StopAsyncIteration):
+        # A future refuses these (TypeError): its waiter would never be answered.
+        stopped, value = value, RuntimeError(f"the read raised {type(value).__name__}")
+        value.__cause__ = stopped
     for answers in batch.values():
         for answer in answers:
             if answer.done():  # its waiter was cancelled

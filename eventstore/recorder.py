@@ -54,7 +54,7 @@ from eventkeep.eventstore.migrations import (
     status,
 )
 from eventkeep.eventstore.pii import PII_SECRET, KeysNotKept, PersonalData, PersonalFields
-from eventkeep.eventstore.records import LoggedEvent, RecordedEvent, evolved
+from eventkeep.eventstore.records import LoggedEvent, RecordedEvent, Stream, evolved
 from eventkeep.eventstore.subscription import PollingSubscription
 
 E = TypeVar("E", bound=StoredEvent)
@@ -486,22 +486,15 @@ class EventRecorder:
         events = [RecordedEvent(**self._stored(row)) for row in self.sql.read(query, params)]
         return cast(list[StoredEvent], self._opened(events))
 
-    def select_stream(
-        self, stream_id: UUID, snapshots_table: str | None = None
-    ) -> tuple[StoredEvent | None, list[StoredEvent]]:
-        """A stream as the write path loads it, in ONE statement (`select_streams`): the
-        library's repository asks three times for as much (the snapshot, the events, the
-        key), and sealing a fourth."""
-        return self.select_streams([stream_id], snapshots_table)[stream_id]
-
     def select_streams(
         self, stream_ids: Sequence[UUID], snapshots_table: str | None = None
-    ) -> dict[UUID, tuple[StoredEvent | None, list[StoredEvent]]]:
+    ) -> dict[UUID, Stream | Exception]:
         """Streams as the write path loads them, all in ONE statement: each one's latest
         snapshot (from the `eventsourcing` library's snapshot table, when named), its events
         after that, and its wrapped data key, which opens them and is kept for sealing the
         stream's next event (`PersonalData.open_loaded`). Every stream asked for has an entry
-        (no snapshot and no events: the stream does not exist)."""
+        (no snapshot and no events: the stream does not exist); one whose events cannot be
+        opened has its exception, so it fails only the commands that asked for it."""
         ids = list(dict.fromkeys(stream_ids))
         columns = "part, stream_id, stream_version, event_type, data, stream_type, schema_version"
         sql, params, after = f"SELECT {columns}, recorded_at FROM (", [], "0"
@@ -553,13 +546,17 @@ class EventRecorder:
                 )
             else:
                 wrapped[stream_id] = bytes(row["data"])
-        loaded: dict[UUID, tuple[StoredEvent | None, list[StoredEvent]]] = {}
+        loaded: dict[UUID, Stream | Exception] = {}
         for stream_id, stream in events.items():
             stream.sort(key=lambda event: event.originator_version)  # UNION ALL keeps no order
             if self.personal_data is not None:
-                stream = self.personal_data.open_loaded(
-                    stream, str(stream_id), wrapped.get(stream_id)
-                )
+                try:
+                    stream = self.personal_data.open_loaded(
+                        stream, str(stream_id), wrapped.get(stream_id)
+                    )
+                except Exception as error:  # this stream's alone (a key that will not open)
+                    loaded[stream_id] = error
+                    continue
             loaded[stream_id] = snapshot.get(stream_id), stream
         return loaded
 

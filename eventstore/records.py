@@ -43,6 +43,9 @@ class LoggedEvent(Notification):
         return self.id
 
 
+# A stream as the write path loads it: its latest snapshot (or None) and its events after it.
+Stream = tuple[StoredEvent | None, list[StoredEvent]]
+
 R = TypeVar("R")
 # The field names of each record class `evolved` has copied (checked once per class).
 _FIELDS: dict[type, frozenset[str]] = {}

@@ -33,7 +33,6 @@ from eventsourcing.persistence import (
     IntegrityError,
     OperationalError,
     PersistenceError,
-    StoredEvent,
 )
 
 from eventkeep.commands.copies import private_copy
@@ -46,6 +45,7 @@ from eventkeep.commands.ports import (
 from eventkeep.eventstore.aggregate_cache import AggregateCache
 from eventkeep.eventstore.coalesced_reads import CoalescedReads
 from eventkeep.eventstore.group_commit import Append
+from eventkeep.eventstore.records import Stream
 from eventkeep.metrics import AGGREGATE_LOAD_STREAMS
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CommandRecorder(Protocol):
 
     def select_streams(
         self, stream_ids: Sequence[UUID], snapshots_table: str | None = None
-    ) -> dict[UUID, tuple[StoredEvent | None, list[StoredEvent]]]: ...
+    ) -> dict[UUID, Stream | Exception]: ...
 
     def claim_owner(self, scope: str, key: str) -> UUID | None: ...
 
@@ -121,7 +121,11 @@ class ApplicationWriteStore:
         AGGREGATE_LOAD_STREAMS.observe(len(streams))
         mapper = self._application.mapper
         loaded: dict[UUID, Aggregate | Exception | None] = {}
-        for stream_id, (snapshot, events) in streams.items():
+        for stream_id, stream in streams.items():
+            if isinstance(stream, Exception):  # its events would not open
+                loaded[stream_id] = stream
+                continue
+            snapshot, events = stream
             try:
                 # What the library's repository does with what it reads (three statements
                 # there), without `project_aggregate`'s runtime Protocol check per event.

@@ -8,8 +8,10 @@ API process) has none of them in memory. Both modes."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from eventsourcing.persistence import StoredEvent
 from prometheus_client import REGISTRY
 
@@ -117,3 +119,35 @@ def test_an_order_of_things_not_in_memory_loads_them_as_it_needs_them(
     assert order.version == 1 and order.created
     assert loads_since(before) == (3, 3)  # the user, then each product once
     assert (stored_stock(a, first), stored_stock(a, second)) == (7, 7)
+
+
+def test_a_stream_whose_data_key_will_not_open_fails_only_its_own_command(
+    two_processes: list[Eventkeep],
+) -> None:
+    """Opening the sealed fields is part of the load too: a key that will not unwrap fails
+    the one stream's command, not every command read in the same statement (found by
+    attack: both failed with InvalidTag)."""
+    a, b = two_processes
+    sound, broken = (create_product(writer(a), stock=10) for _ in range(2))
+    writer(a).handle(AdjustStock(broken, 1, "a sealed reason"), CONTEXT)
+    recorder: Any = a.shop.recorder
+    junk, table = os.urandom(60), recorder._data_keys
+    if "SQLite" in type(recorder.sql).__name__:
+        with recorder.sql._datastore.transaction(commit=True) as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET wrapped = ? WHERE stream_id = ?", (junk, str(broken))
+            )
+    else:
+        with recorder.datastore.get_connection() as connection:
+            connection.execute(
+                f"UPDATE {table} SET wrapped = %s WHERE stream_id = %s", (junk, broken)
+            )
+            connection.commit()
+    before = load_statements()
+
+    done, failed = together(b, [AdjustStock(sound, -1, "sold"), AdjustStock(broken, -1, "sold")])
+
+    assert isinstance(failed, InvalidTag), failed
+    assert done.version == 2
+    assert loads_since(before) == (1, 2)  # read together all the same
+    assert stored_stock(a, sound) == 9

@@ -12,7 +12,7 @@ import pytest
 
 from eventkeep.eventstore.coalesced_reads import CoalescedReads
 
-WAIT = 30  # seconds: a bound on a hang, never reached when it works
+WAIT = 3  # seconds: a bound on a hang, never reached when it works
 
 
 class Reader:
@@ -117,3 +117,27 @@ def test_a_waiter_that_stops_waiting_leaves_the_others_their_answers() -> None:
 def test_no_room_for_a_read_is_refused() -> None:
     with pytest.raises(ValueError):
         CoalescedReads(Reader(), name="test-reads", in_flight=0)
+
+
+def test_a_read_that_raises_stop_iteration_still_answers_every_waiter() -> None:
+    """A future refuses StopIteration (TypeError): set as it came, the first waiter's answer
+    raised inside the loop's callback and the others were never answered (found by attack)."""
+
+    def stopping(keys: list[int]) -> Mapping[int, int | Exception]:
+        raise StopIteration
+
+    answers = gathered(CoalescedReads(stopping, name="test-reads"), [1, 2])
+
+    assert [type(answer) for answer in answers] == [RuntimeError, RuntimeError]
+    assert all(isinstance(answer.__cause__, StopIteration) for answer in answers)  # type: ignore[union-attr]
+
+
+def test_a_key_whose_value_is_stop_iteration_fails_alone_and_later_reads_go_on() -> None:
+    def read(keys: list[int]) -> Mapping[int, int | Exception]:
+        return {key: StopIteration() if key == 1 else 2 * key for key in keys}
+
+    reads = CoalescedReads(read, name="test-reads")
+    one, two = gathered(reads, [1, 2])
+
+    assert isinstance(one, RuntimeError) and two == 4
+    assert gathered(reads, [3]) == [6]
