@@ -290,6 +290,8 @@ class Eventkeep:
             built["progress"].stop()
         if hasattr(built.get("cache"), "close"):
             built["cache"].close()  # the near cache's tracking thread
+        if hasattr(built.get("store"), "close"):
+            built["store"].close()  # the write path's loading threads
         for name in ("read_models", "keys", "shop"):
             if name in built:
                 built[name].close()

@@ -94,7 +94,6 @@ class Append:
     data_keys: Mapping[str, bytes] = field(default_factory=dict)
     done: Future[list[int]] = field(default_factory=Future)
     queued_at: float = 0.0  # time.monotonic() when handed to the committer
-    in_thread: bool = False  # its writer waits in a thread (`GroupCommitter.append`)
 
     @classmethod
     def from_kwargs(cls, events: Sequence[StoredEvent], **kwargs: Any) -> Append:
@@ -357,7 +356,6 @@ class GroupCommitter:
 
     def append(self, append: Append) -> list[int]:
         """Queue an append and wait until its batch has committed (or it was refused)."""
-        append.in_thread = True
         self._put(append)
         try:
             return append.done.result(timeout=self._result_wait)
@@ -482,20 +480,10 @@ class GroupCommitter:
                     self._thread.start()
 
     def _batches(self) -> Iterator[list[Append]]:
-        threads_answered = 0  # writers of the last batch that wait in a thread (`append`)
         while True:
             first = self._take(self._queue.get())
             if first is None:
                 return
-            if threads_answered > 1:
-                # Gives up the GIL once before taking the rest: the writer threads the last
-                # batch answered (they hold or wait for the GIL) run their next command's
-                # path and queue it meanwhile, so it joins this batch instead of the next.
-                # Batches grow with the writers there are (W1, 8 writers: 4 appends a batch
-                # -> 5 to 6) and each batch's own cost is spread over more commands
-                # (docs/performance.md). Not for awaited appends: an event loop does not
-                # stop to wait, so the GIL would come back only after the switch interval.
-                time.sleep(0)
             batch, events = [first], len(first.events)
             while events < self._max_batch_events:
                 try:
@@ -510,7 +498,6 @@ class GroupCommitter:
                 batch.append(more)
                 events += len(more.events)
             yield batch
-            threads_answered = sum(append.in_thread for append in batch)
 
     def _take(self, append: Append | None) -> Append | None:
         """The queued append, now being committed (its writer can no longer withdraw it);

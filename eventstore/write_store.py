@@ -97,6 +97,10 @@ class ApplicationWriteStore:
             self.load_many, name="eventkeep-aggregate-loads"
         )
 
+    def close(self) -> None:
+        """Ends the loading threads (a read on its way ends first)."""
+        self._loads.close()
+
     def load(self, stream_id: UUID, *, fresh: bool = False) -> Aggregate | None:
         if fresh:
             self.cache.evict([stream_id])

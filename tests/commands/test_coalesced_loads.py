@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -151,3 +153,24 @@ def test_a_stream_whose_data_key_will_not_open_fails_only_its_own_command(
     assert done.version == 2
     assert loads_since(before) == (1, 2)  # read together all the same
     assert stored_stock(a, sound) == 9
+
+
+def test_closing_the_system_ends_its_loading_threads(two_processes: list[Eventkeep]) -> None:
+    """A read hung in a loading thread that nothing closes would keep the process from
+    exiting (found by attack: the pool was never shut down)."""
+    a, b = two_processes
+    product_id = create_product(writer(a), stock=10)
+    others = loading_threads()  # of systems other tests left, if any
+    together(b, [AdjustStock(product_id, -1, "sold")])  # b's loading threads started
+    assert loading_threads() - others
+
+    b.close()
+
+    deadline = time.monotonic() + 30
+    while loading_threads() - others:
+        assert time.monotonic() < deadline, loading_threads() - others
+        time.sleep(0.05)
+
+
+def loading_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("eventkeep-aggregate-loads")}

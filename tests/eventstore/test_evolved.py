@@ -33,7 +33,7 @@ RECORDS: dict[str, Any] = {
     "logged": LoggedEvent(
         uuid4(), 2, "OrderPaid", b"{}", 7, "Order", 2, NOW, {"actor": "a"}, b"p", b"h"
     ),
-    "append": Append(events=[recorded()], metadata={"actor": "a"}, queued_at=1.5, in_thread=True),
+    "append": Append(events=[recorded()], metadata={"actor": "a"}, queued_at=1.5),
 }
 
 
