@@ -87,17 +87,10 @@ class CoalescedReads(Generic[K, V]):
                 waiting.reading -= 1
                 _answer(batch, error)
                 return
-            done.add_done_callback(functools.partial(self._done, loop, waiting, batch))
-
-    def _done(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        waiting: _Waiting[K, V],
-        batch: dict[K, list[asyncio.Future[V]]],
-        done: Future[Mapping[K, V | Exception]],
-    ) -> None:
-        """In the reading thread: the answers go to the event loop."""
-        _call_soon(loop, self._finish, loop, waiting, batch, done)
+            # In the reading thread when it ends: the answers go to the event loop.
+            done.add_done_callback(
+                functools.partial(_call_soon, loop, self._finish, loop, waiting, batch)
+            )
 
     def _finish(
         self,

@@ -86,7 +86,7 @@ class ApplicationWriteStore:
         self._recorder: CommandRecorder = recorder
         self.cache = AggregateCache(cache_size)
         # The library's snapshot table (in the recorder's database), read by the same
-        # statement as the events (`select_stream`).
+        # statement as the events (`select_streams`).
         snapshots = application.snapshots
         self._snapshots_table: str | None = (
             getattr(snapshots.recorder, "events_table_name", None) if snapshots else None
